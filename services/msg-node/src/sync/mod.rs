@@ -1,0 +1,1 @@
+//! Data-object synchronisation, server side (placeholder until the Syncher lands).
