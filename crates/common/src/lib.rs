@@ -7,3 +7,20 @@
 //! - [`bus`]: the event bus (Redis pub/sub or in-memory) and its topic names.
 //! - [`kv`]: the key-value store (Redis or in-memory) behind one trait.
 //! - [`token`]: access-token claims and verification against the auth service's JWKS.
+//! - [`backends()`]: one call that gives a service its bus and store (Redis or in-memory).
+//! - `testing` (feature `testing`): a real `redis-server` on a free port for tests.
+//!
+//! Contracts: everything here is runtime-agnostic in its types but expects a tokio runtime;
+//! nothing that arrives from the network panics; errors are one `thiserror` enum per module.
+
+mod backends;
+pub mod bus;
+pub mod config;
+pub mod kv;
+pub mod lifecycle;
+pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod token;
+
+pub use backends::{BackendError, Backends, backends};

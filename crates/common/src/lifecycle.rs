@@ -1,0 +1,261 @@
+//! Process lifecycle: shutdown, readiness, the ops endpoints and graceful serving.
+//!
+//! The shutdown contract of every service: the first SIGTERM/SIGINT triggers [`Shutdown`];
+//! services then report not-ready (`/readyz` 503, gRPC health `NOT_SERVING`), stop accepting,
+//! and drain open requests until a deadline. A second signal exits the process at once.
+
+use std::future::{Future, IntoFuture};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// A cloneable shutdown signal; every clone sees the same trigger.
+#[derive(Clone, Debug, Default)]
+pub struct Shutdown {
+    token: CancellationToken,
+}
+
+impl Shutdown {
+    /// Returns a signal that has not been triggered.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Triggers shutdown for every clone; idempotent.
+    pub fn trigger(&self) {
+        self.token.cancel();
+    }
+
+    /// Returns whether shutdown was triggered.
+    pub fn is_triggered(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Completes once shutdown is triggered; owns its state, so it can be passed to `run`.
+    pub fn wait(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.token.clone().cancelled_owned()
+    }
+
+    /// Returns a signal triggered with this one but also on its own (for one subsystem).
+    pub fn child(&self) -> Self {
+        Self {
+            token: self.token.child_token(),
+        }
+    }
+
+    /// Returns the underlying cancellation token.
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+}
+
+impl From<CancellationToken> for Shutdown {
+    fn from(token: CancellationToken) -> Self {
+        Self { token }
+    }
+}
+
+/// Returns a [`Shutdown`] triggered by the first SIGTERM or SIGINT; the second one exits the
+/// process with status 130. Must be called inside a tokio runtime.
+pub fn shutdown_on_signals() -> Shutdown {
+    let shutdown = Shutdown::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown signal received: draining (send it again to exit at once)");
+        trigger.trigger();
+        wait_for_signal().await;
+        tracing::warn!("second shutdown signal: exiting now");
+        std::process::exit(130);
+    });
+    shutdown
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // Without signal handlers the process can still be stopped by SIGKILL; never trigger.
+            tracing::error!("cannot install signal handlers");
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Readiness of a service, shared by `/readyz` and the gRPC health service.
+///
+/// Starts not ready; a service calls `set_ready(true)` once it serves, `set_ready(false)` when
+/// it begins to drain.
+#[derive(Clone, Debug)]
+pub struct Health {
+    ready: Arc<watch::Sender<bool>>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Health {
+    /// Returns a not-ready health state.
+    pub fn new() -> Self {
+        Self {
+            ready: Arc::new(watch::channel(false).0),
+        }
+    }
+
+    /// Sets readiness.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.send_replace(ready);
+    }
+
+    /// Returns whether the service is ready.
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// Returns a receiver that sees every readiness change.
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+}
+
+/// Returns the process-wide Prometheus recorder handle, installing the recorder on first use.
+///
+/// Every `metrics::counter!`/`gauge!`/`histogram!` in the process is rendered by it. If another
+/// recorder was installed first, the handle renders an empty (but valid) exposition.
+pub fn metrics_handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+        }
+        handle
+    })
+}
+
+/// Returns the ops routes: `GET /healthz` (200 while the process runs), `GET /readyz` (200 when
+/// ready, 503 otherwise) and `GET /metrics` (Prometheus text format).
+pub fn ops_router(health: Health) -> Router {
+    let handle = metrics_handle();
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = health.is_ready();
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || async move {
+                handle.run_upkeep();
+                (
+                    [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                    handle.render(),
+                )
+                    .into_response()
+            }),
+        )
+}
+
+/// Returns the gRPC health service (its overall `""` status follows `health`) and the reflection
+/// service for every rethink proto. Must be called inside a tokio runtime.
+pub fn grpc_health_and_reflection(
+    health: &Health,
+) -> (
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+) {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let mut ready = health.subscribe();
+    tokio::spawn(async move {
+        loop {
+            let status = if *ready.borrow_and_update() {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            reporter.set_service_status("", status).await;
+            if ready.changed().await.is_err() {
+                break;
+            }
+        }
+    });
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(rethink_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("descriptor sets compiled into the binary are valid");
+    (health_service, reflection)
+}
+
+/// Serves `router` on `listener` until `shutdown`, then drains open requests for at most `drain`.
+///
+/// Handlers can extract `axum::extract::ConnectInfo<SocketAddr>`. Connections still open at the
+/// deadline are closed.
+pub async fn serve_http(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: Shutdown,
+    drain: Duration,
+) -> io::Result<()> {
+    let server = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.wait())
+    .into_future();
+    let mut server = Box::pin(server);
+    tokio::select! {
+        result = &mut server => return result,
+        () = shutdown.wait() => {}
+    }
+    match tokio::time::timeout(drain, server).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!(
+                ?drain,
+                "drain deadline reached; closing remaining connections"
+            );
+            Ok(())
+        }
+    }
+}
