@@ -1,0 +1,801 @@
+//! The public face of the media core and its drive loop.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::bwe::Bitrate;
+use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::config::DtlsCert;
+use str0m::crypto::CryptoProvider;
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Input, Rtc};
+
+use crate::config::CoreConfig;
+use crate::error::CoreError;
+use crate::event::{CoreEvent, LeaveReason, Output, TrackId, Transmit};
+use crate::forwarding::{OutState, OutTrack, PublishedTrack};
+use crate::participant::{PKey, Participant};
+use crate::room::Room;
+use crate::stats::{NodeLoad, ParticipantStats, RateMeter, RoomStats};
+
+/// Longest room or participant id accepted.
+const MAX_ID_BYTES: usize = 256;
+/// Longest trickled candidate line accepted.
+const MAX_CANDIDATE_BYTES: usize = 1024;
+/// Period of housekeeping: connect/disconnect deadlines, layer choice, rate windows.
+const HOUSEKEEPING: Duration = Duration::from_millis(250);
+/// Deadline reported when nothing at all is scheduled.
+const IDLE: Duration = Duration::from_secs(3600);
+
+/// Every room and participant of one node. See the crate docs for the driving contract.
+pub struct SfuCore {
+    pub(crate) config: CoreConfig,
+    crypto: Arc<CryptoProvider>,
+    cert: DtlsCert,
+    candidates: Vec<Candidate>,
+    pub(crate) rooms: HashMap<Arc<str>, Room>,
+    pub(crate) participants: HashMap<PKey, Participant>,
+    by_name: HashMap<Arc<str>, PKey>,
+    /// Last address each participant was seen at; a hint, always confirmed by `accepts`.
+    by_addr: HashMap<SocketAddr, PKey>,
+    pub(crate) tracks: HashMap<TrackId, PublishedTrack>,
+    pub(crate) queue: VecDeque<Output>,
+    /// Participants whose sessions have output to drain.
+    pub(crate) poll_list: Vec<PKey>,
+    /// Participants that may need a server offer.
+    pub(crate) negotiate_list: Vec<PKey>,
+    /// Participants to remove at the end of the drive.
+    pub(crate) gone_list: Vec<PKey>,
+    scratch: Vec<Transmit>,
+    next_key: u64,
+    last_now: Instant,
+    next_housekeeping: Option<Instant>,
+    /// Earliest deferred keyframe request.
+    pub(crate) keyframe_due: Option<Instant>,
+    pub(crate) load: LoadCounters,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct LoadCounters {
+    datagrams_in: u64,
+    datagrams_out: u64,
+    dropped: u64,
+    rate_in: RateMeter,
+    rate_out: RateMeter,
+}
+
+impl std::fmt::Debug for SfuCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SfuCore")
+            .field("rooms", &self.rooms.len())
+            .field("participants", &self.participants.len())
+            .field("tracks", &self.tracks.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SfuCore {
+    /// Creates the core. Fails when no candidate is configured or one is not a usable host
+    /// address (unspecified, multicast, ...). One DTLS certificate is made here and shared by
+    /// every session of the node.
+    pub fn new(config: CoreConfig) -> Result<Self, CoreError> {
+        if config.candidates.is_empty() {
+            return Err(CoreError::Config(
+                "at least one host candidate (the media socket's reachable address) is required"
+                    .into(),
+            ));
+        }
+        let candidates = config
+            .candidates
+            .iter()
+            .map(|addr| {
+                Candidate::host(*addr, "udp")
+                    .map_err(|e| CoreError::Config(format!("candidate {addr}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let crypto = Arc::new(str0m::crypto::from_feature_flags());
+        let cert = crypto
+            .dtls_provider
+            .generate_certificate()
+            .ok_or_else(|| CoreError::Config("could not generate a DTLS certificate".into()))?;
+        Ok(SfuCore {
+            config,
+            crypto,
+            cert,
+            candidates,
+            rooms: HashMap::new(),
+            participants: HashMap::new(),
+            by_name: HashMap::new(),
+            by_addr: HashMap::new(),
+            tracks: HashMap::new(),
+            queue: VecDeque::new(),
+            poll_list: Vec::new(),
+            negotiate_list: Vec::new(),
+            gone_list: Vec::new(),
+            scratch: Vec::new(),
+            next_key: 0,
+            last_now: Instant::now(),
+            next_housekeeping: None,
+            keyframe_due: None,
+            load: LoadCounters::default(),
+        })
+    }
+
+    /// Opens a room.
+    pub fn create_room(&mut self, room: &str) -> Result<(), CoreError> {
+        check_id("room", room)?;
+        if self.rooms.contains_key(room) {
+            return Err(CoreError::RoomExists(room.into()));
+        }
+        if self.rooms.len() >= self.config.max_rooms {
+            return Err(CoreError::LimitExceeded(format!(
+                "this node already holds {} rooms",
+                self.rooms.len()
+            )));
+        }
+        let r = Room::new(room);
+        self.rooms.insert(r.id.clone(), r);
+        Ok(())
+    }
+
+    /// Closes a room: every participant leaves with [`LeaveReason::RoomClosed`].
+    pub fn close_room(&mut self, room: &str, now: Instant) -> Result<(), CoreError> {
+        let members = self
+            .rooms
+            .get(room)
+            .map(|r| r.members.clone())
+            .ok_or_else(|| CoreError::RoomNotFound(room.into()))?;
+        self.last_now = now;
+        for key in members {
+            self.remove_participant(key, LeaveReason::RoomClosed, now);
+        }
+        self.rooms.remove(room);
+        self.drive(now);
+        Ok(())
+    }
+
+    /// Returns true when the room is open on this node.
+    pub fn has_room(&self, room: &str) -> bool {
+        self.rooms.contains_key(room)
+    }
+
+    /// Parses the peer's offer, creates its session (ICE-lite, our candidates) and returns
+    /// the SDP answer. The tracks the offer sends become published tracks once negotiated; the
+    /// room's existing tracks reach the newcomer through a follow-up
+    /// [`CoreEvent::Renegotiate`] offer, emitted once the peer is connected.
+    pub fn join(
+        &mut self,
+        room: &str,
+        participant: &str,
+        offer_sdp: &str,
+        now: Instant,
+    ) -> Result<String, CoreError> {
+        check_id("room", room)?;
+        check_id("participant", participant)?;
+        self.check_sdp_size(offer_sdp)?;
+        let room_entry = self
+            .rooms
+            .get(room)
+            .ok_or_else(|| CoreError::RoomNotFound(room.into()))?;
+        if self.by_name.contains_key(participant) {
+            return Err(CoreError::ParticipantExists(participant.into()));
+        }
+        if room_entry.members.len() >= self.config.max_participants_per_room {
+            return Err(CoreError::LimitExceeded(format!(
+                "room {room:?} is full ({} participants)",
+                room_entry.members.len()
+            )));
+        }
+        let room_id = room_entry.id.clone();
+        let offer = SdpOffer::from_sdp_string(offer_sdp)
+            .map_err(|e| CoreError::BadSdp(format!("offer does not parse: {e}")))?;
+        self.last_now = now;
+        let mut rtc = self.new_rtc(now);
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| CoreError::BadSdp(e.to_string()))?;
+
+        let key = PKey(self.next_key);
+        self.next_key += 1;
+        let p = Participant::new(key, participant, room_id.clone(), rtc, now);
+        self.by_name.insert(p.id.clone(), key);
+        self.participants.insert(key, p);
+        if let Some(r) = self.rooms.get_mut(&room_id) {
+            r.members.push(key);
+        }
+        self.sync_subscriptions(key);
+        self.mark_dirty(key);
+        self.drive(now);
+        Ok(answer.to_sdp_string())
+    }
+
+    /// Applies the participant's answer to the last [`CoreEvent::Renegotiate`] offer.
+    pub fn accept_answer(
+        &mut self,
+        participant: &str,
+        answer_sdp: &str,
+        now: Instant,
+    ) -> Result<(), CoreError> {
+        self.check_sdp_size(answer_sdp)?;
+        let key = self.key(participant)?;
+        let answer = SdpAnswer::from_sdp_string(answer_sdp)
+            .map_err(|e| CoreError::BadSdp(format!("answer does not parse: {e}")))?;
+        self.last_now = now;
+        let p = self
+            .participants
+            .get_mut(&key)
+            .ok_or_else(|| not_found(participant))?;
+        if p.pending.is_none() {
+            return Err(CoreError::NoPendingOffer(participant.into()));
+        }
+        let result = p.accept_answer(answer);
+        self.negotiate_list.push(key);
+        self.mark_dirty(key);
+        let opened = match result {
+            Ok(opened) => opened,
+            Err(e) => {
+                self.drive(now);
+                return Err(CoreError::BadSdp(e));
+            }
+        };
+        self.sync_subscriptions(key);
+        self.on_tracks_opened(key, &opened, now);
+        self.drive(now);
+        Ok(())
+    }
+
+    /// Handles an offer the participant makes itself after joining (it adds, changes or stops
+    /// its own tracks) and returns the answer. An outstanding server offer is withdrawn; its
+    /// changes come again in a new [`CoreEvent::Renegotiate`].
+    pub fn accept_offer(
+        &mut self,
+        participant: &str,
+        offer_sdp: &str,
+        now: Instant,
+    ) -> Result<String, CoreError> {
+        self.check_sdp_size(offer_sdp)?;
+        let key = self.key(participant)?;
+        let offer = SdpOffer::from_sdp_string(offer_sdp)
+            .map_err(|e| CoreError::BadSdp(format!("offer does not parse: {e}")))?;
+        self.last_now = now;
+        let p = self
+            .participants
+            .get_mut(&key)
+            .ok_or_else(|| not_found(participant))?;
+        if p.pending.is_some() {
+            p.rollback_offer();
+        }
+        let result = p.rtc.sdp_api().accept_offer(offer);
+        self.negotiate_list.push(key);
+        self.mark_dirty(key);
+        self.drive(now);
+        result
+            .map(|a| a.to_sdp_string())
+            .map_err(|e| CoreError::BadSdp(e.to_string()))
+    }
+
+    /// Adds a trickled ICE candidate of the participant (`candidate:...`, with or without the
+    /// `a=` prefix). An empty string (end of candidates) is accepted and ignored. As an ICE-lite
+    /// server we learn peer addresses from their checks, so this is optional for peers.
+    pub fn add_remote_candidate(
+        &mut self,
+        participant: &str,
+        candidate: &str,
+    ) -> Result<(), CoreError> {
+        let key = self.key(participant)?;
+        let line = candidate.trim();
+        let line = line.strip_prefix("a=").unwrap_or(line);
+        if line.is_empty() {
+            return Ok(());
+        }
+        if line.len() > MAX_CANDIDATE_BYTES {
+            return Err(CoreError::BadCandidate(format!(
+                "candidate is {} bytes, the limit is {MAX_CANDIDATE_BYTES}",
+                line.len()
+            )));
+        }
+        let c = Candidate::from_sdp_string(line)
+            .map_err(|e| CoreError::BadCandidate(format!("{line:?}: {e}")))?;
+        if let Some(p) = self.participants.get_mut(&key) {
+            p.rtc.add_remote_candidate(c);
+        }
+        self.mark_dirty(key);
+        Ok(())
+    }
+
+    /// Removes the participant: its tracks are unpublished everywhere, its subscriptions
+    /// dropped, its session closed (DTLS close_notify is sent).
+    pub fn leave(&mut self, participant: &str, now: Instant) -> Result<(), CoreError> {
+        let key = self.key(participant)?;
+        self.last_now = now;
+        self.remove_participant(key, LeaveReason::Left, now);
+        self.drive(now);
+        Ok(())
+    }
+
+    /// Narrows (`on = false`) or restores (`on = true`) what `subscriber` receives: one track of
+    /// another participant in its room. Tracks are on by default.
+    pub fn set_subscribed(
+        &mut self,
+        subscriber: &str,
+        track: &TrackId,
+        on: bool,
+        now: Instant,
+    ) -> Result<(), CoreError> {
+        let key = self.key(subscriber)?;
+        self.last_now = now;
+        let room = self
+            .participants
+            .get(&key)
+            .map(|p| p.room.clone())
+            .ok_or_else(|| not_found(subscriber))?;
+        let in_room = self
+            .rooms
+            .get(&room)
+            .is_some_and(|r| r.tracks.contains(track));
+        let Some(t) = self.tracks.get_mut(track).filter(|_| in_room) else {
+            return Err(CoreError::TrackNotFound(track.to_string()));
+        };
+        if t.publisher == key {
+            // One's own tracks are never forwarded back; nothing to change.
+            return Ok(());
+        }
+        let Some(p) = self.participants.get_mut(&key) else {
+            return Err(not_found(subscriber));
+        };
+        if on {
+            p.excluded.remove(track);
+            let mut reopened = None;
+            if let Some(out) = p.subs.get_mut(track) {
+                match out.state {
+                    OutState::Offered { mid, cancel: true } => {
+                        out.state = OutState::Offered { mid, cancel: false };
+                    }
+                    OutState::Stop(mid) => {
+                        out.state = OutState::Open(mid);
+                        reopened = Some(track.clone());
+                    }
+                    _ => {}
+                }
+            }
+            if !t.subscribers.contains(&key) {
+                t.subscribers.push(key);
+            }
+            self.sync_subscriptions(key);
+            if let Some(tid) = reopened {
+                self.on_tracks_opened(key, &[tid], now);
+            }
+        } else {
+            p.excluded.insert(track.clone());
+            p.drop_subscription(track);
+            t.subscribers.retain(|k| *k != key);
+        }
+        self.negotiate_list.push(key);
+        self.drive(now);
+        Ok(())
+    }
+
+    /// Feeds one datagram received on the media socket. Datagrams that match no participant,
+    /// or are not STUN/DTLS/RTP/RTCP, are counted and dropped.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        data: &[u8],
+    ) {
+        self.last_now = now;
+        self.load.datagrams_in += 1;
+        self.load.rate_in.add(now, data.len());
+        let Ok(receive) = Receive::new(Protocol::Udp, source, destination, data) else {
+            self.load.dropped += 1;
+            return;
+        };
+        let input = Input::Receive(now, receive);
+        let Some(key) = self.route(&input, source) else {
+            self.load.dropped += 1;
+            return;
+        };
+        if let Some(p) = self.participants.get_mut(&key) {
+            p.counters.bytes_in += data.len() as u64;
+            p.counters.rate_in.add(now, data.len());
+            if let Err(e) = p.rtc.handle_input(input) {
+                tracing::debug!(participant = %p.id, error = %e, "datagram refused");
+            }
+        }
+        self.mark_dirty(key);
+        self.drive(now);
+    }
+
+    /// Advances time: sessions whose deadline passed run their timers, and the core does its
+    /// housekeeping (deadlines, layer choice, deferred keyframe requests).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.last_now = now;
+        let due: Vec<PKey> = self
+            .participants
+            .values()
+            .filter(|p| p.next_timeout <= now)
+            .map(|p| p.key)
+            .collect();
+        for key in due {
+            if let Some(p) = self.participants.get_mut(&key)
+                && let Err(e) = p.rtc.handle_input(Input::Timeout(now))
+            {
+                tracing::debug!(participant = %p.id, error = %e, "timeout refused");
+            }
+            self.mark_dirty(key);
+        }
+        if self.keyframe_due.is_some_and(|t| t <= now) {
+            self.send_due_keyframe_requests(now);
+        }
+        if self.next_housekeeping.is_none_or(|t| t <= now) {
+            self.housekeeping(now);
+            self.next_housekeeping = Some(now + HOUSEKEEPING);
+        }
+        self.drive(now);
+    }
+
+    /// Returns the next output. Drain after every call above until it returns
+    /// [`Output::Timeout`].
+    pub fn poll_output(&mut self) -> Output {
+        if let Some(o) = self.queue.pop_front() {
+            if let Output::Transmit(t) = &o {
+                self.load.datagrams_out += 1;
+                self.load.rate_out.add(self.last_now, t.contents.len());
+            }
+            return o;
+        }
+        let mut next = self.last_now + IDLE;
+        for p in self.participants.values() {
+            next = next.min(p.next_timeout);
+        }
+        if !self.participants.is_empty() {
+            if let Some(t) = self.next_housekeeping {
+                next = next.min(t);
+            } else {
+                next = self.last_now;
+            }
+        }
+        if let Some(t) = self.keyframe_due {
+            next = next.min(t);
+        }
+        Output::Timeout(next)
+    }
+
+    /// Returns a snapshot of one room, or `None` when it is not open here.
+    pub fn room_stats(&self, room: &str) -> Option<RoomStats> {
+        let r = self.rooms.get(room)?;
+        let members: Vec<&Participant> = r
+            .members
+            .iter()
+            .filter_map(|k| self.participants.get(k))
+            .collect();
+        Some(RoomStats {
+            room: room.into(),
+            participants: members.iter().map(|p| p.id.to_string()).collect(),
+            tracks: r
+                .tracks
+                .iter()
+                .filter_map(|tid| {
+                    let t = self.tracks.get(tid)?;
+                    let open = t
+                        .subscribers
+                        .iter()
+                        .filter_map(|k| self.participants.get(k))
+                        .filter(|p| p.subs.get(tid).is_some_and(|o| o.open_mid().is_some()))
+                        .count();
+                    Some(t.stats(open))
+                })
+                .collect(),
+            bitrate_in_bps: members.iter().map(|p| p.counters.rate_in.bps()).sum(),
+            bitrate_out_bps: members.iter().map(|p| p.counters.rate_out.bps()).sum(),
+        })
+    }
+
+    /// Returns a snapshot of one participant, or `None` when it is not present here.
+    pub fn participant_stats(&self, participant: &str) -> Option<ParticipantStats> {
+        let key = self.by_name.get(participant)?;
+        let p = self.participants.get(key)?;
+        let mut published: Vec<TrackId> = p.published.values().cloned().collect();
+        published.sort();
+        let mut subscribed: Vec<(TrackId, String)> = p
+            .subs
+            .iter()
+            .filter(|(_, o)| o.open_mid().is_some())
+            .map(|(tid, o)| {
+                let rid = o
+                    .layer
+                    .current
+                    .flatten()
+                    .map(|r| r.to_string())
+                    .unwrap_or_default();
+                (tid.clone(), rid)
+            })
+            .collect();
+        subscribed.sort();
+        let c = &p.counters;
+        Some(ParticipantStats {
+            participant: p.id.to_string(),
+            room: p.room.to_string(),
+            connected: p.connected,
+            published,
+            subscribed,
+            bytes_in: c.bytes_in,
+            bytes_out: c.bytes_out,
+            bitrate_in_bps: c.rate_in.bps(),
+            bitrate_out_bps: c.rate_out.bps(),
+            frames_forwarded: c.frames_forwarded,
+            estimate_bps: p.estimate.available(self.last_now),
+            rtt_ms: c.rtt_ms,
+            ingress_loss: c.ingress_loss,
+            egress_loss: c.egress_loss,
+            nacks_received: c.nacks_received.values().sum(),
+            nacks_sent: c.nacks_sent.values().sum(),
+            keyframe_requests_received: c.keyframe_requests_received,
+        })
+    }
+
+    /// Returns the node's load for the heartbeat.
+    pub fn load(&self) -> NodeLoad {
+        NodeLoad {
+            rooms: self.rooms.len(),
+            participants: self.participants.len(),
+            tracks: self.tracks.len(),
+            subscriptions: self
+                .participants
+                .values()
+                .map(|p| p.open_subscriptions())
+                .sum(),
+            bitrate_in_bps: self.load.rate_in.bps(),
+            bitrate_out_bps: self.load.rate_out.bps(),
+            datagrams_in: self.load.datagrams_in,
+            datagrams_out: self.load.datagrams_out,
+            datagrams_dropped: self.load.dropped,
+        }
+    }
+
+    // ---- internals -------------------------------------------------------------------------
+
+    fn new_rtc(&self, now: Instant) -> Rtc {
+        let mut rtc = Rtc::builder()
+            .set_crypto_provider(self.crypto.clone())
+            .set_dtls_cert(self.cert.clone())
+            .set_ice_lite(true)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .enable_h264(true)
+            .enable_bwe(Some(Bitrate::bps(self.config.bwe_initial_bps)))
+            .set_stats_interval(Some(self.config.stats_interval))
+            .build(now);
+        for c in &self.candidates {
+            rtc.add_local_candidate(c.clone());
+        }
+        rtc
+    }
+
+    fn key(&self, participant: &str) -> Result<PKey, CoreError> {
+        self.by_name
+            .get(participant)
+            .copied()
+            .ok_or_else(|| not_found(participant))
+    }
+
+    fn check_sdp_size(&self, sdp: &str) -> Result<(), CoreError> {
+        if sdp.len() > self.config.max_sdp_bytes {
+            return Err(CoreError::LimitExceeded(format!(
+                "sdp is {} bytes, the limit is {}",
+                sdp.len(),
+                self.config.max_sdp_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    fn route(&mut self, input: &Input, source: SocketAddr) -> Option<PKey> {
+        if let Some(key) = self.by_addr.get(&source)
+            && self
+                .participants
+                .get(key)
+                .is_some_and(|p| p.rtc.accepts(input))
+        {
+            return Some(*key);
+        }
+        let key = self
+            .participants
+            .values()
+            .find(|p| p.rtc.accepts(input))
+            .map(|p| p.key)?;
+        self.by_addr.insert(source, key);
+        Some(key)
+    }
+
+    pub(crate) fn mark_dirty(&mut self, key: PKey) {
+        if let Some(p) = self.participants.get_mut(&key)
+            && !p.dirty
+        {
+            p.dirty = true;
+            self.poll_list.push(key);
+        }
+    }
+
+    /// Runs until every touched session is drained, every needed offer is made and every
+    /// departed participant is removed. Events of one session can touch others (forwarding,
+    /// keyframe requests), which queues them in turn.
+    pub(crate) fn drive(&mut self, now: Instant) {
+        loop {
+            while let Some(key) = self.poll_list.pop() {
+                let Some(p) = self.participants.get_mut(&key) else {
+                    continue;
+                };
+                p.dirty = false;
+                let events = p.poll(now, &mut self.scratch);
+                let gone = p.gone.is_some();
+                self.queue
+                    .extend(self.scratch.drain(..).map(Output::Transmit));
+                for ev in events {
+                    self.on_rtc_event(key, ev, now);
+                }
+                if gone {
+                    self.gone_list.push(key);
+                }
+            }
+            if let Some(key) = self.gone_list.pop() {
+                let reason = self
+                    .participants
+                    .get(&key)
+                    .and_then(|p| p.gone)
+                    .unwrap_or(LeaveReason::Disconnected);
+                self.remove_participant(key, reason, now);
+                continue;
+            }
+            if let Some(key) = self.negotiate_list.pop() {
+                self.negotiate(key);
+                continue;
+            }
+            break;
+        }
+    }
+
+    fn negotiate(&mut self, key: PKey) {
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        if let Some(offer_sdp) = p.negotiate() {
+            let participant = p.id.to_string();
+            self.queue.push_back(Output::Event(CoreEvent::Renegotiate {
+                participant,
+                offer_sdp,
+            }));
+        }
+        self.mark_dirty(key);
+    }
+
+    /// Makes sure `key` has a subscription entry for every track in its room it has not
+    /// opted out of.
+    pub(crate) fn sync_subscriptions(&mut self, key: PKey) {
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        let Some(room) = self.rooms.get(&p.room) else {
+            return;
+        };
+        let mut added = false;
+        for tid in &room.tracks {
+            let Some(t) = self.tracks.get_mut(tid) else {
+                continue;
+            };
+            if t.publisher == key || p.excluded.contains(tid) || p.subs.contains_key(tid) {
+                continue;
+            }
+            p.subs.insert(tid.clone(), OutTrack::new(t));
+            if !t.subscribers.contains(&key) {
+                t.subscribers.push(key);
+            }
+            added = true;
+        }
+        if added {
+            self.negotiate_list.push(key);
+        }
+    }
+
+    /// Removes a participant and everything hanging off it.
+    pub(crate) fn remove_participant(&mut self, key: PKey, reason: LeaveReason, now: Instant) {
+        let Some(mut p) = self.participants.remove(&key) else {
+            return;
+        };
+        let mut published: Vec<TrackId> = p.published.values().cloned().collect();
+        published.sort();
+        for tid in published {
+            self.unpublish(&tid, now);
+        }
+        for tid in p.subs.keys() {
+            if let Some(t) = self.tracks.get_mut(tid) {
+                t.subscribers.retain(|k| *k != key);
+            }
+        }
+        self.by_name.remove(&p.id);
+        self.by_addr.retain(|_, k| *k != key);
+        if let Some(r) = self.rooms.get_mut(&p.room) {
+            r.members.retain(|k| *k != key);
+        }
+        // Say goodbye properly (RTCP BYE, DTLS close_notify) when the session still lives.
+        if p.rtc.is_alive() {
+            if let Err(e) = p.rtc.close() {
+                tracing::debug!(participant = %p.id, error = %e, "close failed");
+            }
+            p.gone = None;
+            let _ = p.poll(now, &mut self.scratch);
+            self.queue
+                .extend(self.scratch.drain(..).map(Output::Transmit));
+        }
+        tracing::info!(participant = %p.id, room = %p.room, ?reason, "participant left");
+        self.queue
+            .push_back(Output::Event(CoreEvent::ParticipantLeft {
+                room: p.room.to_string(),
+                participant: p.id.to_string(),
+                reason,
+            }));
+    }
+
+    /// Connect timeouts, ICE grace, meter windows, layer choice, keyframe retries.
+    fn housekeeping(&mut self, now: Instant) {
+        self.load.rate_in.roll(now);
+        self.load.rate_out.roll(now);
+        for t in self.tracks.values_mut() {
+            for l in &mut t.layers {
+                l.meter.roll(now);
+            }
+        }
+        let mut expired = Vec::new();
+        let mut keys = Vec::with_capacity(self.participants.len());
+        for p in self.participants.values_mut() {
+            p.counters.rate_in.roll(now);
+            p.counters.rate_out.roll(now);
+            keys.push(p.key);
+            if !p.connected
+                && now.saturating_duration_since(p.joined_at) >= self.config.connect_timeout
+            {
+                expired.push((p.key, LeaveReason::ConnectTimeout));
+            } else if p
+                .ice_down_since
+                .is_some_and(|t| now.saturating_duration_since(t) >= self.config.disconnect_grace)
+            {
+                expired.push((p.key, LeaveReason::Disconnected));
+            }
+        }
+        for (key, reason) in expired {
+            self.remove_participant(key, reason, now);
+        }
+        keys.sort();
+        for key in keys {
+            self.select_layers(key, now);
+            self.retry_keyframes(key, now);
+        }
+    }
+}
+
+fn not_found(participant: &str) -> CoreError {
+    CoreError::ParticipantNotFound(participant.into())
+}
+
+fn check_id(what: &str, id: &str) -> Result<(), CoreError> {
+    if id.is_empty() {
+        return Err(CoreError::InvalidId(format!("{what} id is empty")));
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Err(CoreError::InvalidId(format!(
+            "{what} id is {} bytes, the limit is {MAX_ID_BYTES}",
+            id.len()
+        )));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(CoreError::InvalidId(format!(
+            "{what} id {id:?} holds control characters"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,410 @@
+//! Reactions to session events: publishing, forwarding, feedback, bandwidth estimates.
+
+use std::time::Instant;
+
+use str0m::Event;
+use str0m::IceConnectionState;
+use str0m::bwe::{Bitrate, BweKind};
+use str0m::media::{KeyframeRequestKind, MediaAdded, MediaData, Mid, Rid};
+
+use crate::core::SfuCore;
+use crate::event::{CoreEvent, Output, TrackId};
+use crate::forwarding::{PublishedTrack, forward_frame, track_kind};
+use crate::participant::PKey;
+use crate::simulcast::choose_layer;
+
+/// Budget assumed for one forwarded audio track when choosing video layers.
+const AUDIO_BUDGET_BPS: u64 = 50_000;
+
+impl SfuCore {
+    pub(crate) fn on_rtc_event(&mut self, key: PKey, event: Event, now: Instant) {
+        match event {
+            Event::MediaData(data) => self.on_media_data(key, data, now),
+            Event::KeyframeRequest(req) => self.on_subscriber_keyframe_request(key, req.mid, now),
+            Event::Connected => {
+                let Some(p) = self.participants.get_mut(&key) else {
+                    return;
+                };
+                p.connected = true;
+                p.ice_down_since = None;
+                let ev = CoreEvent::ParticipantConnected {
+                    room: p.room.to_string(),
+                    participant: p.id.to_string(),
+                };
+                self.queue.push_back(Output::Event(ev));
+                self.negotiate_list.push(key);
+            }
+            Event::IceConnectionStateChange(state) => {
+                let Some(p) = self.participants.get_mut(&key) else {
+                    return;
+                };
+                match state {
+                    IceConnectionState::Disconnected => {
+                        p.ice_down_since.get_or_insert(now);
+                    }
+                    IceConnectionState::Connected | IceConnectionState::Completed => {
+                        p.ice_down_since = None;
+                    }
+                    _ => {}
+                }
+            }
+            Event::MediaAdded(added) => self.on_media_added(key, added, now),
+            Event::MediaChanged(changed) if !changed.direction.is_receiving() => {
+                let tid = self
+                    .participants
+                    .get(&key)
+                    .and_then(|p| p.published.get(&changed.mid).cloned());
+                if let Some(tid) = tid {
+                    self.unpublish(&tid, now);
+                }
+            }
+            Event::EgressBitrateEstimate(bwe) => {
+                let Some(p) = self.participants.get_mut(&key) else {
+                    return;
+                };
+                match bwe {
+                    BweKind::Twcc { estimate, .. } => p.estimate.twcc = Some(estimate.as_u64()),
+                    BweKind::Remb { estimate, .. } => {
+                        p.estimate.remb = Some((estimate.as_u64(), now));
+                    }
+                    _ => {}
+                }
+                self.select_layers(key, now);
+            }
+            Event::PeerStats(s) => {
+                if let Some(p) = self.participants.get_mut(&key) {
+                    p.counters.rtt_ms = s.rtt.map(|d| d.as_millis() as u64);
+                    p.counters.ingress_loss = s.ingress_loss_fraction;
+                    p.counters.egress_loss = s.egress_loss_fraction;
+                }
+            }
+            Event::MediaIngressStats(s) => {
+                if let Some(p) = self.participants.get_mut(&key) {
+                    p.counters.nacks_sent.insert((s.mid, s.rid), s.nacks);
+                }
+            }
+            Event::MediaEgressStats(s) => {
+                if let Some(p) = self.participants.get_mut(&key) {
+                    p.counters.nacks_received.insert((s.mid, s.rid), s.nacks);
+                }
+            }
+            Event::Closed => {
+                if let Some(p) = self.participants.get_mut(&key) {
+                    p.gone
+                        .get_or_insert(crate::event::LeaveReason::Disconnected);
+                    self.gone_list.push(key);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A new m-line from the peer: if it sends to us, it is a published track.
+    fn on_media_added(&mut self, key: PKey, added: MediaAdded, now: Instant) {
+        if !added.direction.is_receiving() {
+            return;
+        }
+        let limit = self.config.max_tracks_per_participant;
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        if p.published.contains_key(&added.mid) {
+            return;
+        }
+        if p.published.len() >= limit {
+            tracing::warn!(participant = %p.id, limit, "track limit reached; track not forwarded");
+            return;
+        }
+        let tid = TrackId::new(format!("{}-{}", p.id, added.mid));
+        let mut rids: Vec<Rid> = Vec::new();
+        if let Some(s) = &added.simulcast {
+            for l in s.recv.iter().chain(s.send.iter()) {
+                if !rids.contains(&l.rid) {
+                    rids.push(l.rid);
+                }
+            }
+        }
+        let track =
+            PublishedTrack::new(tid.clone(), key, p.id.clone(), added.mid, added.kind, rids);
+        p.published.insert(added.mid, tid.clone());
+        let room_id = p.room.clone();
+        let publisher = p.id.to_string();
+        let event = CoreEvent::TrackPublished {
+            room: room_id.to_string(),
+            participant: publisher,
+            track: tid.clone(),
+            kind: track_kind(added.kind),
+            rids: track
+                .layers
+                .iter()
+                .filter_map(|l| l.rid.map(|r| r.to_string()))
+                .collect(),
+        };
+        self.tracks.insert(tid.clone(), track);
+        let members = match self.rooms.get_mut(&room_id) {
+            Some(r) => {
+                r.tracks.push(tid.clone());
+                r.members.clone()
+            }
+            None => Vec::new(),
+        };
+        self.queue.push_back(Output::Event(event));
+        tracing::info!(track = %tid, kind = ?added.kind, "track published");
+        for m in members {
+            if m != key {
+                self.sync_subscriptions(m);
+            }
+        }
+        let _ = now;
+    }
+
+    /// Removes a published track from the room and from every subscriber.
+    pub(crate) fn unpublish(&mut self, tid: &TrackId, _now: Instant) {
+        let Some(track) = self.tracks.remove(tid) else {
+            return;
+        };
+        if let Some(p) = self.participants.get_mut(&track.publisher) {
+            p.published.remove(&track.mid);
+        }
+        let room_id = self
+            .rooms
+            .iter_mut()
+            .find(|(_, r)| r.tracks.contains(tid))
+            .map(|(id, r)| {
+                r.tracks.retain(|t| t != tid);
+                id.clone()
+            });
+        for sub in &track.subscribers {
+            if let Some(sp) = self.participants.get_mut(sub) {
+                sp.excluded.remove(tid);
+                if sp.drop_subscription(tid) {
+                    self.negotiate_list.push(*sub);
+                }
+            }
+        }
+        // Opted-out participants are not in `subscribers`; forget their opt-out too.
+        if let Some(room) = room_id.as_ref().and_then(|id| self.rooms.get(id)) {
+            for m in &room.members {
+                if let Some(mp) = self.participants.get_mut(m) {
+                    mp.excluded.remove(tid);
+                }
+            }
+        }
+        self.queue
+            .push_back(Output::Event(CoreEvent::TrackUnpublished {
+                room: room_id.map(|r| r.to_string()).unwrap_or_default(),
+                participant: track.publisher_id.to_string(),
+                track: tid.clone(),
+            }));
+    }
+
+    /// A frame (or audio sample) from a publisher: account it and hand it to every subscriber.
+    fn on_media_data(&mut self, key: PKey, data: MediaData, now: Instant) {
+        let Some(tid) = self
+            .participants
+            .get(&key)
+            .and_then(|p| p.published.get(&data.mid))
+            .cloned()
+        else {
+            return;
+        };
+        let Some(track) = self.tracks.get_mut(&tid) else {
+            return;
+        };
+        let keyframe = data.is_keyframe();
+        track.on_frame(now, &data, keyframe);
+        let is_video = track.kind.is_video();
+        for sub in &track.subscribers {
+            let Some(sp) = self.participants.get_mut(sub) else {
+                continue;
+            };
+            let Some(out) = sp.subs.get_mut(&tid) else {
+                continue;
+            };
+            if forward_frame(&mut sp.rtc, out, &data, keyframe) {
+                sp.counters.frames_forwarded += 1;
+                if !sp.dirty {
+                    sp.dirty = true;
+                    self.poll_list.push(*sub);
+                }
+            }
+        }
+        // Upstream loss the NACKs could not repair: only a keyframe heals the picture.
+        if is_video && !data.contiguous {
+            self.request_keyframe(&tid, data.rid, now);
+        }
+    }
+
+    /// PLI/FIR from a subscriber on one of our m-lines: ask the publisher of that track for a
+    /// keyframe of the layer the subscriber receives (or is switching to).
+    fn on_subscriber_keyframe_request(&mut self, key: PKey, mid: Mid, now: Instant) {
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        p.counters.keyframe_requests_received += 1;
+        let Some(tid) = p.out_mids.get(&mid).cloned() else {
+            return;
+        };
+        let Some(out) = p.subs.get(&tid) else {
+            return;
+        };
+        let rid = out.layer.current.unwrap_or(out.layer.target);
+        self.request_keyframe(&tid, rid, now);
+    }
+
+    /// Requests a keyframe of one layer from the track's publisher, throttled per layer.
+    pub(crate) fn request_keyframe(&mut self, tid: &TrackId, rid: Option<Rid>, now: Instant) {
+        let interval = self.config.keyframe_min_interval;
+        let Some(track) = self.tracks.get_mut(tid) else {
+            return;
+        };
+        if !track.kind.is_video() {
+            return;
+        }
+        let (publisher, mid) = (track.publisher, track.mid);
+        let gate = &mut track.layer_mut(rid).gate;
+        if gate.request(now, interval) {
+            self.send_keyframe_request(publisher, mid, rid);
+        } else if let Some(due) = gate.deadline(interval) {
+            self.keyframe_due = Some(self.keyframe_due.map_or(due, |d| d.min(due)));
+        }
+    }
+
+    fn send_keyframe_request(&mut self, publisher: PKey, mid: Mid, rid: Option<Rid>) {
+        let Some(p) = self.participants.get_mut(&publisher) else {
+            return;
+        };
+        let Some(mut writer) = p.rtc.writer(mid) else {
+            return;
+        };
+        let kind = if writer.is_request_keyframe_possible(KeyframeRequestKind::Pli) {
+            KeyframeRequestKind::Pli
+        } else {
+            KeyframeRequestKind::Fir
+        };
+        if let Err(e) = writer.request_keyframe(rid, kind) {
+            // No stream for this layer yet (nothing received): the retry loop asks again.
+            tracing::debug!(%mid, ?rid, error = %e, "keyframe request not sent");
+        }
+        self.mark_dirty(publisher);
+    }
+
+    /// Sends keyframe requests that the throttle held back and that are now due.
+    pub(crate) fn send_due_keyframe_requests(&mut self, now: Instant) {
+        let interval = self.config.keyframe_min_interval;
+        let mut send = Vec::new();
+        let mut next: Option<Instant> = None;
+        for t in self.tracks.values_mut() {
+            for l in &mut t.layers {
+                if l.gate.poll_due(now, interval) {
+                    send.push((t.publisher, t.mid, l.rid));
+                } else if let Some(d) = l.gate.deadline(interval) {
+                    next = Some(next.map_or(d, |n| n.min(d)));
+                }
+            }
+        }
+        self.keyframe_due = next;
+        for (publisher, mid, rid) in send {
+            self.send_keyframe_request(publisher, mid, rid);
+        }
+    }
+
+    /// Subscriptions whose m-lines just opened: pick their layer and ask for a keyframe so the
+    /// new receiver can start decoding at once.
+    pub(crate) fn on_tracks_opened(&mut self, key: PKey, opened: &[TrackId], now: Instant) {
+        self.select_layers(key, now);
+        for tid in opened {
+            let target = self
+                .participants
+                .get(&key)
+                .and_then(|p| p.subs.get(tid))
+                .filter(|o| o.kind.is_video())
+                .map(|o| o.layer.target);
+            if let Some(rid) = target {
+                self.request_keyframe(tid, rid, now);
+            }
+        }
+    }
+
+    /// Subscriptions still waiting for a keyframe (the request or the keyframe got lost) ask
+    /// again; the throttle keeps this cheap for the publisher.
+    pub(crate) fn retry_keyframes(&mut self, key: PKey, now: Instant) {
+        let Some(p) = self.participants.get(&key) else {
+            return;
+        };
+        let waiting: Vec<(TrackId, Option<Rid>)> = p
+            .subs
+            .iter()
+            .filter(|(_, o)| o.kind.is_video() && o.open_mid().is_some())
+            .filter(|(_, o)| o.layer.wants_keyframe())
+            .map(|(tid, o)| (tid.clone(), o.layer.target))
+            .collect();
+        for (tid, rid) in waiting {
+            self.request_keyframe(&tid, rid, now);
+        }
+    }
+
+    /// Chooses the simulcast layer of every video subscription of `key` from its bandwidth
+    /// estimate, and tells the estimator how much we would like to send.
+    pub(crate) fn select_layers(&mut self, key: PKey, now: Instant) {
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        let available = p.estimate.available(now);
+        let mut fixed: u64 = 0;
+        let mut simulcast_tracks: u64 = 0;
+        let mut desired: u64 = 0;
+        for (tid, out) in &p.subs {
+            let Some(t) = self.tracks.get(tid) else {
+                continue;
+            };
+            if out.kind.is_audio() {
+                fixed += AUDIO_BUDGET_BPS;
+                desired += AUDIO_BUDGET_BPS;
+            } else if t.is_simulcast() {
+                simulcast_tracks += 1;
+                desired += t.sorted_layers().last().map_or(0, |l| l.bitrate_bps);
+            } else {
+                let bps = t.layers.first().map_or(0, |l| l.meter.bps());
+                fixed += bps;
+                desired += bps;
+            }
+        }
+        let budget = available.map(|a| a.saturating_sub(fixed) / simulcast_tracks.max(1));
+        let mut wanted = Vec::new();
+        for (tid, out) in p.subs.iter_mut() {
+            let Some(t) = self.tracks.get(tid) else {
+                continue;
+            };
+            if !t.is_simulcast() || out.kind.is_audio() {
+                continue;
+            }
+            let layers = t.sorted_layers();
+            let Some(choice) = choose_layer(&layers, budget, out.layer.current) else {
+                continue;
+            };
+            if choice != out.layer.target {
+                tracing::debug!(track = %tid, from = ?out.layer.target, to = ?choice, ?budget, "layer target");
+                out.layer.target = choice;
+                if out.open_mid().is_some() && out.layer.wants_keyframe() {
+                    wanted.push((tid.clone(), choice));
+                }
+            }
+        }
+        // Ask the estimator to probe up to what the best layers need (plus some headroom).
+        let desired = desired + desired / 5;
+        if desired > 0 && desired.abs_diff(p.bwe_desired) > p.bwe_desired / 10 {
+            p.bwe_desired = desired;
+            p.rtc
+                .bwe()
+                .set_bitrate(Bitrate::ZERO, Bitrate::bps(desired));
+            if !p.dirty {
+                p.dirty = true;
+                self.poll_list.push(key);
+            }
+        }
+        for (tid, rid) in wanted {
+            self.request_keyframe(&tid, rid, now);
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! Sans-IO media core of the rethink SFU, built on [str0m].
+//!
+//! [`SfuCore`] holds every room and participant of one node. Each participant is one str0m
+//! `Rtc` (ICE-lite, our host candidates) and all of them share one UDP socket: incoming
+//! datagrams are routed to the session that accepts them. The core never touches a socket, a
+//! clock or a thread: its driver feeds it datagrams, API calls and timeouts, then drains
+//! [`SfuCore::poll_output`] until it returns [`Output::Timeout`].
+//!
+//! ```text
+//!   driver (sfu service)                 SfuCore
+//!   ────────────────────                 ──────────────────────────────────────────────
+//!   UDP recv ─────────── handle_datagram ─▶ route by rtc.accepts ─▶ participant Rtc
+//!   timer ────────────── handle_timeout ──▶ every due Rtc + housekeeping
+//!   gRPC join/answer… ── join/accept_answer/set_subscribed/leave
+//!   UDP send / events ◀─ poll_output ◀──── Transmit | Event(CoreEvent) | Timeout
+//! ```
+//!
+//! Media flow: every publisher's tracks (Opus audio, VP8/H264 video, simulcast layers) are
+//! forwarded to every other participant of the room unless that participant narrowed its
+//! subscriptions ([`SfuCore::set_subscribed`]). A forwarded track is a send-only m-line the
+//! server adds to the subscriber's session by renegotiation: the core emits
+//! [`CoreEvent::Renegotiate`] with an offer and expects the answer through
+//! [`SfuCore::accept_answer`]. Frames go through str0m's frame API, so each leg has its own
+//! sequence numbers, NACK handling and RTX retransmission.
+//!
+//! Layout:
+//! - `core`: the public [`SfuCore`] API and the drive loop.
+//! - `handlers`: reactions to session events (publish, forward, feedback, estimates).
+//! - `participant`: one peer's session and negotiation state.
+//! - `room`: members and tracks of a room.
+//! - `forwarding`: published tracks, subscriptions, writing frames to subscribers.
+//! - `simulcast`: layer choice from the bandwidth estimate, keyframe-gated switching.
+//! - `keyframe`: keyframe request throttling.
+//! - `stats`: snapshots and load counters.
+//!
+//! Contracts: nothing from the network can panic the core; bad input is a [`CoreError`].
+//! Participant ids are unique per node (the service may prefix them with the room).
+
+mod config;
+mod core;
+mod error;
+mod event;
+mod forwarding;
+mod handlers;
+mod keyframe;
+mod participant;
+mod room;
+mod simulcast;
+mod stats;
+
+pub use crate::config::CoreConfig;
+pub use crate::core::SfuCore;
+pub use crate::error::CoreError;
+pub use crate::event::{CoreEvent, LeaveReason, Output, TrackId, TrackKind, Transmit};
+pub use crate::stats::{LayerStats, NodeLoad, ParticipantStats, RoomStats, TrackStats};
