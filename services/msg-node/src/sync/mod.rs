@@ -1,1 +1,627 @@
-//! Data-object synchronisation, server side (placeholder until the Syncher lands).
+//! The Syncher's server side: data objects at `domain://sync.<domain>`.
+//!
+//! A hyperty (the *reporter*) creates an object and is the only one that may update or delete
+//! it; other hyperties (*observers*) subscribe and receive every change in version order.
+//!
+//! Layout: [`record`] holds the stored record, key and channel names and the change messages;
+//! [`fanout`] delivers changes to this replica's observers in order. [`Syncher`] is the API the
+//! router calls.
+//!
+//! Contracts:
+//! - Objects live in the [`KvStore`] (Redis in production, so they survive a restart; memory
+//!   otherwise). Every write is a compare-and-swap on the whole record, so concurrent writers on
+//!   any number of replicas never lose an update: exactly one of two updates at the same version
+//!   wins, the other gets [`SyncError::Conflict`] with the current version.
+//! - Versions start at 1 and grow by one per update; a delete takes one more version.
+//! - A change is published on the bus after it is stored; every replica's dispatcher hands it to
+//!   its local streams, which deliver versions in increasing order (see [`fanout`] for how gaps
+//!   and reordering are handled).
+//! - Sizes are bounded: value bytes, objects per reporter, observers per object.
+
+mod fanout;
+mod record;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rethink_common::bus::{BusError, EventBus};
+use rethink_common::kv::{KvError, KvStore};
+use serde_json::Value;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+pub use self::fanout::ChangeStream;
+use self::fanout::{Registry, lock};
+pub use self::record::SYNC_CHANNEL;
+use self::record::{BusChange, ObjectRecord, decode_list, object_key, observers_key, reporter_key};
+
+/// Longest accepted address (reporter, observer) or schema, in bytes.
+pub const MAX_NAME_LEN: usize = 512;
+
+/// How long a tombstone outlives a delete that crashed half-way.
+const TOMBSTONE_TTL: Duration = Duration::from_secs(60);
+
+/// Compare-and-swap attempts before giving up on a key that keeps changing under us.
+const CAS_ATTEMPTS: usize = 32;
+
+/// Limits and names of the Syncher.
+#[derive(Clone, Debug)]
+pub struct SyncConfig {
+    /// Domain of object URLs (`object://<domain>/<uuid>`) and of `domain://sync.<domain>`.
+    pub domain: String,
+    /// Largest object value, in bytes of JSON.
+    pub max_value_bytes: usize,
+    /// How many live objects one reporter may own.
+    pub max_objects_per_reporter: usize,
+    /// How many observers one object may have.
+    pub max_observers_per_object: usize,
+    /// How long a stream waits for a missing version before reading the store instead.
+    pub gap_timeout: Duration,
+    /// Changes queued per local stream before it is marked lagged and catches up from the store.
+    pub stream_capacity: usize,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            domain: "localhost".to_owned(),
+            max_value_bytes: 32 * 1024,
+            max_objects_per_reporter: 100,
+            max_observers_per_object: 1000,
+            gap_timeout: Duration::from_millis(500),
+            stream_capacity: 256,
+        }
+    }
+}
+
+/// Why a sync operation failed; [`code`](SyncError::code) gives the response code.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The object does not exist (or was deleted).
+    #[error("no such object")]
+    NotFound,
+    /// The caller is not the object's reporter.
+    #[error("only the reporter of an object may update or delete it")]
+    Forbidden,
+    /// The update was based on an old version.
+    #[error("version conflict: the object is at version {current}; read it and retry")]
+    Conflict {
+        /// The object's current version.
+        current: u64,
+    },
+    /// The request itself is wrong.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The value is larger than [`SyncConfig::max_value_bytes`].
+    #[error("object value of {size} bytes is larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// The value's size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A per-reporter or per-object limit is reached.
+    #[error("{0}")]
+    LimitReached(String),
+    /// The store failed.
+    #[error("object store: {0}")]
+    Store(#[from] KvError),
+    /// The bus failed.
+    #[error("event bus: {0}")]
+    Bus(#[from] BusError),
+    /// The store holds something that is not a valid record, or a key kept changing.
+    #[error("object store: {0}")]
+    Corrupt(String),
+}
+
+impl SyncError {
+    /// Returns the protocol response code for this error.
+    pub fn code(&self) -> u16 {
+        match self {
+            SyncError::NotFound => 404,
+            SyncError::Forbidden | SyncError::LimitReached(_) => 403,
+            SyncError::Conflict { .. } => 409,
+            SyncError::BadRequest(_) => 400,
+            SyncError::TooLarge { .. } => 413,
+            SyncError::Store(_) | SyncError::Bus(_) | SyncError::Corrupt(_) => 500,
+        }
+    }
+}
+
+/// What `create` returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// The object URL, `object://<domain>/<uuid>`.
+    pub url: String,
+    /// The schema given at creation.
+    pub schema: String,
+    /// The reporter's address.
+    pub reporter: String,
+    /// The current version.
+    pub version: u64,
+}
+
+/// An object's state at one version.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObjectSnapshot {
+    /// The object URL.
+    pub url: String,
+    /// The schema given at creation.
+    pub schema: String,
+    /// The reporter's address.
+    pub reporter: String,
+    /// The version of `value`.
+    pub version: u64,
+    /// The value.
+    pub value: Value,
+}
+
+/// What happened to an object.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ChangeKind {
+    /// The object's value is now this.
+    Update(Value),
+    /// The object is gone; nothing follows.
+    Delete,
+}
+
+/// One change pushed to an observer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObjectChange {
+    /// The object URL.
+    pub url: String,
+    /// The version this change produced.
+    pub version: u64,
+    /// The change.
+    pub kind: ChangeKind,
+}
+
+/// The Syncher. Cheap to clone; clones share the store, the bus and the local observers.
+#[derive(Clone, Debug)]
+pub struct Syncher {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    kv: Arc<dyn KvStore>,
+    bus: Arc<dyn EventBus>,
+    config: SyncConfig,
+    registry: Registry,
+    next_id: AtomicU64,
+    dispatcher_running: AtomicBool,
+    /// Serializes starting the dispatcher.
+    dispatcher_start: tokio::sync::Mutex<()>,
+    stop: CancellationToken,
+    /// Stops the dispatcher when the last handle goes.
+    _stop_on_drop: DropGuard,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Reads the record of `url` (tombstones included).
+    async fn load(&self, url: &str) -> Result<Option<ObjectRecord>, SyncError> {
+        Ok(self.load_raw(url).await?.map(|(r, _)| r))
+    }
+
+    async fn load_raw(&self, url: &str) -> Result<Option<(ObjectRecord, Bytes)>, SyncError> {
+        match self.kv.get(&object_key(url)).await? {
+            None => Ok(None),
+            Some(bytes) => {
+                let record = serde_json::from_slice(&bytes)
+                    .map_err(|e| SyncError::Corrupt(format!("record of {url}: {e}")))?;
+                Ok(Some((record, bytes)))
+            }
+        }
+    }
+
+    /// Reads a live (not deleted) record.
+    async fn live(&self, url: &str) -> Result<(ObjectRecord, Bytes), SyncError> {
+        match self.load_raw(url).await? {
+            Some((record, bytes)) if !record.deleted => Ok((record, bytes)),
+            _ => Err(SyncError::NotFound),
+        }
+    }
+
+    async fn publish(&self, change: &BusChange) {
+        // Serializing a record of strings, numbers and a `Value` cannot fail.
+        let payload = Bytes::from(serde_json::to_vec(change).unwrap_or_default());
+        if let Err(error) = self.bus.publish(SYNC_CHANNEL, payload).await {
+            // The change is stored; observers catch up at their next change or gap timeout.
+            tracing::warn!(url = change.url(), %error, "sync change stored but not published");
+        }
+    }
+
+    /// Applies `edit` to the JSON string list at `key` with compare-and-swap, retrying while
+    /// other writers change it. `edit` returns false to leave the list unchanged.
+    async fn edit_list(
+        &self,
+        key: &str,
+        mut edit: impl FnMut(&mut Vec<String>) -> Result<bool, SyncError>,
+    ) -> Result<(), SyncError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let current = self.kv.get(key).await?;
+            let mut list = decode_list(current.as_deref())
+                .map_err(|e| SyncError::Corrupt(format!("list {key}: {e}")))?;
+            if !edit(&mut list)? {
+                return Ok(());
+            }
+            let new = (!list.is_empty())
+                .then(|| Bytes::from(serde_json::to_vec(&list).unwrap_or_default()));
+            if self
+                .kv
+                .compare_and_swap(key, current.as_deref(), new, None)
+                .await?
+            {
+                return Ok(());
+            }
+        }
+        Err(SyncError::Corrupt(format!(
+            "{key} kept changing; try again"
+        )))
+    }
+}
+
+fn check_name(what: &str, name: &str) -> Result<(), SyncError> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(SyncError::BadRequest(format!(
+            "{what} must have 1 to {MAX_NAME_LEN} bytes"
+        )));
+    }
+    Ok(())
+}
+
+impl Syncher {
+    /// Returns a Syncher over these backends. Observers on any Syncher sharing the same store
+    /// and bus (other replicas) see each other's changes.
+    pub fn new(kv: Arc<dyn KvStore>, bus: Arc<dyn EventBus>, config: SyncConfig) -> Self {
+        let stop = CancellationToken::new();
+        Syncher {
+            shared: Arc::new(Shared {
+                kv,
+                bus,
+                config,
+                registry: Registry::default(),
+                next_id: AtomicU64::new(1),
+                dispatcher_running: AtomicBool::new(false),
+                dispatcher_start: tokio::sync::Mutex::new(()),
+                _stop_on_drop: stop.clone().drop_guard(),
+                stop,
+            }),
+        }
+    }
+
+    /// Returns the address of the sync service, `domain://sync.<domain>`.
+    pub fn address(&self) -> String {
+        format!("domain://sync.{}", self.shared.config.domain)
+    }
+
+    /// Returns the configuration.
+    pub fn config(&self) -> &SyncConfig {
+        &self.shared.config
+    }
+
+    fn check_value(&self, value: &Value) -> Result<(), SyncError> {
+        let size = serde_json::to_vec(value)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
+        let limit = self.shared.config.max_value_bytes;
+        if size > limit {
+            return Err(SyncError::TooLarge { size, limit });
+        }
+        Ok(())
+    }
+
+    /// Creates an object owned by `reporter` (a hyperty address) at version 1.
+    pub async fn create(
+        &self,
+        reporter: &str,
+        schema: &str,
+        value: Value,
+    ) -> Result<ObjectInfo, SyncError> {
+        check_name("reporter", reporter)?;
+        check_name("schema", schema)?;
+        self.check_value(&value)?;
+        let shared = &self.shared;
+        let url = format!("object://{}/{}", shared.config.domain, uuid::Uuid::new_v4());
+        let max = shared.config.max_objects_per_reporter;
+        // Reserve the slot first, so concurrent creates cannot exceed the limit together.
+        let owned_key = reporter_key(reporter);
+        let mut pruned = false;
+        loop {
+            let mut full = false;
+            shared
+                .edit_list(&owned_key, |list| {
+                    if list.len() >= max {
+                        full = true;
+                        return Ok(false);
+                    }
+                    list.push(url.clone());
+                    Ok(true)
+                })
+                .await?;
+            if !full {
+                break;
+            }
+            if pruned {
+                return Err(SyncError::LimitReached(format!(
+                    "a reporter may own at most {max} objects; delete one first"
+                )));
+            }
+            // Entries may outlive objects after a crash mid-delete; drop those and retry once.
+            self.prune_owned(reporter).await?;
+            pruned = true;
+        }
+        let record = ObjectRecord {
+            url: url.clone(),
+            schema: schema.to_owned(),
+            reporter: reporter.to_owned(),
+            version: 1,
+            value,
+            deleted: false,
+        };
+        let bytes = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
+        let stored = shared.kv.set_nx(&object_key(&url), bytes, None).await;
+        if !matches!(stored, Ok(true)) {
+            self.release_owned(reporter, &url).await;
+            stored?;
+            return Err(SyncError::Corrupt(format!("object {url} already exists")));
+        }
+        tracing::debug!(%url, reporter, schema, "object created");
+        Ok(ObjectInfo {
+            url,
+            schema: record.schema,
+            reporter: record.reporter,
+            version: 1,
+        })
+    }
+
+    async fn prune_owned(&self, reporter: &str) -> Result<(), SyncError> {
+        let key = reporter_key(reporter);
+        let listed = decode_list(self.shared.kv.get(&key).await?.as_deref())
+            .map_err(|e| SyncError::Corrupt(format!("list {key}: {e}")))?;
+        let mut gone = Vec::new();
+        for url in listed {
+            if self.shared.load(&url).await?.is_none() {
+                gone.push(url);
+            }
+        }
+        if !gone.is_empty() {
+            self.shared
+                .edit_list(&key, |list| {
+                    list.retain(|u| !gone.contains(u));
+                    Ok(true)
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn release_owned(&self, reporter: &str, url: &str) {
+        let result = self
+            .shared
+            .edit_list(&reporter_key(reporter), |list| {
+                let before = list.len();
+                list.retain(|u| u != url);
+                Ok(list.len() != before)
+            })
+            .await;
+        if let Err(error) = result {
+            // Harmless: `create` prunes entries whose object is gone when the limit is hit.
+            tracing::warn!(reporter, url, %error, "cannot release object slot");
+        }
+    }
+
+    /// Returns the object's current value and version.
+    pub async fn read(&self, object: &str) -> Result<ObjectSnapshot, SyncError> {
+        let (r, _) = self.shared.live(object).await?;
+        Ok(ObjectSnapshot {
+            url: r.url,
+            schema: r.schema,
+            reporter: r.reporter,
+            version: r.version,
+            value: r.value,
+        })
+    }
+
+    /// Returns the object's observers, as stored.
+    pub async fn observers(&self, object: &str) -> Result<Vec<String>, SyncError> {
+        self.shared.live(object).await?;
+        let key = observers_key(object);
+        decode_list(self.shared.kv.get(&key).await?.as_deref())
+            .map_err(|e| SyncError::Corrupt(format!("list {key}: {e}")))
+    }
+
+    /// Subscribes `observer` to `object`: returns the current value and version, and the stream
+    /// of every later change in version order. A second subscribe by the same observer on this
+    /// replica replaces the first stream (which ends).
+    pub async fn subscribe(
+        &self,
+        object: &str,
+        observer: &str,
+    ) -> Result<(ObjectSnapshot, ChangeStream), SyncError> {
+        check_name("observer", observer)?;
+        self.ensure_dispatcher().await?;
+        // Listen before reading: every change committed after the read below is then delivered,
+        // and the ones before it are filtered out by version.
+        let (id, rx, lagged) = fanout::register(&self.shared, object, observer);
+        let mut stream = ChangeStream {
+            url: object.to_owned(),
+            id,
+            rx,
+            lagged,
+            next: 0,
+            pending: BTreeMap::new(),
+            done: false,
+            shared: Arc::clone(&self.shared),
+        };
+        let snapshot = self.read(object).await?;
+        let max = self.shared.config.max_observers_per_object;
+        self.shared
+            .edit_list(&observers_key(object), |list| {
+                if list.iter().any(|o| o == observer) {
+                    return Ok(false);
+                }
+                if list.len() >= max {
+                    return Err(SyncError::LimitReached(format!(
+                        "an object may have at most {max} observers"
+                    )));
+                }
+                list.push(observer.to_owned());
+                Ok(true)
+            })
+            .await?;
+        stream.next = snapshot.version + 1;
+        Ok((snapshot, stream))
+    }
+
+    /// Removes `observer` from `object`; its streams end on every replica. Unsubscribing an
+    /// observer that is not subscribed is not an error.
+    pub async fn unsubscribe(&self, object: &str, observer: &str) -> Result<(), SyncError> {
+        check_name("observer", observer)?;
+        self.shared.live(object).await?;
+        self.shared
+            .edit_list(&observers_key(object), |list| {
+                let before = list.len();
+                list.retain(|o| o != observer);
+                Ok(list.len() != before)
+            })
+            .await?;
+        fanout::close(&mut lock(&self.shared.registry), object, |s| {
+            s.observer == observer
+        });
+        self.shared
+            .publish(&BusChange::Unsubscribe {
+                url: object.to_owned(),
+                observer: observer.to_owned(),
+            })
+            .await;
+        Ok(())
+    }
+
+    /// Replaces the value of `object`. Only its reporter may (`by`); `expected_version` must be
+    /// the current version. Returns the new version.
+    pub async fn update(
+        &self,
+        object: &str,
+        by: &str,
+        expected_version: u64,
+        value: Value,
+    ) -> Result<u64, SyncError> {
+        self.check_value(&value)?;
+        for _ in 0..CAS_ATTEMPTS {
+            let (mut record, old) = self.shared.live(object).await?;
+            if record.reporter != by {
+                return Err(SyncError::Forbidden);
+            }
+            if record.version != expected_version {
+                return Err(SyncError::Conflict {
+                    current: record.version,
+                });
+            }
+            record.version += 1;
+            record.value = value.clone();
+            let new = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
+            if self
+                .shared
+                .kv
+                .compare_and_swap(&object_key(object), Some(&old), Some(new), None)
+                .await?
+            {
+                self.shared
+                    .publish(&BusChange::Update {
+                        url: record.url,
+                        version: record.version,
+                        value: record.value,
+                    })
+                    .await;
+                return Ok(record.version);
+            }
+            // Someone else changed the record first; the next read reports why.
+        }
+        Err(SyncError::Corrupt(format!(
+            "{object} kept changing; try again"
+        )))
+    }
+
+    /// Deletes `object`. Only its reporter may (`by`). Observers receive a delete (at one past
+    /// the last version) and their streams end.
+    pub async fn delete(&self, object: &str, by: &str) -> Result<(), SyncError> {
+        let key = object_key(object);
+        for _ in 0..CAS_ATTEMPTS {
+            let (record, old) = self.shared.live(object).await?;
+            if record.reporter != by {
+                return Err(SyncError::Forbidden);
+            }
+            let tombstone = ObjectRecord {
+                version: record.version + 1,
+                value: Value::Null,
+                deleted: true,
+                ..record
+            };
+            let tomb = Bytes::from(serde_json::to_vec(&tombstone).unwrap_or_default());
+            if !self
+                .shared
+                .kv
+                .compare_and_swap(&key, Some(&old), Some(tomb.clone()), Some(TOMBSTONE_TTL))
+                .await?
+            {
+                continue;
+            }
+            self.shared
+                .publish(&BusChange::Delete {
+                    url: tombstone.url.clone(),
+                    version: tombstone.version,
+                })
+                .await;
+            // Only this call can move the tombstone; if it expired already, nothing is left.
+            self.shared
+                .kv
+                .compare_and_swap(&key, Some(&tomb), None, None)
+                .await?;
+            self.shared.kv.delete(&observers_key(object)).await?;
+            self.release_owned(&tombstone.reporter, object).await;
+            tracing::debug!(url = object, "object deleted");
+            return Ok(());
+        }
+        Err(SyncError::Corrupt(format!(
+            "{object} kept changing; try again"
+        )))
+    }
+
+    /// Starts the dispatcher that feeds local streams, once.
+    async fn ensure_dispatcher(&self) -> Result<(), SyncError> {
+        if self.shared.dispatcher_running.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _starting = self.shared.dispatcher_start.lock().await;
+        if self.shared.dispatcher_running.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // Once `subscribe` returns, every later publish reaches us (the bus contract).
+        let subscription = self
+            .shared
+            .bus
+            .subscribe(&[SYNC_CHANNEL.to_owned()])
+            .await?;
+        self.shared
+            .dispatcher_running
+            .store(true, Ordering::Release);
+        tokio::spawn(fanout::run_dispatcher(
+            Arc::downgrade(&self.shared),
+            subscription,
+            self.shared.stop.clone(),
+        ));
+        Ok(())
+    }
+}

@@ -1,0 +1,432 @@
+//! Syncher tests on the in-memory backends and on a real `redis-server`.
+
+use std::time::Duration;
+
+use rethink_common::bus::{MemoryBus, RedisBus};
+use rethink_common::kv::{MemoryKv, RedisKv};
+use rethink_common::testing::RedisServer;
+use serde_json::json;
+
+use super::*;
+
+const WAIT: Duration = Duration::from_secs(10);
+const ALICE: &str = "hyperty://localhost/alice-1";
+const BOB: &str = "hyperty://localhost/bob-1";
+const SCHEMA: &str = "hyperty-catalogue://localhost/.well-known/dataschema/Room";
+
+fn memory_pair(config: SyncConfig) -> (Syncher, Syncher) {
+    let kv: Arc<dyn KvStore> = Arc::new(MemoryKv::new());
+    let bus: Arc<dyn EventBus> = Arc::new(MemoryBus::new());
+    (
+        Syncher::new(kv.clone(), bus.clone(), config.clone()),
+        Syncher::new(kv, bus, config),
+    )
+}
+
+fn memory() -> Syncher {
+    memory_pair(SyncConfig::default()).0
+}
+
+async fn redis_syncher(server: &RedisServer) -> Syncher {
+    let kv = RedisKv::connect(&server.url()).await.unwrap();
+    let bus = RedisBus::connect(&server.url()).await.unwrap();
+    Syncher::new(Arc::new(kv), Arc::new(bus), SyncConfig::default())
+}
+
+async fn next(stream: &mut ChangeStream) -> Option<ObjectChange> {
+    tokio::time::timeout(WAIT, stream.recv())
+        .await
+        .expect("no change arrived in time")
+}
+
+#[tokio::test]
+async fn create_read_subscribe_update_delete() {
+    let s = memory();
+    let info = s.create(ALICE, SCHEMA, json!({"n": 0})).await.unwrap();
+    assert!(info.url.starts_with("object://localhost/"), "{}", info.url);
+    assert_eq!((info.version, info.reporter.as_str()), (1, ALICE));
+    assert_eq!(s.address(), "domain://sync.localhost");
+
+    let (snap, mut changes) = s.subscribe(&info.url, BOB).await.unwrap();
+    assert_eq!(snap.version, 1);
+    assert_eq!(snap.value, json!({"n": 0}));
+    assert_eq!(snap.schema, SCHEMA);
+    assert_eq!(s.observers(&info.url).await.unwrap(), vec![BOB.to_owned()]);
+
+    assert_eq!(
+        s.update(&info.url, ALICE, 1, json!({"n": 1}))
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        s.update(&info.url, ALICE, 2, json!({"n": 2}))
+            .await
+            .unwrap(),
+        3
+    );
+    s.delete(&info.url, ALICE).await.unwrap();
+
+    let got: Vec<_> = [
+        next(&mut changes).await.unwrap(),
+        next(&mut changes).await.unwrap(),
+        next(&mut changes).await.unwrap(),
+    ]
+    .into_iter()
+    .map(|c| (c.version, c.kind))
+    .collect();
+    assert_eq!(
+        got,
+        vec![
+            (2, ChangeKind::Update(json!({"n": 1}))),
+            (3, ChangeKind::Update(json!({"n": 2}))),
+            (4, ChangeKind::Delete)
+        ]
+    );
+    assert_eq!(next(&mut changes).await, None);
+    assert!(matches!(s.read(&info.url).await, Err(SyncError::NotFound)));
+    assert!(matches!(
+        s.subscribe(&info.url, BOB).await,
+        Err(SyncError::NotFound)
+    ));
+}
+
+#[tokio::test]
+async fn only_the_reporter_writes_and_stale_versions_conflict() {
+    let s = memory();
+    let url = s.create(ALICE, SCHEMA, json!(1)).await.unwrap().url;
+    let err = s.update(&url, BOB, 1, json!(2)).await.unwrap_err();
+    assert!(matches!(err, SyncError::Forbidden));
+    assert_eq!(err.code(), 403);
+    assert!(matches!(
+        s.delete(&url, BOB).await,
+        Err(SyncError::Forbidden)
+    ));
+
+    s.update(&url, ALICE, 1, json!(2)).await.unwrap();
+    let err = s.update(&url, ALICE, 1, json!(3)).await.unwrap_err();
+    assert!(matches!(err, SyncError::Conflict { current: 2 }), "{err}");
+    assert_eq!(err.code(), 409);
+    assert_eq!(s.read(&url).await.unwrap().value, json!(2));
+
+    let missing = "object://localhost/nope";
+    for err in [
+        s.update(missing, ALICE, 1, json!(0)).await.unwrap_err(),
+        s.delete(missing, ALICE).await.unwrap_err(),
+        s.read(missing).await.unwrap_err(),
+        s.unsubscribe(missing, BOB).await.unwrap_err(),
+    ] {
+        assert_eq!(err.code(), 404, "{err}");
+    }
+    assert_eq!(
+        s.create("", SCHEMA, json!(0)).await.unwrap_err().code(),
+        400
+    );
+    assert_eq!(s.create(ALICE, "", json!(0)).await.unwrap_err().code(), 400);
+}
+
+#[tokio::test]
+async fn sizes_and_counts_are_bounded() {
+    let config = SyncConfig {
+        max_value_bytes: 100,
+        max_objects_per_reporter: 2,
+        max_observers_per_object: 1,
+        ..SyncConfig::default()
+    };
+    let (s, _) = memory_pair(config);
+    let big = json!("x".repeat(200));
+    let err = s.create(ALICE, SCHEMA, big.clone()).await.unwrap_err();
+    assert!(
+        matches!(err, SyncError::TooLarge { limit: 100, .. }),
+        "{err}"
+    );
+    assert_eq!(err.code(), 413);
+
+    let a = s.create(ALICE, SCHEMA, json!(1)).await.unwrap().url;
+    assert_eq!(s.update(&a, ALICE, 1, big).await.unwrap_err().code(), 413);
+    let _b = s.create(ALICE, SCHEMA, json!(1)).await.unwrap().url;
+    let err = s.create(ALICE, SCHEMA, json!(1)).await.unwrap_err();
+    assert!(matches!(err, SyncError::LimitReached(_)), "{err}");
+    // Another reporter has its own allowance; deleting frees a slot.
+    s.create(BOB, SCHEMA, json!(1)).await.unwrap();
+    s.delete(&a, ALICE).await.unwrap();
+    s.create(ALICE, SCHEMA, json!(1)).await.unwrap();
+
+    let c = s.create(BOB, SCHEMA, json!(1)).await.unwrap().url;
+    let (_snap, _stream) = s.subscribe(&c, ALICE).await.unwrap();
+    // The same observer again is fine; a second one is over the limit.
+    let (_snap, _stream2) = s.subscribe(&c, ALICE).await.unwrap();
+    let err = s
+        .subscribe(&c, "hyperty://localhost/carol")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SyncError::LimitReached(_)), "{err}");
+}
+
+/// Many writers racing on two replicas: every increment lands exactly once, and the observer
+/// sees every version in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_updates_never_lose_data() {
+    const WRITERS: u64 = 8;
+    const EACH: u64 = 10;
+    let (a, b) = memory_pair(SyncConfig::default());
+    let url = a
+        .create(ALICE, SCHEMA, json!({"count": 0}))
+        .await
+        .unwrap()
+        .url;
+    let (_, mut changes) = b.subscribe(&url, BOB).await.unwrap();
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let s = if w % 2 == 0 { a.clone() } else { b.clone() };
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0;
+            while done < EACH {
+                let snap = s.read(&url).await.unwrap();
+                let count = snap.value["count"].as_u64().unwrap();
+                match s
+                    .update(&url, ALICE, snap.version, json!({"count": count + 1}))
+                    .await
+                {
+                    Ok(_) => done += 1,
+                    Err(SyncError::Conflict { .. }) => tokio::task::yield_now().await,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let total = WRITERS * EACH;
+    let snap = a.read(&url).await.unwrap();
+    assert_eq!(snap.value, json!({"count": total}));
+    assert_eq!(snap.version, total + 1);
+    for version in 2..=total + 1 {
+        let change = next(&mut changes).await.unwrap();
+        assert_eq!(change.version, version);
+        assert_eq!(
+            change.kind,
+            ChangeKind::Update(json!({"count": version - 1}))
+        );
+    }
+}
+
+#[tokio::test]
+async fn changes_cross_replicas_and_unsubscribe_ends_streams_everywhere() {
+    let (a, b) = memory_pair(SyncConfig::default());
+    let url = a.create(ALICE, SCHEMA, json!("v1")).await.unwrap().url;
+    let (snap, mut on_b) = b.subscribe(&url, BOB).await.unwrap();
+    assert_eq!(snap.value, json!("v1"));
+    a.update(&url, ALICE, 1, json!("v2")).await.unwrap();
+    let change = next(&mut on_b).await.unwrap();
+    assert_eq!(
+        (change.version, change.kind),
+        (2, ChangeKind::Update(json!("v2")))
+    );
+
+    // Unsubscribing through the other replica ends the stream here too.
+    a.unsubscribe(&url, BOB).await.unwrap();
+    assert_eq!(next(&mut on_b).await, None);
+    assert!(a.observers(&url).await.unwrap().is_empty());
+    a.unsubscribe(&url, BOB).await.unwrap();
+}
+
+#[tokio::test]
+async fn resubscribing_replaces_the_old_stream() {
+    let s = memory();
+    let url = s.create(ALICE, SCHEMA, json!(0)).await.unwrap().url;
+    let (_, mut first) = s.subscribe(&url, BOB).await.unwrap();
+    let (_, mut second) = s.subscribe(&url, BOB).await.unwrap();
+    assert_eq!(next(&mut first).await, None);
+    s.update(&url, ALICE, 1, json!(1)).await.unwrap();
+    assert_eq!(next(&mut second).await.unwrap().version, 2);
+}
+
+/// Pub/sub may deliver changes from different replicas out of order; the stream restores it.
+#[tokio::test]
+async fn out_of_order_changes_are_reordered() {
+    let (s, _) = memory_pair(SyncConfig::default());
+    let url = s.create(ALICE, SCHEMA, json!(1)).await.unwrap().url;
+    let (_, mut changes) = s.subscribe(&url, BOB).await.unwrap();
+    // Store version 3 (as two real updates would), then publish their changes swapped.
+    let store = |version, value| {
+        let record = ObjectRecord {
+            url: url.clone(),
+            schema: SCHEMA.into(),
+            reporter: ALICE.into(),
+            version,
+            value,
+            deleted: false,
+        };
+        Bytes::from(serde_json::to_vec(&record).unwrap())
+    };
+    s.shared
+        .kv
+        .set(&object_key(&url), store(3, json!(3)), None)
+        .await
+        .unwrap();
+    for (version, value) in [(3, json!(3)), (2, json!(2))] {
+        s.shared
+            .publish(&BusChange::Update {
+                url: url.clone(),
+                version,
+                value,
+            })
+            .await;
+    }
+    assert_eq!(next(&mut changes).await.unwrap().version, 2);
+    assert_eq!(next(&mut changes).await.unwrap().version, 3);
+}
+
+/// A change that never arrives (lost publish) is bridged by reading the store.
+#[tokio::test]
+async fn a_lost_change_is_bridged_from_the_store() {
+    let config = SyncConfig {
+        gap_timeout: Duration::from_millis(50),
+        ..SyncConfig::default()
+    };
+    let (s, _) = memory_pair(config);
+    let url = s.create(ALICE, SCHEMA, json!(1)).await.unwrap().url;
+    let (_, mut changes) = s.subscribe(&url, BOB).await.unwrap();
+    // Version 2 is committed but its publish is lost; version 3 is committed and published.
+    let record = |version, value| ObjectRecord {
+        url: url.clone(),
+        schema: SCHEMA.into(),
+        reporter: ALICE.into(),
+        version,
+        value,
+        deleted: false,
+    };
+    let bytes = Bytes::from(serde_json::to_vec(&record(3, json!(3))).unwrap());
+    s.shared
+        .kv
+        .set(&object_key(&url), bytes, None)
+        .await
+        .unwrap();
+    s.shared
+        .publish(&BusChange::Update {
+            url: url.clone(),
+            version: 3,
+            value: json!(3),
+        })
+        .await;
+    let change = next(&mut changes).await.unwrap();
+    assert_eq!(
+        (change.version, change.kind),
+        (3, ChangeKind::Update(json!(3)))
+    );
+    // The stream keeps working afterwards.
+    s.update(&url, ALICE, 3, json!(4)).await.unwrap();
+    assert_eq!(next(&mut changes).await.unwrap().version, 4);
+}
+
+/// An observer that does not read is never a memory problem: it skips to the latest state.
+#[tokio::test]
+async fn a_slow_observer_catches_up_without_unbounded_queues() {
+    let config = SyncConfig {
+        stream_capacity: 2,
+        ..SyncConfig::default()
+    };
+    let (s, _) = memory_pair(config);
+    let url = s.create(ALICE, SCHEMA, json!(1)).await.unwrap().url;
+    let (_, mut changes) = s.subscribe(&url, BOB).await.unwrap();
+    let mut version = 1;
+    for i in 0..50 {
+        version = s.update(&url, ALICE, version, json!(i)).await.unwrap();
+    }
+    let mut last = 0;
+    let mut seen = Vec::new();
+    while last < version {
+        let change = next(&mut changes).await.unwrap();
+        assert!(change.version > last, "versions went backwards");
+        last = change.version;
+        seen.push(change);
+    }
+    assert_eq!(seen.last().unwrap().kind, ChangeKind::Update(json!(49)));
+    assert!(
+        seen.len() < 50,
+        "nothing was skipped; the queue was not bounded"
+    );
+}
+
+#[tokio::test]
+async fn malformed_bus_messages_are_ignored() {
+    let s = memory();
+    let url = s.create(ALICE, SCHEMA, json!(1)).await.unwrap().url;
+    let (_, mut changes) = s.subscribe(&url, BOB).await.unwrap();
+    s.shared
+        .bus
+        .publish(SYNC_CHANNEL, Bytes::from_static(b"{not json"))
+        .await
+        .unwrap();
+    s.update(&url, ALICE, 1, json!(2)).await.unwrap();
+    assert_eq!(next(&mut changes).await.unwrap().version, 2);
+}
+
+#[tokio::test]
+async fn two_replicas_on_real_redis_deliver_in_order() {
+    let server = RedisServer::start().await.unwrap();
+    let a = redis_syncher(&server).await;
+    let b = redis_syncher(&server).await;
+    let url = a
+        .create(ALICE, SCHEMA, json!({"step": 0}))
+        .await
+        .unwrap()
+        .url;
+    let (snap, mut on_b) = b.subscribe(&url, BOB).await.unwrap();
+    assert_eq!((snap.version, snap.value.clone()), (1, json!({"step": 0})));
+    let mut version = 1;
+    for step in 1..=20 {
+        version = a
+            .update(&url, ALICE, version, json!({"step": step}))
+            .await
+            .unwrap();
+    }
+    for step in 1..=20u64 {
+        let change = next(&mut on_b).await.unwrap();
+        assert_eq!(change.version, step + 1);
+        assert_eq!(change.kind, ChangeKind::Update(json!({"step": step})));
+    }
+    // Stale writes through the other replica conflict.
+    assert!(matches!(
+        b.update(&url, ALICE, 3, json!(0)).await,
+        Err(SyncError::Conflict { current: 21 })
+    ));
+    a.delete(&url, ALICE).await.unwrap();
+    let change = next(&mut on_b).await.unwrap();
+    assert_eq!((change.version, change.kind), (22, ChangeKind::Delete));
+    assert_eq!(next(&mut on_b).await, None);
+    assert!(matches!(b.read(&url).await, Err(SyncError::NotFound)));
+}
+
+#[tokio::test]
+async fn objects_survive_a_msg_node_restart_on_redis() {
+    let server = RedisServer::start().await.unwrap();
+    let url = {
+        let first = redis_syncher(&server).await;
+        let url = first
+            .create(ALICE, SCHEMA, json!({"title": "standup"}))
+            .await
+            .unwrap()
+            .url;
+        first
+            .update(&url, ALICE, 1, json!({"title": "retro"}))
+            .await
+            .unwrap();
+        url
+    };
+    // A new node process: fresh connections, no shared memory with the first.
+    let second = redis_syncher(&server).await;
+    let snap = second.read(&url).await.unwrap();
+    assert_eq!(snap.version, 2);
+    assert_eq!(snap.value, json!({"title": "retro"}));
+    assert_eq!(snap.reporter, ALICE);
+    let (_, mut changes) = second.subscribe(&url, BOB).await.unwrap();
+    second
+        .update(&url, ALICE, 2, json!({"title": "done"}))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut changes).await.unwrap().version, 3);
+}
