@@ -1,0 +1,71 @@
+//! Forwarding: a publisher's media reaches every other participant intact.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Sim, SourceSpec, frame_intact};
+use str0m::media::MediaKind;
+
+#[test]
+fn video_and_audio_reach_two_subscribers_intact() {
+    let mut sim = Sim::new(1);
+    sim.core.create_room("r").unwrap();
+    let alice = sim.add_peer("alice", &[SourceSpec::vp8(2500), SourceSpec::opus()]);
+    let bob = sim.add_peer("bob", &[]);
+    let carol = sim.add_peer("carol", &[]);
+    for p in [alice, bob, carol] {
+        sim.join(p, "r").unwrap();
+    }
+    sim.connect_all();
+    sim.run_for(Duration::from_secs(2));
+
+    let tracks = sim.tracks_of("alice");
+    assert_eq!(tracks.len(), 2, "alice publishes video and audio");
+    let tags: Vec<u8> = sim.peer("alice").sources.iter().map(|s| s.tag).collect();
+    for sub in ["bob", "carol"] {
+        let p = sim.peer(sub);
+        let vmid = p.mid_of(&tracks[0]).expect("video m-line negotiated");
+        let video = p.frames_from(vmid);
+        assert!(video.len() >= 40, "{sub} got {} video frames", video.len());
+        assert!(video[0].keyframe, "{sub}'s video starts at a keyframe");
+        for (i, f) in video.iter().enumerate() {
+            assert!(
+                frame_intact(MediaKind::Video, f, &[2500]),
+                "{sub} frame {i} corrupt"
+            );
+            assert_eq!(f.source_tag(), tags[0]);
+            if i > 0 {
+                assert_eq!(
+                    f.frame_no(),
+                    video[i - 1].frame_no() + 1,
+                    "{sub} missed a frame"
+                );
+            }
+        }
+        let amid = p.mid_of(&tracks[1]).expect("audio m-line negotiated");
+        let audio = p.frames_from(amid);
+        assert!(audio.len() >= 80, "{sub} got {} audio samples", audio.len());
+        assert!(
+            audio
+                .iter()
+                .all(|f| frame_intact(MediaKind::Audio, f, &[80]))
+        );
+    }
+    // Nothing is echoed back to the publisher.
+    assert!(sim.peer("alice").received.is_empty());
+    let stats = sim.core.room_stats("r").unwrap();
+    assert_eq!(stats.participants, vec!["alice", "bob", "carol"]);
+    assert_eq!(stats.tracks.len(), 2);
+    assert!(stats.tracks.iter().all(|t| t.subscribers == 2));
+    let load = sim.core.load();
+    assert_eq!(
+        (
+            load.rooms,
+            load.participants,
+            load.tracks,
+            load.subscriptions
+        ),
+        (1, 3, 2, 4)
+    );
+}
