@@ -476,13 +476,12 @@ impl Sim {
                             participant,
                             offer_sdp,
                         } = &e
+                            && self.auto_answer
                         {
-                            if self.auto_answer {
-                                let (p, o) = (participant.clone(), offer_sdp.clone());
-                                self.events.push((self.now, e));
-                                self.renegotiate(&p, &o);
-                                continue;
-                            }
+                            let (p, o) = (participant.clone(), offer_sdp.clone());
+                            self.events.push((self.now, e));
+                            self.renegotiate(&p, &o);
+                            continue;
                         }
                         self.events.push((self.now, e));
                     }
