@@ -382,7 +382,7 @@ mod tests {
         assert!(err.description.starts_with("malformed json"));
         let reply = err.response("domain://msg-node.localhost", "runtime://localhost/r");
         assert_eq!(reply.to, "runtime://localhost/r");
-        assert_eq!(reply.to_json().contains(r#""id":null"#), true);
+        assert!(reply.to_json().contains(r#""id":null"#));
     }
 
     #[test]
@@ -459,8 +459,7 @@ mod tests {
         prop_oneof![
             Just(None),
             json_value().prop_map(Some),
-            prop::sample::select(MessageType::ALL.to_vec())
-                .prop_map(|t| Some(json!(t.as_str()))),
+            prop::sample::select(MessageType::ALL.to_vec()).prop_map(|t| Some(json!(t.as_str()))),
             "[a-z]{1,10}://[a-z.]{1,10}/[a-z0-9]{0,8}".prop_map(|s| Some(json!(s))),
         ]
     }

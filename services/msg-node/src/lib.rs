@@ -1,10 +1,221 @@
-//! The rethink Message Node.
+//! The rethink Message Node: the browser-facing signaling gateway.
+//!
+//! Browsers connect to the WebSocket `/msg`, server hyperties attach over gRPC
+//! (`rethink.v1.MsgNode.Attach`); both speak the JSON envelope of docs/protocol.md. The node
+//! registers hyperties, routes messages between them across replicas (Redis: an address map
+//! with TTLs and one bus channel per replica), enforces the policy on every message and hosts
+//! the server side of data-object sync. It also serves the web client at `/client`.
 //!
 //! Layout:
-//! - [`envelope`]: the JSON envelope of the browser protocol and its parser.
-//! - [`policy`]: the policy enforcement point (rules, limits, hot reload).
-//! - [`sync`]: the Syncher's server side (data objects, reporter/observers).
+//! - [`config`]: [`MsgNodeConfig`] (see `msg-node.example.toml`).
+//! - [`envelope`]: the JSON envelope and its parser (never panics; property-tested).
+//! - [`address`]: address forms, key and channel names.
+//! - [`session`]: sessions, bounded queues, attach/detach, resume.
+//! - [`node`]: dispatch and routing; [`registry`]: the hyperty registry and address map;
+//!   [`objects`]: the protocol side of sync.
+//! - [`ws`]: the WebSocket gateway; [`grpc`]: `Attach`.
+//! - [`policy`]: the policy enforcement point; [`sync`]: the Syncher.
+//! - [`error`]: [`MsgNodeError`], mapped to protocol codes, HTTP and gRPC in one place.
+//!
+//! Contracts: every message from the network gets either routed or an error response; the
+//! connection stays usable after any bad frame; memory per connection is bounded by
+//! `limits.queue_len` messages of at most `limits.max_message_bytes`.
 
+pub mod address;
+pub mod config;
 pub mod envelope;
+pub mod error;
+pub mod grpc;
+pub mod node;
+pub mod objects;
 pub mod policy;
+pub mod registry;
+pub mod session;
 pub mod sync;
+pub mod ws;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{Router, response::Redirect, routing::get};
+use rethink_common::{
+    Backends,
+    lifecycle::{self, Health, Shutdown},
+    token::{HttpJwks, TokenVerifier, VerifierOptions},
+};
+use tokio::net::TcpListener;
+use tower_http::services::ServeDir;
+
+pub use config::MsgNodeConfig;
+pub use error::MsgNodeError;
+pub use node::Node;
+
+/// The sockets the service serves on, bound by the caller (tests bind port 0).
+#[derive(Debug)]
+pub struct Listeners {
+    /// `/msg`, `/client` and the ops endpoints.
+    pub http: TcpListener,
+    /// `rethink.v1.MsgNode`, gRPC health and reflection.
+    pub grpc: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses of `config`.
+    pub async fn bind(config: &MsgNodeConfig) -> std::io::Result<Self> {
+        Ok(Self {
+            http: TcpListener::bind(config.http_addr).await?,
+            grpc: TcpListener::bind(config.grpc_addr).await?,
+        })
+    }
+
+    /// Returns the bound HTTP address.
+    pub fn http_addr(&self) -> std::io::Result<SocketAddr> {
+        self.http.local_addr()
+    }
+
+    /// Returns the bound gRPC address.
+    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
+        self.grpc.local_addr()
+    }
+}
+
+/// A running Message Node's parts, for embedding (the all-in-one stack mounts [`MsgNode::router`]
+/// and [`MsgNode::grpc_service`] itself).
+#[derive(Debug, Clone)]
+pub struct MsgNode {
+    node: Arc<Node>,
+}
+
+impl MsgNode {
+    /// Builds the node on `backends`, verifying tokens with `verifier`, and starts its background
+    /// tasks (delivery channel, revocations, address refresh, policy reload) until `shutdown`.
+    pub async fn start(
+        config: MsgNodeConfig,
+        backends: Backends,
+        verifier: TokenVerifier,
+        shutdown: Shutdown,
+    ) -> Result<Self, MsgNodeError> {
+        let policy = match &config.policy_file {
+            Some(path) => policy::PolicyEngine::from_file(path)
+                .map_err(|e| MsgNodeError::Internal(format!("policy file: {e}")))?,
+            None => policy::PolicyEngine::default_policy(),
+        };
+        policy.spawn_reloader(backends.bus.clone(), shutdown.clone());
+        let sync = sync::Syncher::new(
+            backends.kv.clone(),
+            backends.bus.clone(),
+            sync::SyncConfig {
+                domain: config.domain.clone(),
+                max_value_bytes: config.limits.max_message_bytes,
+                ..sync::SyncConfig::default()
+            },
+        );
+        let node = Node::new(
+            config,
+            backends.kv,
+            backends.bus,
+            verifier,
+            policy,
+            sync,
+            shutdown,
+        );
+        node.start().await?;
+        tracing::info!(node = %node.node_id(), "msg-node started");
+        Ok(Self { node })
+    }
+
+    /// Returns the node.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// Returns the HTTP routes: `/msg` and `/client`.
+    pub fn router(&self) -> Router {
+        let client =
+            ServeDir::new(&self.node.config.web_dir).append_index_html_on_directories(true);
+        Router::new()
+            .route("/msg", get(ws::upgrade))
+            .route("/client", get(|| async { Redirect::permanent("/client/") }))
+            .nest_service("/client/", client)
+            .with_state(self.node.clone())
+    }
+
+    /// Returns the gRPC service `rethink.v1.MsgNode`.
+    pub fn grpc_service(
+        &self,
+    ) -> rethink_proto::v1::msg_node_server::MsgNodeServer<grpc::MsgNodeGrpc> {
+        rethink_proto::v1::msg_node_server::MsgNodeServer::new(grpc::MsgNodeGrpc::new(
+            self.node.clone(),
+        ))
+    }
+}
+
+/// Builds a token verifier for `config`: keys from the auth service, revocations from the bus
+/// and the store.
+pub async fn verifier(
+    config: &MsgNodeConfig,
+    backends: &Backends,
+) -> Result<TokenVerifier, MsgNodeError> {
+    let verifier = TokenVerifier::new(
+        Arc::new(HttpJwks::new(&config.auth_url)),
+        VerifierOptions {
+            audience: config.audience.clone(),
+            ..VerifierOptions::default()
+        },
+    );
+    verifier.follow_revocations(backends.bus.as_ref()).await?;
+    verifier.load_revocations(backends.kv.as_ref()).await?;
+    Ok(verifier)
+}
+
+/// Runs the Message Node until `shutdown` resolves, then goes not-ready, closes every
+/// connection (clients reconnect elsewhere) and drains.
+pub async fn run(
+    config: MsgNodeConfig,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), MsgNodeError> {
+    let backends = rethink_common::backends(config.redis.url.as_deref())
+        .await
+        .map_err(|e| MsgNodeError::Store(format!("connecting backends: {e}")))?;
+    let verifier = verifier(&config, &backends).await?;
+    let drain = Duration::from_secs(config.drain_secs);
+    let stop = Shutdown::new();
+    let msg_node = MsgNode::start(config, backends, verifier, stop.clone()).await?;
+    let health = Health::new();
+    let http = msg_node
+        .router()
+        .merge(lifecycle::ops_router(health.clone()));
+    let (grpc_health, reflection) = lifecycle::grpc_health_and_reflection(&health);
+    let grpc = tonic::transport::Server::builder()
+        .add_service(grpc_health)
+        .add_service(reflection)
+        .add_service(msg_node.grpc_service())
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
+            stop.wait(),
+        );
+    let http = lifecycle::serve_http(listeners.http, http, stop.clone(), drain);
+    health.set_ready(true);
+    let watcher = {
+        let health = health.clone();
+        let stop = stop.clone();
+        let node = msg_node.node().clone();
+        async move {
+            shutdown.await;
+            health.set_ready(false);
+            stop.trigger();
+            node.close_all().await;
+        }
+    };
+    let (http, grpc, ()) = tokio::join!(http, grpc, watcher);
+    http.map_err(|e| MsgNodeError::Internal(format!("http server: {e}")))?;
+    grpc.map_err(|e| MsgNodeError::Internal(format!("grpc server: {e}")))?;
+    tracing::info!("msg-node stopped");
+    Ok(())
+}
+
+impl From<rethink_common::token::TokenError> for MsgNodeError {
+    fn from(e: rethink_common::token::TokenError) -> Self {
+        MsgNodeError::Unauthorized(e.to_string())
+    }
+}

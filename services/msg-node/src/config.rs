@@ -1,0 +1,210 @@
+//! Configuration of the Message Node (see `msg-node.example.toml` for every key, commented).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use rethink_common::config::{ConfigError, ServiceConfig};
+use serde::{Deserialize, Serialize};
+
+/// Everything the Message Node can be told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MsgNodeConfig {
+    /// HTTP address: `/msg` (WebSocket), `/client`, `/healthz`, `/readyz`, `/metrics`.
+    pub http_addr: SocketAddr,
+    /// gRPC address: `rethink.v1.MsgNode`, health, reflection; cluster-internal.
+    pub grpc_addr: SocketAddr,
+    /// The domain of every address this node hands out (`hyperty://<domain>/...`).
+    pub domain: String,
+    /// This replica's id in the address map and bus channel names; unset picks a random one.
+    pub node_id: Option<String>,
+    /// Where the auth service's HTTP surface is (for its public keys).
+    pub auth_url: String,
+    /// Accepted token audience.
+    pub audience: String,
+    /// Redis; without a URL the registry, routing and objects live in memory (one replica).
+    pub redis: RedisConfig,
+    /// Policy file (see docs/policy.md); unset uses the built-in default policy.
+    pub policy_file: Option<PathBuf>,
+    /// Directory served at `/client`.
+    pub web_dir: PathBuf,
+    /// Sizes and counts.
+    pub limits: LimitsConfig,
+    /// Timers of sessions and routing.
+    pub timing: TimingConfig,
+    /// Seconds to finish in-flight work after shutdown begins.
+    pub drain_secs: u64,
+}
+
+/// Where Redis is.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://host:port`; unset means in-memory (single replica, nothing persists).
+    pub url: Option<String>,
+}
+
+/// Sizes and counts that bound memory per connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest envelope accepted, in bytes; larger ones are answered with 413.
+    pub max_message_bytes: usize,
+    /// Largest WebSocket frame read at all; a larger one closes the connection (1009), so keep
+    /// it well above `max_message_bytes`.
+    pub max_frame_bytes: usize,
+    /// Messages queued for one connection before it counts as a slow consumer and is closed.
+    pub queue_len: usize,
+    /// Hyperties one connection may register.
+    pub max_hyperties_per_connection: usize,
+    /// Live sessions (connected or in their grace period) on this replica.
+    pub max_sessions: usize,
+}
+
+/// Timers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimingConfig {
+    /// Seconds a disconnected session keeps its addresses and queues messages for a resume.
+    pub grace_secs: u64,
+    /// Milliseconds to wait for another replica to confirm a delivery before answering 408.
+    pub delivery_timeout_ms: u64,
+    /// Seconds an address stays in the shared map without a refresh (refreshed every third).
+    pub address_ttl_secs: u64,
+}
+
+impl Default for MsgNodeConfig {
+    fn default() -> Self {
+        Self {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8082)),
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 9082)),
+            domain: "localhost".into(),
+            node_id: None,
+            auth_url: "http://127.0.0.1:8081".into(),
+            audience: rethink_common::token::DEFAULT_AUDIENCE.into(),
+            redis: RedisConfig::default(),
+            policy_file: None,
+            web_dir: PathBuf::from("web"),
+            limits: LimitsConfig::default(),
+            timing: TimingConfig::default(),
+            drain_secs: 10,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 64 * 1024,
+            max_frame_bytes: 1024 * 1024,
+            queue_len: 1024,
+            max_hyperties_per_connection: 32,
+            max_sessions: 20_000,
+        }
+    }
+}
+
+impl Default for TimingConfig {
+    fn default() -> Self {
+        Self {
+            grace_secs: 15,
+            delivery_timeout_ms: 5_000,
+            address_ttl_secs: 30,
+        }
+    }
+}
+
+impl TimingConfig {
+    /// Returns the grace period of a disconnected session.
+    pub fn grace(&self) -> Duration {
+        Duration::from_secs(self.grace_secs)
+    }
+
+    /// Returns the cross-replica delivery timeout.
+    pub fn delivery_timeout(&self) -> Duration {
+        Duration::from_millis(self.delivery_timeout_ms)
+    }
+
+    /// Returns the TTL of address map entries.
+    pub fn address_ttl(&self) -> Duration {
+        Duration::from_secs(self.address_ttl_secs)
+    }
+}
+
+impl ServiceConfig for MsgNodeConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let domain_ok = !self.domain.is_empty()
+            && self.domain.len() <= 253
+            && self
+                .domain
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == ':');
+        if !domain_ok {
+            return Err(ConfigError::invalid(format!(
+                "domain {:?} must be a host name (letters, digits, '.', '-', optional ':port')",
+                self.domain
+            )));
+        }
+        if let Some(id) = &self.node_id
+            && (id.is_empty()
+                || id.len() > 64
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        {
+            return Err(ConfigError::invalid(format!(
+                "node_id {id:?} must be 1-64 letters, digits, '-' or '_'"
+            )));
+        }
+        let l = &self.limits;
+        if l.max_message_bytes < 1024 {
+            return Err(ConfigError::invalid(
+                "limits.max_message_bytes must be at least 1024",
+            ));
+        }
+        if l.max_frame_bytes < l.max_message_bytes {
+            return Err(ConfigError::invalid(
+                "limits.max_frame_bytes must be at least limits.max_message_bytes",
+            ));
+        }
+        if l.queue_len == 0 || l.max_hyperties_per_connection == 0 || l.max_sessions == 0 {
+            return Err(ConfigError::invalid(
+                "limits.queue_len, limits.max_hyperties_per_connection and limits.max_sessions \
+                 must be at least 1",
+            ));
+        }
+        let t = &self.timing;
+        if t.delivery_timeout_ms == 0 || t.address_ttl_secs < 3 {
+            return Err(ConfigError::invalid(
+                "timing.delivery_timeout_ms must be positive and timing.address_ttl_secs at least 3",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        MsgNodeConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn rejects_bad_domains_and_limits() {
+        let mut c = MsgNodeConfig {
+            domain: "a b".into(),
+            ..MsgNodeConfig::default()
+        };
+        assert!(c.validate().is_err());
+        c.domain = "example.org".into();
+        c.limits.max_frame_bytes = 10;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max_frame_bytes")
+        );
+    }
+}

@@ -1,0 +1,469 @@
+//! Sessions: one per client runtime, surviving short disconnects.
+//!
+//! A session owns a runtime address, the hyperty addresses it registered and one bounded
+//! outbound queue. A connection (WebSocket or gRPC stream) *attaches* to the session and drains
+//! the queue; when it goes away the session lives on for the grace period, still receiving
+//! into the queue, so a reconnect with the resume token keeps the addresses and gets what was
+//! queued. Invariants: at most one attachment at a time (a resume closes the previous one); the
+//! queue never grows past `queue_len` (a full queue closes the attachment as a slow consumer).
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Arc, Mutex, OnceLock, PoisonError},
+};
+
+use tokio::{sync::mpsc, task::AbortHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::envelope::Envelope;
+
+/// Who is on the other end of a session.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The token's `sub` (`user:alice`, `conference`, ...).
+    pub subject: String,
+    /// The name policies see: the username for people, the subject for services.
+    pub name: String,
+    /// Display name from the token.
+    pub display_name: String,
+    /// `user://<domain>/<username>` for people; services have none.
+    pub user: Option<String>,
+    /// Attached over gRPC with the `services.attach` grant.
+    pub is_service: bool,
+}
+
+/// Why a connection was closed by the node. Each reason has a WebSocket close code (4000-4999
+/// are the application range) documented in docs/protocol.md.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The token was revoked; the session is gone.
+    Revoked,
+    /// The token expired; resume with a fresh token within the grace period.
+    Expired,
+    /// The outbound queue filled up; resume to get what was queued.
+    SlowConsumer(usize),
+    /// Another connection resumed this session.
+    Replaced,
+    /// The node is shutting down.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// Returns the WebSocket close code.
+    pub fn ws_code(&self) -> u16 {
+        match self {
+            CloseReason::Revoked => 4001,
+            CloseReason::Expired => 4002,
+            CloseReason::SlowConsumer(_) => 4008,
+            CloseReason::Replaced => 4009,
+            CloseReason::Shutdown => 1001,
+        }
+    }
+
+    /// Returns the human-readable reason (also the gRPC status message).
+    pub fn text(&self) -> String {
+        match self {
+            CloseReason::Revoked => "token revoked".into(),
+            CloseReason::Expired => "token expired; reconnect with a fresh token and resume".into(),
+            CloseReason::SlowConsumer(n) => {
+                format!("slow consumer: {n} messages queued; reconnect and resume")
+            }
+            CloseReason::Replaced => "session resumed by another connection".into(),
+            CloseReason::Shutdown => "node shutting down; reconnect and resume".into(),
+        }
+    }
+}
+
+/// Why a message could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnqueueError {
+    /// The queue is full; the attachment (if any) is being closed as a slow consumer.
+    Full,
+    /// The session has ended.
+    Gone,
+}
+
+/// The node's handle to close one attachment, with the reason it did.
+#[derive(Debug, Clone, Default)]
+pub struct Closer {
+    token: CancellationToken,
+    reason: Arc<OnceLock<CloseReason>>,
+}
+
+impl Closer {
+    /// Closes with `reason`; the first reason wins.
+    pub fn close(&self, reason: CloseReason) {
+        let _ = self.reason.set(reason);
+        self.token.cancel();
+    }
+
+    /// Resolves once closed.
+    pub async fn closed(&self) {
+        self.token.cancelled().await;
+    }
+
+    /// Returns true once closed.
+    pub fn is_closed(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Returns why it was closed.
+    pub fn reason(&self) -> Option<CloseReason> {
+        self.reason.get().cloned()
+    }
+}
+
+/// What a connection gets when it attaches.
+#[derive(Debug)]
+pub struct Attachment {
+    /// Identifies this attachment for [`Session::detach`].
+    pub generation: u64,
+    /// Closed by the node (revocation, slow consumer, resume elsewhere, shutdown).
+    pub closer: Closer,
+    /// The outbound queue, held exclusively while attached.
+    pub queue: tokio::sync::OwnedMutexGuard<mpsc::Receiver<Envelope>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    addresses: BTreeSet<String>,
+    generation: u64,
+    attached: Option<(u64, Closer)>,
+    terminated: bool,
+    jti: String,
+    exp: i64,
+}
+
+/// One client runtime's session.
+#[derive(Debug)]
+pub struct Session {
+    /// Random id, the last segment of the runtime address.
+    pub id: String,
+    /// `runtime://<domain>/<id>`.
+    pub runtime: String,
+    /// Secret that lets a reconnect of the same identity take this session over.
+    pub resume_token: String,
+    /// Who this is.
+    pub identity: Identity,
+    queue_len: usize,
+    tx: mpsc::Sender<Envelope>,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Envelope>>>,
+    state: Mutex<State>,
+    subscriptions: Mutex<HashMap<String, AbortHandle>>,
+}
+
+impl Session {
+    /// Creates a detached session.
+    pub fn new(
+        runtime_of: impl Fn(&str) -> String,
+        identity: Identity,
+        jti: String,
+        exp: i64,
+        queue_len: usize,
+    ) -> Arc<Self> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let (tx, rx) = mpsc::channel(queue_len);
+        Arc::new(Self {
+            runtime: runtime_of(&id),
+            id,
+            resume_token: random_token(),
+            identity,
+            queue_len,
+            tx,
+            rx: Arc::new(tokio::sync::Mutex::new(rx)),
+            state: Mutex::new(State {
+                jti,
+                exp,
+                ..State::default()
+            }),
+            subscriptions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues a message for the client without waiting. A full queue closes the attachment as
+    /// a slow consumer and refuses the message.
+    pub fn enqueue(&self, envelope: Envelope) -> Result<(), EnqueueError> {
+        match self.tx.try_send(envelope) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!("msgnode_queue_full_total").increment(1);
+                self.close(CloseReason::SlowConsumer(self.queue_len));
+                Err(EnqueueError::Full)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(EnqueueError::Gone),
+        }
+    }
+
+    /// Attaches a connection with token id `jti` expiring at `exp`, closing the previous
+    /// attachment if there is one, and waits until the queue is free. `None` if the session
+    /// ended meanwhile.
+    pub async fn attach(&self, jti: String, exp: i64) -> Option<Attachment> {
+        let closer = Closer::default();
+        let generation = {
+            let mut state = self.state();
+            if state.terminated {
+                return None;
+            }
+            if let Some((_, previous)) = state.attached.take() {
+                previous.close(CloseReason::Replaced);
+            }
+            state.generation += 1;
+            state.attached = Some((state.generation, closer.clone()));
+            state.jti = jti;
+            state.exp = exp;
+            state.generation
+        };
+        // The previous connection's writer releases the queue once it sees its cancellation.
+        let queue = self.rx.clone().lock_owned().await;
+        let state = self.state();
+        if state.terminated || state.generation != generation {
+            return None;
+        }
+        Some(Attachment {
+            generation,
+            closer,
+            queue,
+        })
+    }
+
+    /// Detaches attachment `generation`; returns true when it was the current one (the grace
+    /// period starts).
+    pub fn detach(&self, generation: u64) -> bool {
+        let mut state = self.state();
+        match &state.attached {
+            Some((g, _)) if *g == generation => {
+                state.attached = None;
+                !state.terminated
+            }
+            _ => false,
+        }
+    }
+
+    /// Returns true when nothing has attached since attachment `generation` ended and the
+    /// session is still alive (so the grace period may end it).
+    pub fn expired_since(&self, generation: u64) -> bool {
+        let state = self.state();
+        !state.terminated && state.attached.is_none() && state.generation == generation
+    }
+
+    /// Closes the current attachment (if any) for `reason`.
+    pub fn close(&self, reason: CloseReason) {
+        if let Some((_, closer)) = &self.state().attached {
+            closer.close(reason);
+        }
+    }
+
+    /// Ends the session: closes the attachment and returns the addresses to unregister.
+    pub fn terminate(&self, reason: CloseReason) -> Vec<String> {
+        let addresses = {
+            let mut state = self.state();
+            state.terminated = true;
+            if let Some((_, closer)) = state.attached.take() {
+                closer.close(reason);
+            }
+            std::mem::take(&mut state.addresses)
+        };
+        let subscriptions = std::mem::take(
+            &mut *self
+                .subscriptions
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for handle in subscriptions.into_values() {
+            handle.abort();
+        }
+        addresses.into_iter().collect()
+    }
+
+    /// Returns true once the session has ended.
+    pub fn is_terminated(&self) -> bool {
+        self.state().terminated
+    }
+
+    /// Returns the current token id.
+    pub fn jti(&self) -> String {
+        self.state().jti.clone()
+    }
+
+    /// Returns true when `from` is an address of this session.
+    pub fn owns(&self, address: &str) -> bool {
+        address == self.runtime || self.state().addresses.contains(address)
+    }
+
+    /// Returns the hyperty addresses of this session.
+    pub fn addresses(&self) -> Vec<String> {
+        self.state().addresses.iter().cloned().collect()
+    }
+
+    /// Returns the number of hyperty addresses.
+    pub fn address_count(&self) -> usize {
+        self.state().addresses.len()
+    }
+
+    /// Records an address; false if the session has ended.
+    pub fn add_address(&self, address: &str) -> bool {
+        let mut state = self.state();
+        if state.terminated {
+            return false;
+        }
+        state.addresses.insert(address.to_owned());
+        true
+    }
+
+    /// Forgets an address; returns whether it was there.
+    pub fn remove_address(&self, address: &str) -> bool {
+        self.state().addresses.remove(address)
+    }
+
+    /// Remembers the task that forwards changes of `key` (object and observer) to this session,
+    /// replacing (and stopping) a previous one.
+    pub fn add_subscription(&self, key: String, handle: AbortHandle) {
+        let mut subs = self
+            .subscriptions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(old) = subs.insert(key, handle) {
+            old.abort();
+        }
+        if self.state().terminated {
+            for (_, h) in subs.drain() {
+                h.abort();
+            }
+        }
+    }
+
+    /// Returns the keys (`<object>|<observer>`) of the active subscriptions.
+    pub fn subscription_keys(&self) -> Vec<String> {
+        self.subscriptions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Stops forwarding changes of `key`; returns whether it was subscribed.
+    pub fn remove_subscription(&self, key: &str) -> bool {
+        let handle = self
+            .subscriptions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key);
+        handle.map(|h| h.abort()).is_some()
+    }
+
+    /// Stops forwarding changes to `observer` (a hyperty that went away).
+    pub fn remove_subscriptions_of(&self, observer: &str) {
+        let suffix = format!("|{observer}");
+        self.subscriptions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|key, handle| {
+                let keep = !key.ends_with(&suffix);
+                if !keep {
+                    handle.abort();
+                }
+                keep
+            });
+    }
+}
+
+/// Returns a 256-bit random token, URL-safe base64.
+fn random_token() -> String {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{MessageId, MessageType};
+
+    fn session(queue: usize) -> Arc<Session> {
+        Session::new(
+            |id| format!("runtime://localhost/{id}"),
+            Identity {
+                subject: "user:alice".into(),
+                name: "alice".into(),
+                display_name: "Alice".into(),
+                user: Some("user://localhost/alice".into()),
+                is_service: false,
+            },
+            "jti-1".into(),
+            i64::MAX,
+            queue,
+        )
+    }
+
+    fn msg(n: i64) -> Envelope {
+        Envelope::new(
+            MessageId::Int(n),
+            MessageType::Forward,
+            "a",
+            "b",
+            serde_json::Value::Null,
+        )
+    }
+
+    #[tokio::test]
+    async fn queue_survives_detach_and_resume() {
+        let s = session(4);
+        let a = s.attach("j".into(), 0).await.unwrap();
+        s.enqueue(msg(1)).unwrap();
+        let generation = a.generation;
+        drop(a);
+        assert!(s.detach(generation));
+        s.enqueue(msg(2)).unwrap();
+        let mut b = s.attach("j2".into(), 0).await.unwrap();
+        assert_eq!(b.queue.recv().await.unwrap().id, MessageId::Int(1));
+        assert_eq!(b.queue.recv().await.unwrap().id, MessageId::Int(2));
+        assert!(!s.expired_since(generation));
+        assert_eq!(s.jti(), "j2");
+    }
+
+    #[tokio::test]
+    async fn full_queue_closes_as_slow_consumer() {
+        let s = session(2);
+        let a = s.attach("j".into(), 0).await.unwrap();
+        s.enqueue(msg(1)).unwrap();
+        s.enqueue(msg(2)).unwrap();
+        assert_eq!(s.enqueue(msg(3)), Err(EnqueueError::Full));
+        assert!(a.closer.is_closed());
+        assert_eq!(a.closer.reason(), Some(CloseReason::SlowConsumer(2)));
+    }
+
+    #[tokio::test]
+    async fn resume_replaces_the_previous_attachment() {
+        let s = session(2);
+        let a = s.attach("j".into(), 0).await.unwrap();
+        let closer = a.closer.clone();
+        let s2 = s.clone();
+        let second = tokio::spawn(async move { s2.attach("k".into(), 0).await.is_some() });
+        closer.closed().await;
+        assert_eq!(closer.reason(), Some(CloseReason::Replaced));
+        assert!(!s.detach(a.generation));
+        drop(a);
+        assert!(second.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn terminate_returns_addresses_and_refuses_attach() {
+        let s = session(2);
+        assert!(s.add_address("hyperty://localhost/x"));
+        assert!(s.owns("hyperty://localhost/x"));
+        assert!(s.owns(&s.runtime.clone()));
+        assert_eq!(
+            s.terminate(CloseReason::Revoked),
+            vec!["hyperty://localhost/x"]
+        );
+        assert!(!s.add_address("hyperty://localhost/y"));
+        assert!(s.attach("j".into(), 0).await.is_none());
+    }
+}

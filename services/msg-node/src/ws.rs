@@ -1,0 +1,169 @@
+//! The browser gateway: WebSocket `/msg?access_token=<JWT>[&resume=<token>]`.
+//!
+//! The token is checked before the upgrade (401 without a valid one, 410 for an unknown resume
+//! token), so a refused client never gets a socket. After the upgrade the connection attaches
+//! to its session, sends the welcome, and then one task both reads frames (each parsed and
+//! handed to [`Node::handle`], errors answered in-band) and writes the session's queue. The
+//! node closes the socket with an application close code when the token is revoked (4001) or
+//! expires (4002), the client is a slow consumer (4008), or the session is resumed elsewhere
+//! (4009).
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    extract::{
+        Query, State,
+        ws::{
+            CloseFrame, Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
+        },
+    },
+    http::{HeaderMap, header},
+    response::{IntoResponse, Response},
+};
+use rethink_common::token::{TokenError, unix_now};
+use serde::Deserialize;
+
+use crate::{
+    envelope::parse_frame,
+    error::MsgNodeError,
+    node::Node,
+    session::{CloseReason, Session},
+};
+
+/// How long one frame may take to reach a client before it counts as a slow consumer.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Query parameters of `/msg`.
+#[derive(Debug, Deserialize)]
+pub struct MsgQuery {
+    /// The access token (browsers cannot set headers on a WebSocket upgrade).
+    access_token: Option<String>,
+    /// The resume token from a previous welcome.
+    resume: Option<String>,
+}
+
+/// Answers `GET /msg`.
+pub async fn upgrade(
+    State(node): State<Arc<Node>>,
+    Query(query): Query<MsgQuery>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(token) = query.access_token.as_deref().or(bearer) else {
+        return MsgNodeError::Unauthorized(
+            "missing access token: connect to /msg?access_token=<JWT>".into(),
+        )
+        .into_response();
+    };
+    let claims = match node.verifier.verify(token).await {
+        Ok(claims) => claims,
+        Err(e @ TokenError::KeysUnavailable(_)) => {
+            return MsgNodeError::Unavailable(e.to_string()).into_response();
+        }
+        Err(e) => return MsgNodeError::Unauthorized(e.to_string()).into_response(),
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let (session, resumed) = match node.open_session(&claims, false, query.resume.as_deref()) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let limit = node.config.limits.max_frame_bytes;
+    ws.max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| async move {
+            connection(node, session, resumed, claims.jti, claims.exp, socket).await;
+        })
+}
+
+async fn connection(
+    node: Arc<Node>,
+    session: Arc<Session>,
+    resumed: bool,
+    jti: String,
+    exp: i64,
+    mut socket: WebSocket,
+) {
+    let Some(mut attachment) = session.attach(jti, exp).await else {
+        close(&mut socket, &CloseReason::Revoked).await;
+        return;
+    };
+    metrics::gauge!("msgnode_connections", "transport" => "ws").increment(1.0);
+    tracing::debug!(session = %session.id, identity = %session.identity.name, resumed, "connected");
+    let closer = attachment.closer.clone();
+    let expires = tokio::time::Instant::now()
+        + Duration::from_secs(u64::try_from(exp - unix_now()).unwrap_or(0));
+    let welcome = node.welcome(&session, resumed).to_json();
+    let mut open = socket.send(Message::Text(welcome.into())).await.is_ok();
+    let max = node.config.limits.max_message_bytes;
+    let stop = node.shutdown.clone();
+    while open {
+        tokio::select! {
+            () = closer.closed() => break,
+            () = stop.wait() => closer.close(CloseReason::Shutdown),
+            () = tokio::time::sleep_until(expires) => closer.close(CloseReason::Expired),
+            out = attachment.queue.recv() => {
+                let Some(envelope) = out else { break };
+                let frame = Message::Text(envelope.to_json().into());
+                tokio::select! {
+                    sent = tokio::time::timeout(SEND_TIMEOUT, socket.send(frame)) => match sent {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => open = false,
+                        Err(_) => closer.close(CloseReason::SlowConsumer(node.config.limits.queue_len)),
+                    },
+                    () = closer.closed() => {}
+                }
+            }
+            incoming = socket.recv() => match incoming {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => open = false,
+                Some(Ok(Message::Text(text))) => match parse_frame(text.as_str(), max) {
+                    Ok(envelope) => node.handle(&session, envelope, text.len()).await,
+                    Err(error) => {
+                        metrics::counter!("msgnode_errors_total", "code" => error.code.to_string()).increment(1);
+                        let _ = session.enqueue(error.response(node.domain.node(), &session.runtime));
+                    }
+                },
+                Some(Ok(Message::Binary(_))) => {
+                    let error = crate::envelope::FrameError {
+                        id: crate::envelope::MessageId::Null,
+                        from: None,
+                        to: None,
+                        code: 400,
+                        description: "binary frames are not part of the protocol; send JSON text frames".into(),
+                    };
+                    let _ = session.enqueue(error.response(node.domain.node(), &session.runtime));
+                }
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    if let Some(reason) = closer.reason() {
+        tracing::info!(session = %session.id, reason = %reason.text(), "closing connection");
+        close(&mut socket, &reason).await;
+    }
+    metrics::gauge!("msgnode_connections", "transport" => "ws").decrement(1.0);
+    let generation = attachment.generation;
+    drop(attachment);
+    if session.detach(generation) {
+        node.start_grace(&session, generation);
+    }
+}
+
+async fn close(socket: &mut WebSocket, reason: &CloseReason) {
+    let frame = CloseFrame {
+        code: reason.ws_code(),
+        reason: reason.text().into(),
+    };
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        socket.send(Message::Close(Some(frame))),
+    )
+    .await;
+}
