@@ -1,0 +1,176 @@
+//! The SFU's configuration: defaults → `sfu.toml` → `RETHINK_*` env → flags
+//! (see `rethink_common::config`). `services/sfu/sfu.example.toml` documents every key.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use rethink_common::config::{ConfigError, ServiceConfig};
+use serde::{Deserialize, Serialize};
+
+/// Every setting of the SFU service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SfuConfig {
+    /// This node's id in the node registry; empty means "sfu-<random>", chosen at start.
+    pub node_id: String,
+    /// Where the gRPC `rethink.v1.Sfu` service listens.
+    pub grpc_addr: SocketAddr,
+    /// Where `/healthz`, `/readyz`, `/metrics` and the WHIP/WHEP endpoints listen.
+    pub http_addr: SocketAddr,
+    /// The one UDP socket every peer's media goes through.
+    pub udp_addr: SocketAddr,
+    /// Addresses advertised to peers as ICE host candidates (with the UDP port), for containers
+    /// and NAT. Empty means the bound UDP address (or 127.0.0.1 when bound to an unspecified one).
+    pub public_ips: Vec<IpAddr>,
+    /// The gRPC address other services use to reach this node, written in the heartbeat.
+    /// Empty means the bound gRPC address (its IP replaced by the first public IP, or
+    /// 127.0.0.1, when unspecified).
+    pub advertise_grpc_addr: String,
+    /// The public base URL of this node's HTTP port (WHIP/WHEP), written in the heartbeat.
+    pub advertise_http_url: String,
+    /// Redis; without it the node registry and events stay in memory (single-process stack).
+    pub redis: RedisConfig,
+    /// The auth service whose JWKS verifies the service tokens of gRPC callers.
+    pub auth: AuthConfig,
+    /// How often the node writes its heartbeat, in milliseconds.
+    pub heartbeat_interval_ms: u64,
+    /// How long a heartbeat stays valid, in milliseconds; must exceed the interval.
+    pub heartbeat_ttl_ms: u64,
+    /// After SIGTERM, how long existing rooms may live before they are closed, in milliseconds.
+    pub drain_timeout_ms: u64,
+    /// Most rooms this node holds at once.
+    pub max_rooms: usize,
+    /// Most participants in one room.
+    pub max_participants_per_room: usize,
+}
+
+/// Redis connection.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://host:port`; unset means in-memory backends.
+    pub url: Option<String>,
+}
+
+/// Token verification.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Base URL of the auth service (its JWKS is at `<url>/auth/.well-known/jwks.json`).
+    pub url: String,
+    /// The audience service tokens must carry.
+    pub audience: String,
+    /// Accepts every call without a token. Only for local experiments; never in production.
+    pub insecure_disable: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8080".into(),
+            audience: "rethink".into(),
+            insecure_disable: false,
+        }
+    }
+}
+
+impl Default for SfuConfig {
+    fn default() -> Self {
+        Self {
+            node_id: String::new(),
+            grpc_addr: SocketAddr::from(([0, 0, 0, 0], 7881)),
+            http_addr: SocketAddr::from(([0, 0, 0, 0], 7880)),
+            udp_addr: SocketAddr::from(([0, 0, 0, 0], 7882)),
+            public_ips: Vec::new(),
+            advertise_grpc_addr: String::new(),
+            advertise_http_url: String::new(),
+            redis: RedisConfig::default(),
+            auth: AuthConfig::default(),
+            heartbeat_interval_ms: 2_000,
+            heartbeat_ttl_ms: 6_000,
+            drain_timeout_ms: 120_000,
+            max_rooms: 10_000,
+            max_participants_per_room: 1_000,
+        }
+    }
+}
+
+impl SfuConfig {
+    /// The heartbeat period.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
+    /// The heartbeat key's time to live.
+    pub fn heartbeat_ttl(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ttl_ms)
+    }
+
+    /// The longest drain after the first SIGTERM.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
+    }
+}
+
+impl ServiceConfig for SfuConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.heartbeat_interval_ms == 0 {
+            return Err(ConfigError::invalid(
+                "heartbeat_interval_ms must be positive",
+            ));
+        }
+        if self.heartbeat_ttl_ms <= self.heartbeat_interval_ms {
+            return Err(ConfigError::invalid(format!(
+                "heartbeat_ttl_ms ({}) must exceed heartbeat_interval_ms ({}), or the node \
+                 would vanish between beats",
+                self.heartbeat_ttl_ms, self.heartbeat_interval_ms
+            )));
+        }
+        if self.max_rooms == 0 || self.max_participants_per_room == 0 {
+            return Err(ConfigError::invalid(
+                "max_rooms and max_participants_per_room must be positive",
+            ));
+        }
+        if let Some(ip) = self.public_ips.iter().find(|ip| ip.is_unspecified()) {
+            return Err(ConfigError::invalid(format!(
+                "public_ips: {ip} cannot be advertised; give the address peers reach this node at"
+            )));
+        }
+        if self.node_id.len() > 128 || self.node_id.chars().any(|c| c.is_control()) {
+            return Err(ConfigError::invalid(
+                "node_id must be at most 128 printable characters",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        SfuConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn ttl_must_exceed_interval() {
+        let config = SfuConfig {
+            heartbeat_ttl_ms: 1_000,
+            heartbeat_interval_ms: 1_000,
+            ..SfuConfig::default()
+        };
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("heartbeat_ttl_ms"), "{error}");
+    }
+
+    #[test]
+    fn unspecified_public_ip_is_refused() {
+        let config = SfuConfig {
+            public_ips: vec!["0.0.0.0".parse().unwrap()],
+            ..SfuConfig::default()
+        };
+        assert!(config.validate().is_err());
+    }
+}

@@ -1,0 +1,230 @@
+//! Test harness: a real SFU service on loopback (gRPC, HTTP, UDP on port 0), tokens signed with a
+//! test Ed25519 key and verified by the service's real verifier, and a str0m client peer.
+
+#![allow(dead_code)]
+
+pub mod peer;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use ed25519_dalek::pkcs8::EncodePrivateKey;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use rethink_common::bus::{EventBus, MemoryBus};
+use rethink_common::kv::{KvStore, MemoryKv};
+use rethink_common::lifecycle::Shutdown;
+use rethink_common::token::{TokenVerifier, VerifierOptions};
+use rethink_proto::v1::sfu_client::SfuClient;
+use rethink_sfu::auth::Authorizer;
+use rethink_sfu::{Deps, Listeners, SfuConfig, SfuError};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// Upper bound of every wait in these tests; reached only when something is broken.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+const KID: &str = "sfu-test-key";
+
+/// A test signing key and the JWK set that publishes it.
+pub struct Keys {
+    encoding: EncodingKey,
+    pub jwks: JwkSet,
+}
+
+impl Keys {
+    pub fn new(seed: u8) -> Self {
+        let signing = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+        let der = signing.to_pkcs8_der().expect("pkcs8");
+        let encoding = EncodingKey::from_ed_der(der.as_bytes());
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(signing.verifying_key().as_bytes());
+        let jwks: JwkSet = serde_json::from_value(serde_json::json!({
+            "keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": KID, "alg": "EdDSA", "use": "sig"}]
+        }))
+        .expect("jwk set");
+        Self { encoding, jwks }
+    }
+
+    /// Mints a token for `grants` (the scope list syntax of `Grants::from_str`, as JSON grants).
+    pub fn mint(&self, grants: serde_json::Value) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let claims = serde_json::json!({
+            "sub": "service:conference", "name": "conference", "iat": now, "nbf": now,
+            "exp": now + 600, "jti": format!("jti-{now}-{}", rand_suffix()), "aud": "rethink",
+            "grants": grants,
+        });
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(KID.into());
+        jsonwebtoken::encode(&header, &claims, &self.encoding).expect("token")
+    }
+
+    /// A service token that may manage every room.
+    pub fn service_token(&self) -> String {
+        self.mint(serde_json::json!({"rooms": {"admin": true}}))
+    }
+
+    pub fn verifier(&self) -> TokenVerifier {
+        TokenVerifier::new(Arc::new(self.jwks.clone()), VerifierOptions::default())
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A running SFU service.
+pub struct TestSfu {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub udp: SocketAddr,
+    pub keys: Keys,
+    pub token: String,
+    pub kv: Arc<dyn KvStore>,
+    pub bus: Arc<dyn EventBus>,
+    shutdown: Shutdown,
+    task: Option<JoinHandle<Result<(), SfuError>>>,
+}
+
+/// Test configuration: loopback addresses, short heartbeats.
+pub fn test_config() -> SfuConfig {
+    SfuConfig {
+        node_id: "sfu-test".into(),
+        heartbeat_interval_ms: 200,
+        heartbeat_ttl_ms: 1_000,
+        // Short, so tests that leave participants behind stop quickly; the drain tests set their own.
+        drain_timeout_ms: 300,
+        ..SfuConfig::default()
+    }
+}
+
+impl TestSfu {
+    /// Starts a service with in-memory backends.
+    pub async fn start() -> Self {
+        Self::start_with(
+            test_config(),
+            Arc::new(MemoryKv::new()),
+            Arc::new(MemoryBus::new()),
+        )
+        .await
+    }
+
+    /// Starts a service with the given config and backends.
+    pub async fn start_with(
+        config: SfuConfig,
+        kv: Arc<dyn KvStore>,
+        bus: Arc<dyn EventBus>,
+    ) -> Self {
+        let listeners = Listeners {
+            grpc: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            udp: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+        };
+        let grpc = listeners.grpc.local_addr().unwrap();
+        let http = listeners.http.local_addr().unwrap();
+        let udp = listeners.udp.local_addr().unwrap();
+        let keys = Keys::new(7);
+        let token = keys.service_token();
+        let deps = Deps {
+            kv: kv.clone(),
+            bus: bus.clone(),
+            auth: Authorizer::Tokens(keys.verifier()),
+        };
+        let shutdown = Shutdown::new();
+        let task = tokio::spawn(rethink_sfu::run_with(
+            config,
+            listeners,
+            deps,
+            shutdown.wait(),
+        ));
+        Self {
+            grpc,
+            http,
+            udp,
+            keys,
+            token,
+            kv,
+            bus,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// Returns a gRPC client; calls need [`authed`] requests.
+    pub async fn client(&self) -> SfuClient<Channel> {
+        SfuClient::new(self.channel().await)
+    }
+
+    /// Returns a gRPC channel to the service.
+    pub async fn channel(&self) -> Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .expect("grpc connect")
+    }
+
+    /// Wraps `message` with the service token.
+    pub fn authed<T>(&self, message: T) -> tonic::Request<T> {
+        authed(message, &self.token)
+    }
+
+    /// Starts the drain (the first SIGTERM).
+    pub fn begin_drain(&self) {
+        self.shutdown.trigger();
+    }
+
+    /// Waits until `run` returns.
+    pub async fn stopped(&mut self) -> Result<(), SfuError> {
+        let task = self.task.take().expect("not stopped yet");
+        tokio::time::timeout(WAIT, task)
+            .await
+            .expect("service stops in time")
+            .expect("service task")
+    }
+
+    /// Drains and waits for the end.
+    pub async fn stop(mut self) {
+        self.begin_drain();
+        self.stopped().await.expect("clean stop");
+    }
+}
+
+impl Drop for TestSfu {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+/// Wraps `message` with `authorization: Bearer <token>`.
+pub fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii token"),
+    );
+    request
+}
+
+/// GETs `path` on `addr` with a bare HTTP/1.1 request; returns the status code.
+pub async fn http_status(addr: SocketAddr, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}

@@ -1,0 +1,208 @@
+//! str0m client peers join over real UDP on loopback: ICE and DTLS come up, the event stream
+//! reports it, the second peer is offered the first one's track by renegotiation, and per-track
+//! subscriptions and departures work end to end.
+
+mod common;
+
+use common::{TestSfu, WAIT, peer::TestPeer};
+use rethink_proto::v1::sfu_participant_event::Event;
+use rethink_proto::v1::{
+    SfuAnswerRenegotiationRequest, SfuCreateRoomRequest, SfuEventsRequest,
+    SfuGetParticipantStatsRequest, SfuGetRoomStatsRequest, SfuJoinRequest, SfuLeaveRequest,
+    SfuMediaKind, SfuParticipantEvent, SfuSubscribeRequest,
+};
+use tonic::Streaming;
+
+/// Returns the first event `pick` accepts, driving `peer` meanwhile so its session stays alive.
+async fn wait_event<T>(
+    events: &mut Streaming<SfuParticipantEvent>,
+    peer: &mut TestPeer,
+    pick: impl Fn(&Event) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "event did not come");
+        tokio::select! {
+            item = events.message() => {
+                let item = item.expect("stream ok").expect("stream open");
+                if let Some(found) = item.event.as_ref().and_then(&pick) {
+                    return found;
+                }
+            }
+            _ = peer.run_until(std::time::Duration::from_millis(50), |_| false) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn peers_connect_over_udp_and_get_each_others_tracks() {
+    let sfu = TestSfu::start().await;
+    let mut client = sfu.client().await;
+    client
+        .create_room(sfu.authed(SfuCreateRoomRequest { room: "r".into() }))
+        .await
+        .unwrap();
+
+    // Alice joins and connects.
+    let mut alice = TestPeer::new().await;
+    let answer = client
+        .join(sfu.authed(SfuJoinRequest {
+            room: "r".into(),
+            participant: "alice".into(),
+            offer_sdp: alice.offer.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .answer_sdp;
+    assert!(
+        answer.contains(&format!("{} typ host", sfu.udp.port())),
+        "the answer advertises the service's udp port: {answer}"
+    );
+    alice.accept_answer(&answer);
+    let mut alice_events = client
+        .events(sfu.authed(SfuEventsRequest {
+            room: "r".into(),
+            participant: "alice".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        alice
+            .run_until(WAIT, |p| p.ice_connected && p.connected)
+            .await,
+        "ice and dtls connect"
+    );
+    wait_event(&mut alice_events, &mut alice, |e| {
+        matches!(e, Event::Connected(_)).then_some(())
+    })
+    .await;
+    let alice_track = wait_event(&mut alice_events, &mut alice, |e| match e {
+        Event::TrackPublished(t) => Some(t.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(alice_track.participant, "alice");
+    assert_eq!(alice_track.kind, SfuMediaKind::Video as i32);
+
+    let stats = client
+        .get_participant_stats(sfu.authed(SfuGetParticipantStatsRequest {
+            room: "r".into(),
+            participant: "alice".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stats.connected);
+    assert!(stats.bytes_in > 0 && stats.bytes_out > 0, "{stats:?}");
+    assert_eq!(stats.published_tracks, vec![alice_track.track_id.clone()]);
+
+    // Bob joins: Alice hears of it; Bob is offered Alice's track.
+    let mut bob = TestPeer::new().await;
+    let answer = client
+        .join(sfu.authed(SfuJoinRequest {
+            room: "r".into(),
+            participant: "bob".into(),
+            offer_sdp: bob.offer.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .answer_sdp;
+    bob.accept_answer(&answer);
+    let mut bob_events = client
+        .events(sfu.authed(SfuEventsRequest {
+            room: "r".into(),
+            participant: "bob".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let joined = wait_event(&mut alice_events, &mut alice, |e| match e {
+        Event::ParticipantJoined(j) => Some(j.participant.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(joined, "bob");
+    assert!(bob.run_until(WAIT, |p| p.connected).await, "bob connects");
+    let offer = wait_event(&mut bob_events, &mut bob, |e| match e {
+        Event::Renegotiation(r) => Some(r.offer_sdp.clone()),
+        _ => None,
+    })
+    .await;
+    let bob_answer = bob.accept_offer(&offer);
+    client
+        .answer_renegotiation(sfu.authed(SfuAnswerRenegotiationRequest {
+            room: "r".into(),
+            participant: "bob".into(),
+            answer_sdp: bob_answer,
+        }))
+        .await
+        .expect("answer accepted");
+    bob.run_until(std::time::Duration::from_millis(200), |_| false)
+        .await;
+
+    let bob_stats = client
+        .get_participant_stats(sfu.authed(SfuGetParticipantStatsRequest {
+            room: "r".into(),
+            participant: "bob".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        bob_stats.subscribed_tracks.contains(&alice_track.track_id),
+        "bob receives alice's track: {bob_stats:?}"
+    );
+
+    // Narrowing and restoring one track are accepted.
+    let subscription = SfuSubscribeRequest {
+        room: "r".into(),
+        participant: "bob".into(),
+        track_id: alice_track.track_id.clone(),
+    };
+    client
+        .unsubscribe(sfu.authed(subscription.clone()))
+        .await
+        .unwrap();
+    client
+        .subscribe(sfu.authed(subscription.clone()))
+        .await
+        .unwrap();
+
+    // Alice leaves: Bob hears it, and the room shrinks.
+    client
+        .leave(sfu.authed(SfuLeaveRequest {
+            room: "r".into(),
+            participant: "alice".into(),
+        }))
+        .await
+        .unwrap();
+    let gone = wait_event(&mut bob_events, &mut bob, |e| match e {
+        Event::TrackUnpublished(t) => Some(t.track_id.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(gone, alice_track.track_id);
+    let left = wait_event(&mut bob_events, &mut bob, |e| match e {
+        Event::ParticipantLeft(l) => Some((l.participant.clone(), l.reason.clone())),
+        _ => None,
+    })
+    .await;
+    assert_eq!(left, ("alice".to_string(), "left".to_string()));
+    // Alice's own stream ends.
+    let end = tokio::time::timeout(WAIT, async {
+        while let Ok(Some(_)) = alice_events.message().await {}
+    })
+    .await;
+    assert!(end.is_ok(), "alice's stream ends");
+    let room = client
+        .get_room_stats(sfu.authed(SfuGetRoomStatsRequest { room: "r".into() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(room.participants, 1);
+    assert_eq!(room.participant_stats[0].participant, "bob");
+    sfu.stop().await;
+}
