@@ -23,6 +23,14 @@ fn memory_pair(config: SyncConfig) -> (Syncher, Syncher) {
     )
 }
 
+/// Waits for missing versions far longer than any test takes.
+fn patient() -> SyncConfig {
+    SyncConfig {
+        gap_timeout: Duration::from_secs(60),
+        ..SyncConfig::default()
+    }
+}
+
 fn memory() -> Syncher {
     memory_pair(SyncConfig::default()).0
 }
@@ -169,7 +177,9 @@ async fn sizes_and_counts_are_bounded() {
 async fn concurrent_updates_never_lose_data() {
     const WRITERS: u64 = 8;
     const EACH: u64 = 10;
-    let (a, b) = memory_pair(SyncConfig::default());
+    // Publishes from racing writers may arrive out of order; a long gap timeout makes the
+    // stream wait for every version instead of skipping to the store's state on a slow machine.
+    let (a, b) = memory_pair(patient());
     let url = a
         .create(ALICE, SCHEMA, json!({"count": 0}))
         .await
@@ -247,7 +257,7 @@ async fn resubscribing_replaces_the_old_stream() {
 /// Pub/sub may deliver changes from different replicas out of order; the stream restores it.
 #[tokio::test]
 async fn out_of_order_changes_are_reordered() {
-    let (s, _) = memory_pair(SyncConfig::default());
+    let (s, _) = memory_pair(patient());
     let url = s.create(ALICE, SCHEMA, json!(1)).await.unwrap().url;
     let (_, mut changes) = s.subscribe(&url, BOB).await.unwrap();
     // Store version 3 (as two real updates would), then publish their changes swapped.
