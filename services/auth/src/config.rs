@@ -1,0 +1,183 @@
+//! Configuration of the auth service (see `auth.example.toml` for every key, commented).
+
+use std::{net::SocketAddr, time::Duration};
+
+use rethink_common::config::{ConfigError, ServiceConfig};
+use serde::{Deserialize, Serialize};
+
+/// Everything the auth service can be told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// HTTP address: `/auth/*` for browsers plus `/healthz`, `/readyz`, `/metrics`.
+    pub http_addr: SocketAddr,
+    /// gRPC address (`rethink.v1.Auth`, health, reflection); cluster-internal.
+    pub grpc_addr: SocketAddr,
+    /// Redis; without a URL users, keys and revocations live in memory.
+    pub redis: RedisConfig,
+    /// Token lifetime, audience and key rotation.
+    pub tokens: TokenConfig,
+    /// Limits on the HTTP surface.
+    pub http: HttpConfig,
+    /// Login throttling.
+    pub throttle: ThrottleConfig,
+    /// Seconds to finish in-flight requests after shutdown begins.
+    pub drain_secs: u64,
+}
+
+/// Where Redis is.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://host:port`; unset means the in-memory store (single instance, nothing persists).
+    pub url: Option<String>,
+}
+
+/// Tokens and signing keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenConfig {
+    /// Lifetime of minted tokens, in seconds (also the cap for API-key tokens).
+    pub ttl_secs: u64,
+    /// `aud` claim of minted tokens.
+    pub audience: String,
+    /// Rotate the signing key when it is older than this many seconds; 0 = never.
+    pub rotation_secs: u64,
+}
+
+/// HTTP limits, applied as tower layers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Time limit of one request, in milliseconds.
+    pub request_timeout_ms: u64,
+}
+
+/// Failed-login throttling (per username and per client address).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThrottleConfig {
+    /// Failures of one username within `window_secs` that lock it.
+    pub max_failures_per_user: u32,
+    /// Failures from one client address within `window_secs` that lock it.
+    pub max_failures_per_addr: u32,
+    /// Window in which failures are counted, in seconds.
+    pub window_secs: u64,
+    /// How long a lock lasts, in seconds.
+    pub lockout_secs: u64,
+    /// Take the client address from `X-Forwarded-For` (only behind a trusted proxy).
+    pub trust_forwarded_for: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 9081)),
+            redis: RedisConfig::default(),
+            tokens: TokenConfig::default(),
+            http: HttpConfig::default(),
+            throttle: ThrottleConfig::default(),
+            drain_secs: 10,
+        }
+    }
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        Self {
+            ttl_secs: 3600,
+            audience: rethink_common::token::DEFAULT_AUDIENCE.to_string(),
+            rotation_secs: 7 * 24 * 3600,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 16 * 1024,
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        Self {
+            max_failures_per_user: 5,
+            max_failures_per_addr: 20,
+            window_secs: 300,
+            lockout_secs: 60,
+            trust_forwarded_for: false,
+        }
+    }
+}
+
+impl TokenConfig {
+    /// Returns the token lifetime.
+    pub fn ttl(&self) -> Duration {
+        Duration::from_secs(self.ttl_secs)
+    }
+}
+
+impl ServiceConfig for AuthConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(60..=30 * 24 * 3600).contains(&self.tokens.ttl_secs) {
+            return Err(ConfigError::invalid(
+                "tokens.ttl_secs must be between 60 and 2592000 (30 days)",
+            ));
+        }
+        if self.tokens.rotation_secs != 0 && self.tokens.rotation_secs < 60 {
+            return Err(ConfigError::invalid(
+                "tokens.rotation_secs must be 0 (never) or at least 60",
+            ));
+        }
+        if self.tokens.audience.trim().is_empty() {
+            return Err(ConfigError::invalid("tokens.audience must not be empty"));
+        }
+        if !(256..=1024 * 1024).contains(&self.http.max_body_bytes) {
+            return Err(ConfigError::invalid(
+                "http.max_body_bytes must be between 256 and 1048576",
+            ));
+        }
+        if self.http.request_timeout_ms < 100 {
+            return Err(ConfigError::invalid(
+                "http.request_timeout_ms must be at least 100",
+            ));
+        }
+        if self.throttle.max_failures_per_user == 0 || self.throttle.max_failures_per_addr == 0 {
+            return Err(ConfigError::invalid(
+                "throttle.max_failures_per_user and throttle.max_failures_per_addr must be at least 1",
+            ));
+        }
+        if self.throttle.window_secs == 0 || self.throttle.lockout_secs == 0 {
+            return Err(ConfigError::invalid(
+                "throttle.window_secs and throttle.lockout_secs must be at least 1",
+            ));
+        }
+        if let Some(url) = &self.redis.url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return Err(ConfigError::invalid(
+                "redis.url must start with redis:// or rediss://",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        AuthConfig::default().validate().unwrap();
+        let mut bad = AuthConfig::default();
+        bad.tokens.ttl_secs = 1;
+        assert!(bad.validate().is_err());
+    }
+}

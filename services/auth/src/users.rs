@@ -1,0 +1,309 @@
+//! Users (argon2id password hashes) and API keys, stored as JSON documents in the key-value
+//! store (Redis when configured, memory otherwise).
+//!
+//! Password hashing is deliberately slow, so it runs on the blocking pool. Unknown users are
+//! checked against a dummy hash so that response times do not reveal which names exist.
+
+use std::sync::{Arc, LazyLock};
+
+use argon2::{
+    Argon2, PasswordHash, PasswordHasher, PasswordVerifier,
+    password_hash::{SaltString, rand_core::OsRng},
+};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use bytes::Bytes;
+use rand::RngCore;
+use rethink_common::{kv::KvStore, token::Grants, token::unix_now};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::AuthError;
+
+/// Key prefix of user documents: `rethink:auth:user:<username>`.
+pub const USER_PREFIX: &str = "rethink:auth:user:";
+/// Key prefix of API key documents: `rethink:auth:apikey:<key id>`.
+pub const API_KEY_PREFIX: &str = "rethink:auth:apikey:";
+
+/// Shortest password accepted.
+pub const MIN_PASSWORD_LEN: usize = 8;
+/// Longest password accepted (bounds hashing work per request).
+pub const MAX_PASSWORD_LEN: usize = 256;
+
+/// A stored user.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// Login name: 1-64 of `[A-Za-z0-9._-]`, stored lowercase.
+    pub username: String,
+    /// Name shown to others.
+    pub display_name: String,
+    /// PHC string of the argon2id hash.
+    pub password_hash: String,
+    /// What the user's tokens allow.
+    pub grants: Grants,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// A stored API key: only a SHA-256 of its secret (the secret is 32 random bytes, so a fast hash
+/// is enough; argon2 protects low-entropy passwords).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    /// Public identifier, `ak_<hex>`.
+    pub key_id: String,
+    /// Subject of the tokens minted with this key.
+    pub subject: String,
+    /// Upper bound of the grants of minted tokens.
+    pub grants: Grants,
+    /// base64url SHA-256 of the secret.
+    pub secret_sha256: String,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// Users and API keys on top of a [`KvStore`].
+#[derive(Clone)]
+pub struct UserStore {
+    kv: Arc<dyn KvStore>,
+}
+
+impl std::fmt::Debug for UserStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserStore").finish_non_exhaustive()
+    }
+}
+
+/// A valid hash of a password nobody has, verified when the user does not exist.
+static DUMMY_HASH: LazyLock<String> =
+    LazyLock::new(|| hash_password_blocking("not-a-real-password").unwrap_or_default());
+
+/// Normalises and checks a username.
+pub fn normalize_username(name: &str) -> Result<String, AuthError> {
+    let name = name.trim().to_ascii_lowercase();
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if valid {
+        Ok(name)
+    } else {
+        Err(AuthError::BadRequest(
+            "username must be 1-64 characters of letters, digits, '.', '_' or '-'".into(),
+        ))
+    }
+}
+
+fn check_password(password: &str) -> Result<(), AuthError> {
+    if password.chars().count() < MIN_PASSWORD_LEN || password.len() > MAX_PASSWORD_LEN {
+        return Err(AuthError::BadRequest(format!(
+            "password must be {MIN_PASSWORD_LEN}-{MAX_PASSWORD_LEN} characters"
+        )));
+    }
+    Ok(())
+}
+
+fn hash_password_blocking(password: &str) -> Result<String, AuthError> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| AuthError::Internal(format!("hashing password: {e}")))
+}
+
+async fn hash_password(password: String) -> Result<String, AuthError> {
+    tokio::task::spawn_blocking(move || hash_password_blocking(&password))
+        .await
+        .map_err(|e| AuthError::Internal(format!("hashing task: {e}")))?
+}
+
+async fn verify_password(password: String, hash: String) -> bool {
+    tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&hash)
+            .map(|parsed| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &str, raw: &[u8]) -> Result<T, AuthError> {
+    serde_json::from_slice(raw).map_err(|e| AuthError::Internal(format!("stored {key}: {e}")))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Bytes, AuthError> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|e| AuthError::Internal(format!("encoding record: {e}")))
+}
+
+fn secret_digest(secret: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(secret.as_bytes()))
+}
+
+impl UserStore {
+    /// Returns a store over `kv`.
+    pub fn new(kv: Arc<dyn KvStore>) -> Self {
+        Self { kv }
+    }
+
+    /// Creates a user; fails with [`AuthError::UserExists`] when the name is taken.
+    pub async fn create(
+        &self,
+        username: &str,
+        password: &str,
+        display_name: Option<&str>,
+        grants: Grants,
+    ) -> Result<UserRecord, AuthError> {
+        let username = normalize_username(username)?;
+        check_password(password)?;
+        let display_name = display_name
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .unwrap_or(&username)
+            .chars()
+            .take(128)
+            .collect();
+        let record = UserRecord {
+            password_hash: hash_password(password.to_string()).await?,
+            username,
+            display_name,
+            grants,
+            created_at: unix_now(),
+        };
+        let key = format!("{USER_PREFIX}{}", record.username);
+        if self.kv.set_nx(&key, encode(&record)?, None).await? {
+            Ok(record)
+        } else {
+            Err(AuthError::UserExists(record.username))
+        }
+    }
+
+    /// Returns the user, if any.
+    pub async fn get(&self, username: &str) -> Result<Option<UserRecord>, AuthError> {
+        let Ok(username) = normalize_username(username) else {
+            return Ok(None);
+        };
+        let key = format!("{USER_PREFIX}{username}");
+        match self.kv.get(&key).await? {
+            Some(raw) => decode(&key, &raw).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Returns the user when `password` is right; [`AuthError::InvalidCredentials`] otherwise.
+    pub async fn check(&self, username: &str, password: &str) -> Result<UserRecord, AuthError> {
+        if password.len() > MAX_PASSWORD_LEN {
+            return Err(AuthError::InvalidCredentials);
+        }
+        let user = self.get(username).await?;
+        let hash = user
+            .as_ref()
+            .map_or_else(|| DUMMY_HASH.clone(), |u| u.password_hash.clone());
+        let ok = verify_password(password.to_string(), hash).await;
+        match user {
+            Some(user) if ok => Ok(user),
+            _ => Err(AuthError::InvalidCredentials),
+        }
+    }
+
+    /// Deletes a user; returns false when there was none.
+    pub async fn delete(&self, username: &str) -> Result<bool, AuthError> {
+        let username = normalize_username(username)?;
+        Ok(self.kv.delete(&format!("{USER_PREFIX}{username}")).await?)
+    }
+
+    /// Replaces a user's password.
+    pub async fn set_password(&self, username: &str, password: &str) -> Result<(), AuthError> {
+        check_password(password)?;
+        let hash = hash_password(password.to_string()).await?;
+        let username = normalize_username(username)?;
+        let key = format!("{USER_PREFIX}{username}");
+        // Compare-and-swap so a concurrent grant change is not overwritten.
+        for _ in 0..8 {
+            let raw = self
+                .kv
+                .get(&key)
+                .await?
+                .ok_or_else(|| AuthError::UserNotFound(username.clone()))?;
+            let mut record: UserRecord = decode(&key, &raw)?;
+            record.password_hash = hash.clone();
+            if self
+                .kv
+                .compare_and_swap(&key, Some(&raw), Some(encode(&record)?), None)
+                .await?
+            {
+                return Ok(());
+            }
+        }
+        Err(AuthError::Internal(
+            "password update kept conflicting".into(),
+        ))
+    }
+
+    /// Returns every user, sorted by name.
+    pub async fn list(&self) -> Result<Vec<UserRecord>, AuthError> {
+        let mut users = Vec::new();
+        for (key, raw) in self.kv.scan_prefix(USER_PREFIX).await? {
+            users.push(decode::<UserRecord>(&key, &raw)?);
+        }
+        users.sort_by(|a, b| a.username.cmp(&b.username));
+        Ok(users)
+    }
+
+    /// Creates an API key; returns the record and the secret (shown once, stored hashed).
+    pub async fn create_api_key(
+        &self,
+        subject: &str,
+        grants: Grants,
+    ) -> Result<(ApiKeyRecord, String), AuthError> {
+        let subject = subject.trim();
+        if subject.is_empty() || subject.len() > 128 {
+            return Err(AuthError::BadRequest(
+                "api key subject must be 1-128 characters".into(),
+            ));
+        }
+        let mut secret = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut secret);
+        let secret = URL_SAFE_NO_PAD.encode(secret);
+        let record = ApiKeyRecord {
+            key_id: format!("ak_{}", uuid::Uuid::new_v4().simple()),
+            subject: subject.to_string(),
+            grants,
+            secret_sha256: secret_digest(&secret),
+            created_at: unix_now(),
+        };
+        let key = format!("{API_KEY_PREFIX}{}", record.key_id);
+        self.kv.set(&key, encode(&record)?, None).await?;
+        Ok((record, secret))
+    }
+
+    /// Returns the key when `secret` is right; [`AuthError::InvalidApiKey`] otherwise.
+    pub async fn check_api_key(
+        &self,
+        key_id: &str,
+        secret: &str,
+    ) -> Result<ApiKeyRecord, AuthError> {
+        let valid_id = key_id.len() <= 64
+            && key_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid_id || key_id.is_empty() || secret.len() > 256 {
+            return Err(AuthError::InvalidApiKey);
+        }
+        let key = format!("{API_KEY_PREFIX}{key_id}");
+        let Some(raw) = self.kv.get(&key).await? else {
+            return Err(AuthError::InvalidApiKey);
+        };
+        let record: ApiKeyRecord = decode(&key, &raw)?;
+        // Comparing digests, not secrets: timing reveals nothing usable about the secret.
+        if record.secret_sha256 == secret_digest(secret) {
+            Ok(record)
+        } else {
+            Err(AuthError::InvalidApiKey)
+        }
+    }
+}
