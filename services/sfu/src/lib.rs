@@ -35,8 +35,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rethink_common::bus::{EventBus, MemoryBus, RedisBus};
-use rethink_common::kv::{KvStore, MemoryKv, RedisKv};
+use rethink_common::Backends;
+use rethink_common::bus::EventBus;
+use rethink_common::kv::KvStore;
 use rethink_common::lifecycle::{Health, Shutdown, grpc_health_and_reflection, serve_http};
 use rethink_common::token::{HttpJwks, TokenVerifier, VerifierOptions};
 use rethink_proto::v1::sfu_server::SfuServer;
@@ -89,21 +90,17 @@ impl Deps {
     /// Connects what `config` names: Redis when `redis.url` is set (else in-memory), and the
     /// auth service's keys (revocations followed on the bus).
     pub async fn from_config(config: &SfuConfig) -> Result<Self, SfuError> {
-        let (kv, bus): (Arc<dyn KvStore>, Arc<dyn EventBus>) = match &config.redis.url {
-            Some(url) => (
-                Arc::new(
-                    RedisKv::connect(url)
-                        .await
-                        .map_err(|e| SfuError::Internal(format!("redis {url}: {e}")))?,
-                ),
-                Arc::new(
-                    RedisBus::connect(url)
-                        .await
-                        .map_err(|e| SfuError::Internal(format!("redis {url}: {e}")))?,
-                ),
-            ),
-            None => (Arc::new(MemoryKv::new()), Arc::new(MemoryBus::new())),
-        };
+        let url = config.redis.url.as_deref();
+        let backends = rethink_common::backends(url)
+            .await
+            .map_err(|e| SfuError::Internal(format!("redis {}: {e}", url.unwrap_or_default())))?;
+        Ok(Self::with_backends(config, backends).await)
+    }
+
+    /// Uses the given backends (the all-in-one stack shares one in-memory pair between
+    /// services) and the token checks `config.auth` asks for.
+    pub async fn with_backends(config: &SfuConfig, backends: Backends) -> Self {
+        let Backends { kv, bus } = backends;
         let auth = if config.auth.insecure_disable {
             tracing::warn!(
                 "token checks are disabled (auth.insecure_disable); never do this in production"
@@ -125,7 +122,7 @@ impl Deps {
             }
             auth::Authorizer::Tokens(verifier)
         };
-        Ok(Self { kv, bus, auth })
+        Self { kv, bus, auth }
     }
 }
 

@@ -1,0 +1,164 @@
+//! The first SIGTERM drains: readiness goes NOT_SERVING, the heartbeat says draining, new rooms
+//! are refused with UNAVAILABLE, existing rooms live on until empty, or until the deadline.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use rethink_common::bus::MemoryBus;
+use rethink_common::kv::{KvStore, MemoryKv};
+use rethink_proto::v1::{
+    SfuCreateRoomRequest, SfuEventsRequest, SfuGetRoomStatsRequest, SfuJoinRequest,
+    SfuLeaveRequest, SfuNode,
+};
+use rethink_sfu::keys;
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+use common::{TestSfu, WAIT, http_status, peer::TestPeer, test_config};
+
+async fn serving(sfu: &TestSfu) -> ServingStatus {
+    let mut health = HealthClient::new(sfu.channel().await);
+    let response = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    ServingStatus::try_from(response.status).unwrap()
+}
+
+/// Waits until the gRPC health status is `status` (it follows readiness through a task).
+async fn wait_serving(sfu: &TestSfu, status: ServingStatus) {
+    let mut health = HealthClient::new(sfu.channel().await);
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::timeout(WAIT, async {
+        while let Some(update) = watch.message().await.unwrap() {
+            if update.status == status as i32 {
+                return;
+            }
+        }
+        panic!("health stream ended");
+    })
+    .await
+    .expect("health status in time");
+}
+
+async fn start_with_member(drain_timeout_ms: u64) -> (TestSfu, Arc<dyn KvStore>) {
+    let kv: Arc<dyn KvStore> = Arc::new(MemoryKv::new());
+    let config = rethink_sfu::SfuConfig {
+        drain_timeout_ms,
+        ..test_config()
+    };
+    let sfu = TestSfu::start_with(config, kv.clone(), Arc::new(MemoryBus::new())).await;
+    let mut client = sfu.client().await;
+    client
+        .create_room(sfu.authed(SfuCreateRoomRequest { room: "r".into() }))
+        .await
+        .unwrap();
+    let peer = TestPeer::new().await;
+    client
+        .join(sfu.authed(SfuJoinRequest {
+            room: "r".into(),
+            participant: "alice".into(),
+            offer_sdp: peer.offer.clone(),
+        }))
+        .await
+        .unwrap();
+    wait_serving(&sfu, ServingStatus::Serving).await;
+    assert_eq!(http_status(sfu.http, "/readyz").await, 200);
+    (sfu, kv)
+}
+
+#[tokio::test]
+async fn drain_refuses_new_rooms_and_ends_when_the_last_participant_leaves() {
+    let (mut sfu, kv) = start_with_member(30_000).await;
+    let mut client = sfu.client().await;
+
+    sfu.begin_drain();
+    wait_serving(&sfu, ServingStatus::NotServing).await;
+    assert_eq!(serving(&sfu).await, ServingStatus::NotServing);
+    assert_eq!(http_status(sfu.http, "/readyz").await, 503);
+    assert_eq!(http_status(sfu.http, "/healthz").await, 200);
+
+    let error = client
+        .create_room(sfu.authed(SfuCreateRoomRequest { room: "new".into() }))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::Unavailable, "{error:?}");
+    assert!(error.message().contains("draining"), "{}", error.message());
+    let peer = TestPeer::new().await;
+    let error = client
+        .join(sfu.authed(SfuJoinRequest {
+            room: "new".into(),
+            participant: "bob".into(),
+            offer_sdp: peer.offer.clone(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::Unavailable, "{error:?}");
+
+    // The heartbeat tells the registry at once.
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(value) = kv.get(&keys::node_key("sfu-test")).await.unwrap()
+                && SfuNode::decode(value).unwrap().draining
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("heartbeat says draining");
+
+    // The existing room still works.
+    let stats = client
+        .get_room_stats(sfu.authed(SfuGetRoomStatsRequest { room: "r".into() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.participants, 1);
+
+    client
+        .leave(sfu.authed(SfuLeaveRequest {
+            room: "r".into(),
+            participant: "alice".into(),
+        }))
+        .await
+        .unwrap();
+    sfu.stopped().await.expect("stops once empty");
+    assert_eq!(kv.get(&keys::node_key("sfu-test")).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn drain_deadline_closes_rooms_that_stay_busy() {
+    let (mut sfu, _kv) = start_with_member(300).await;
+    let mut client = sfu.client().await;
+    let mut events = client
+        .events(sfu.authed(SfuEventsRequest {
+            room: "r".into(),
+            participant: "alice".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    sfu.begin_drain();
+    sfu.stopped().await.expect("stops at the deadline");
+    // The participant's stream ended with the room.
+    let end = tokio::time::timeout(WAIT, async {
+        while let Ok(Some(_)) = events.message().await {}
+    })
+    .await;
+    assert!(end.is_ok());
+}
