@@ -91,6 +91,13 @@ impl RedisBus {
         let (control, control_rx) = mpsc::unbounded_channel();
         let (generation_tx, generation) = watch::channel(0);
         tokio::spawn(subscriber_task(client, first, control_rx, generation_tx));
+        // Generation 1 is the first connection; waiting for it makes later generations mean
+        // reconnects. The task only fails to get there if it ended, i.e. the bus is unusable.
+        generation
+            .clone()
+            .wait_for(|g| *g >= 1)
+            .await
+            .map_err(|_| BusError::Closed)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 publisher,
