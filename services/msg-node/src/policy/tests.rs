@@ -545,7 +545,6 @@ async fn reloader_reloads_on_a_policy_event() {
     // The file is never polled after the first tick, so only the event can trigger a reload.
     let task = p.spawn_reloader_every(bus.clone(), shutdown.clone(), Duration::from_secs(3600));
     std::fs::write(&path, DENY_ALL).unwrap();
-    // Pub/sub drops messages sent before the reloader subscribed: repeat until one lands.
     let event = rethink_proto::v1::Event {
         id: "e1".into(),
         r#type: "msg_node.policy.changed".into(),
@@ -553,6 +552,22 @@ async fn reloader_reloads_on_a_policy_event() {
         ..Default::default()
     };
     let payload = Bytes::from(prost::Message::encode_to_vec(&event));
+    publish_until_reloaded(&*bus, payload, &mut reloads).await;
+    assert_eq!(
+        code(&check(&p, "a", &fwd("hyperty://l/x"), Instant::now())),
+        403
+    );
+    shutdown.trigger();
+    task.await.unwrap();
+}
+
+/// Publishes `payload` on the policy topic until the engine reloads (pub/sub drops messages sent
+/// before the reloader subscribed).
+async fn publish_until_reloaded(
+    bus: &dyn EventBus,
+    payload: Bytes,
+    reloads: &mut watch::Receiver<u64>,
+) {
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             bus.publish(topics::MSG_NODE_POLICY, payload.clone())
@@ -568,10 +583,30 @@ async fn reloader_reloads_on_a_policy_event() {
     })
     .await
     .expect("policy event did not reload");
-    assert_eq!(
-        code(&check(&p, "a", &fwd("hyperty://l/x"), Instant::now())),
-        403
+}
+
+/// Replicas share Redis: an event published there (here a bare `PUBLISH`, as `redis-cli` would
+/// send) reaches the reloader.
+#[tokio::test]
+async fn policy_events_arrive_through_real_redis() {
+    let server = rethink_common::testing::RedisServer::start().await.unwrap();
+    let bus = Arc::new(
+        rethink_common::bus::RedisBus::connect(&server.url())
+            .await
+            .unwrap(),
     );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.toml");
+    std::fs::write(&path, ALLOW_ALL).unwrap();
+    let p = PolicyEngine::from_file(&path).unwrap();
+    let shutdown = Shutdown::new();
+    let mut reloads = p.watch_reloads();
+    let task = p.spawn_reloader_every(bus.clone(), shutdown.clone(), Duration::from_secs(3600));
+    let m = fwd("hyperty://localhost/x");
+
+    std::fs::write(&path, DENY_ALL).unwrap();
+    publish_until_reloaded(&*bus, Bytes::from_static(b"reload"), &mut reloads).await;
+    assert_eq!(code(&check(&p, "a", &m, Instant::now())), 403);
     shutdown.trigger();
     task.await.unwrap();
 }
