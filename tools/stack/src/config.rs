@@ -1,0 +1,55 @@
+//! Configuration of the all-in-one stack.
+
+use std::net::SocketAddr;
+
+use rethink_common::config::{ConfigError, ServiceConfig};
+use serde::{Deserialize, Serialize};
+
+/// What the stack can be told (file, `RETHINK_*` env, flags).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StackConfig {
+    /// The one browser-facing address: `/auth/*`, `/msg`, `/client/*`, ... plus ops endpoints.
+    pub http_addr: SocketAddr,
+    /// gRPC of every service on one port.
+    pub grpc_addr: SocketAddr,
+    /// Redis; without a URL everything runs on the in-memory bus and store.
+    pub redis: RedisConfig,
+    /// Create the demo users alice, bob and carol (password `rethink-demo`).
+    pub demo_users: bool,
+    /// Seconds to finish in-flight requests after shutdown begins.
+    pub drain_secs: u64,
+}
+
+/// Where Redis is.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://host:port`.
+    pub url: Option<String>,
+}
+
+impl Default for StackConfig {
+    fn default() -> Self {
+        Self {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            redis: RedisConfig::default(),
+            demo_users: true,
+            drain_secs: 5,
+        }
+    }
+}
+
+impl ServiceConfig for StackConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.redis.url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return Err(ConfigError::invalid(
+                "redis.url must start with redis:// or rediss://",
+            ));
+        }
+        Ok(())
+    }
+}
