@@ -99,6 +99,8 @@ pub struct Received {
     pub data: Vec<u8>,
     pub keyframe: bool,
     pub contiguous: bool,
+    /// RTP time as the receiver sees it.
+    pub rtp_time: u64,
 }
 
 impl Received {
@@ -200,6 +202,7 @@ impl Peer {
                 mid: d.mid,
                 keyframe: d.is_keyframe(),
                 contiguous: d.contiguous,
+                rtp_time: d.time.numer(),
                 data: d.data.to_vec(),
             }),
             Event::KeyframeRequest(r) => {
@@ -608,3 +611,31 @@ impl Sim {
 
 /// Keyframe request kinds are not needed by tests beyond this marker.
 pub const _PLI: KeyframeRequestKind = KeyframeRequestKind::Pli;
+
+impl Sim {
+    /// The peer asks for a keyframe on one of its receiving m-lines (as a decoder would).
+    pub fn send_pli(&mut self, peer: &str, mid: Mid) {
+        let p = self.peer_mut(peer);
+        let mut w = p.rtc.writer(mid).expect("receiving m-line");
+        w.request_keyframe(None, KeyframeRequestKind::Pli)
+            .expect("pli negotiated");
+        self.drain();
+    }
+
+    /// The peer reports a receiver bandwidth cap (REMB) for one of its receiving m-lines.
+    pub fn send_remb(&mut self, peer: &str, mid: Mid, bps: u64) {
+        let p = self.peer_mut(peer);
+        let mut api = p.rtc.direct_api();
+        let stream = api.stream_rx_by_mid(mid, None).expect("receiving stream");
+        stream.request_remb(str0m::bwe::Bitrate::bps(bps));
+        self.drain();
+    }
+
+    /// Loss probability on every link from now on.
+    pub fn set_loss(&mut self, p: f64) {
+        self.net.loss_to.insert(SERVER, p);
+        for peer in &self.peers {
+            self.net.loss_to.insert(peer.addr, p);
+        }
+    }
+}

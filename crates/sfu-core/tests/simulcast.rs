@@ -1,0 +1,106 @@
+//! Simulcast: the forwarded layer follows the subscriber's bandwidth estimate and switches only
+//! on a keyframe of the new layer.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Sim, SourceSpec, frame_intact};
+use str0m::media::MediaKind;
+
+/// Frame sizes per layer at 30 fps: q ≈ 72 kbit/s, h ≈ 240 kbit/s, f ≈ 720 kbit/s.
+const LAYERS: [(&str, usize); 3] = [("q", 300), ("h", 1000), ("f", 3000)];
+const SIZES: [usize; 3] = [300, 1000, 3000];
+
+fn layer_of_last_frame(sim: &Sim, peer: &str, track: &str) -> Option<u8> {
+    let p = sim.peer(peer);
+    let mid = p.mid_of(track)?;
+    p.frames_from(mid).last().map(|f| f.layer())
+}
+
+#[test]
+fn layer_follows_the_estimate_and_switches_on_keyframes() {
+    let mut sim = Sim::new(3);
+    sim.core.create_room("r").unwrap();
+    let alice = sim.add_peer("alice", &[SourceSpec::simulcast(&LAYERS)]);
+    let bob = sim.add_peer("bob", &[]);
+    sim.join(alice, "r").unwrap();
+    sim.join(bob, "r").unwrap();
+    sim.connect_all();
+    let track = sim.tracks_of("alice")[0].clone();
+    let published_rids = sim.events.iter().find_map(|(_, e)| match e {
+        rethink_sfu_core::CoreEvent::TrackPublished { rids, .. } => Some(rids.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        published_rids,
+        Some(vec!["q".into(), "h".into(), "f".into()])
+    );
+
+    // Plenty of bandwidth: the top layer.
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(layer_of_last_frame(&sim, "bob", &track), Some(2));
+    let mid = sim.peer("bob").mid_of(&track).unwrap();
+
+    // Bob's estimate drops to 150 kbit/s: only the lowest layer fits.
+    let drop_at = sim.peer("bob").frames_from(mid).len();
+    sim.send_remb("bob", mid, 150_000);
+    let end = sim.now + Duration::from_secs(2);
+    assert!(sim.run_until(end, |s| layer_of_last_frame(s, "bob", &track) == Some(0)));
+    sim.run_for(Duration::from_millis(500));
+
+    // It rises to 5 Mbit/s: back to the top layer.
+    let rise_at = sim.peer("bob").frames_from(mid).len();
+    for _ in 0..4 {
+        sim.send_remb("bob", mid, 5_000_000);
+        sim.run_for(Duration::from_millis(250));
+    }
+    let end = sim.now + Duration::from_secs(2);
+    assert!(sim.run_until(end, |s| layer_of_last_frame(s, "bob", &track) == Some(2)));
+    sim.run_for(Duration::from_millis(300));
+
+    let frames = sim.peer("bob").frames_from(mid);
+    let layers: Vec<u8> = frames.iter().map(|f| f.layer()).collect();
+    // Exactly two switches, each landing on a keyframe, with no frame missing around them.
+    let switches: Vec<usize> = (1..frames.len())
+        .filter(|&i| layers[i] != layers[i - 1])
+        .collect();
+    assert_eq!(switches.len(), 2, "layers: {layers:?}");
+    assert!(switches[0] >= drop_at && switches[1] >= rise_at);
+    assert_eq!((layers[switches[0]], layers[switches[1]]), (0, 2));
+    for &i in &switches {
+        assert!(
+            frames[i].keyframe,
+            "switch at frame {i} is not on a keyframe"
+        );
+    }
+    for (i, f) in frames.iter().enumerate() {
+        assert!(frame_intact(MediaKind::Video, f, &SIZES));
+        if i > 0 {
+            let step = f.frame_no() - frames[i - 1].frame_no();
+            // At a switch the new layer's keyframe may carry the same picture the old layer
+            // just delivered; never is a picture skipped.
+            let allowed = if switches.contains(&i) { 0..=1 } else { 1..=1 };
+            assert!(allowed.contains(&step), "step {step} at frame {i}");
+            assert!(
+                f.rtp_time > frames[i - 1].rtp_time,
+                "timestamp went back at {i}"
+            );
+        }
+    }
+    let stats = sim.core.participant_stats("bob").unwrap();
+    assert_eq!(
+        stats.subscribed,
+        vec![(track.as_str().into(), "f".to_string())]
+    );
+    let room = sim.core.room_stats("r").unwrap();
+    let rates: Vec<u64> = room.tracks[0]
+        .layers
+        .iter()
+        .map(|l| l.bitrate_bps)
+        .collect();
+    assert!(
+        rates[0] < rates[1] && rates[1] < rates[2],
+        "layer rates {rates:?}"
+    );
+}
