@@ -19,8 +19,8 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
-use super::record::{BusChange, SYNC_CHANNEL};
-use super::{ChangeKind, ObjectChange, Shared};
+use super::record::{BusChange, SYNC_CHANNEL, observers_key};
+use super::{ChangeKind, ObjectChange, Shared, SyncError};
 
 /// Early versions a stream holds back before it gives up waiting and reads the store.
 const MAX_PENDING: usize = 256;
@@ -113,16 +113,26 @@ pub(super) fn close(
 }
 
 /// Registers a new local stream for `url`; replaces any earlier one of the same observer (a
-/// second subscribe restarts delivery rather than duplicating it).
+/// second subscribe restarts delivery rather than duplicating it). Refuses more than
+/// `max_observers_per_object` live streams per object on this replica.
 pub(super) fn register(
     shared: &Arc<Shared>,
     url: &str,
     observer: &str,
-) -> (u64, mpsc::Receiver<ObjectChange>, Arc<AtomicBool>) {
+) -> Result<(u64, mpsc::Receiver<ObjectChange>, Arc<AtomicBool>), SyncError> {
+    let max = shared.config.max_observers_per_object;
+    let mut subs = lock(&shared.registry);
+    let others = subs
+        .get(url)
+        .map_or(0, |l| l.iter().filter(|s| s.observer != observer).count());
+    if others >= max {
+        return Err(SyncError::LimitReached(format!(
+            "an object may have at most {max} observers"
+        )));
+    }
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel(shared.config.stream_capacity.max(1));
     let lagged = Arc::new(AtomicBool::new(false));
-    let mut subs = lock(&shared.registry);
     close(&mut subs, url, |s| s.observer == observer);
     subs.entry(url.to_owned()).or_default().push(LocalSub {
         id,
@@ -130,7 +140,7 @@ pub(super) fn register(
         tx,
         lagged: Arc::clone(&lagged),
     });
-    (id, rx, lagged)
+    Ok((id, rx, lagged))
 }
 
 /// Runs the dispatcher until the Syncher is dropped (`stop`) or the bus ends the subscription.
@@ -170,6 +180,9 @@ pub(super) async fn run_dispatcher(
 /// unsubscribe. Dropping it stops delivery.
 pub struct ChangeStream {
     pub(super) url: String,
+    pub(super) observer: String,
+    /// Whether the observer was added to the stored observer list (so dropping removes it).
+    pub(super) listed: bool,
     pub(super) id: u64,
     pub(super) rx: mpsc::Receiver<ObjectChange>,
     pub(super) lagged: Arc<AtomicBool>,
@@ -308,6 +321,34 @@ impl ChangeStream {
 impl Drop for ChangeStream {
     fn drop(&mut self) {
         let id = self.id;
-        close(&mut lock(&self.shared.registry), &self.url, |s| s.id == id);
+        let mut subs = lock(&self.shared.registry);
+        close(&mut subs, &self.url, |s| s.id == id);
+        let replaced = subs
+            .get(&self.url)
+            .is_some_and(|l| l.iter().any(|s| s.observer == self.observer));
+        drop(subs);
+        // The observer went away (connection closed, task ended): take it off the stored list
+        // so departed observers do not pile up. Not when a newer stream of the same observer
+        // replaced this one.
+        if !self.listed || replaced {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let shared = Arc::clone(&self.shared);
+        let (url, observer) = (self.url.clone(), self.observer.clone());
+        runtime.spawn(async move {
+            let result = shared
+                .edit_list(&observers_key(&url), |list| {
+                    let before = list.len();
+                    list.retain(|o| *o != observer);
+                    Ok(list.len() != before)
+                })
+                .await;
+            if let Err(error) = result {
+                tracing::debug!(%url, %observer, %error, "cannot remove a departed observer");
+            }
+        });
     }
 }

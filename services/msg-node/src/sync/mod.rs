@@ -57,7 +57,8 @@ pub struct SyncConfig {
     pub max_value_bytes: usize,
     /// How many live objects one reporter may own.
     pub max_objects_per_reporter: usize,
-    /// How many observers one object may have.
+    /// How many observers one object may have: live streams per replica, and entries in the
+    /// stored observer list (the oldest entry is dropped to make room).
     pub max_observers_per_object: usize,
     /// How long a stream waits for a missing version before reading the store instead.
     pub gap_timeout: Duration,
@@ -454,9 +455,11 @@ impl Syncher {
         self.ensure_dispatcher().await?;
         // Listen before reading: every change committed after the read below is then delivered,
         // and the ones before it are filtered out by version.
-        let (id, rx, lagged) = fanout::register(&self.shared, object, observer);
+        let (id, rx, lagged) = fanout::register(&self.shared, object, observer)?;
         let mut stream = ChangeStream {
             url: object.to_owned(),
+            observer: observer.to_owned(),
+            listed: false,
             id,
             rx,
             lagged,
@@ -466,21 +469,23 @@ impl Syncher {
             shared: Arc::clone(&self.shared),
         };
         let snapshot = self.read(object).await?;
-        let max = self.shared.config.max_observers_per_object;
+        let max = self.shared.config.max_observers_per_object.max(1);
         self.shared
             .edit_list(&observers_key(object), |list| {
                 if list.iter().any(|o| o == observer) {
                     return Ok(false);
                 }
+                // The list is bounded but never blocks a subscribe: entries of observers whose
+                // replica died without cleaning up would otherwise fill it for good. Live
+                // streams are limited per replica in `register`.
                 if list.len() >= max {
-                    return Err(SyncError::LimitReached(format!(
-                        "an object may have at most {max} observers"
-                    )));
+                    list.drain(..=list.len() - max);
                 }
                 list.push(observer.to_owned());
                 Ok(true)
             })
             .await?;
+        stream.listed = true;
         stream.next = snapshot.version + 1;
         Ok((snapshot, stream))
     }

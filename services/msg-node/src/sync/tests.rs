@@ -171,6 +171,50 @@ async fn sizes_and_counts_are_bounded() {
     assert!(matches!(err, SyncError::LimitReached(_)), "{err}");
 }
 
+/// Observers that go away leave the stored list; a full list makes room instead of refusing.
+#[tokio::test]
+async fn departed_observers_leave_the_list_and_the_list_stays_bounded() {
+    let config = SyncConfig {
+        max_observers_per_object: 2,
+        ..SyncConfig::default()
+    };
+    let (a, b) = memory_pair(config);
+    let url = a.create(ALICE, SCHEMA, json!(0)).await.unwrap().url;
+    let (_, stream) = a.subscribe(&url, BOB).await.unwrap();
+    assert_eq!(a.observers(&url).await.unwrap(), vec![BOB.to_owned()]);
+    drop(stream);
+    tokio::time::timeout(WAIT, async {
+        while !a.observers(&url).await.unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("a dropped stream's observer stayed listed");
+
+    // A stream replaced by a resubscribe does not take the observer off the list.
+    let (_, first) = a.subscribe(&url, BOB).await.unwrap();
+    let (_, _second) = a.subscribe(&url, BOB).await.unwrap();
+    drop(first);
+    tokio::task::yield_now().await;
+    assert_eq!(a.observers(&url).await.unwrap(), vec![BOB.to_owned()]);
+
+    // Two more observers on the other replica: the list keeps the newest two.
+    let carol = "hyperty://localhost/carol-1";
+    let dave = "hyperty://localhost/dave-1";
+    let (_, _c) = b.subscribe(&url, carol).await.unwrap();
+    let (_, _d) = b.subscribe(&url, dave).await.unwrap();
+    assert_eq!(
+        a.observers(&url).await.unwrap(),
+        vec![carol.to_owned(), dave.to_owned()]
+    );
+    // Live streams per replica are limited.
+    let err = b
+        .subscribe(&url, "hyperty://localhost/erin-1")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SyncError::LimitReached(_)), "{err}");
+}
+
 /// Many writers racing on two replicas: every increment lands exactly once, and the observer
 /// sees every version in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
