@@ -166,6 +166,50 @@ mod tests {
     }
 
     #[test]
+    fn example_file_loads_and_equals_the_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sfu.example.toml");
+        let no_flags: Option<()> = None;
+        let loaded: SfuConfig =
+            rethink_common::config::load_from_env(Some(&path), &no_flags, std::iter::empty())
+                .unwrap();
+        assert_eq!(loaded, SfuConfig::default());
+    }
+
+    #[test]
+    fn env_and_flags_override_the_file() {
+        let env = [
+            ("RETHINK_UDP_ADDR".to_string(), "127.0.0.1:9999".to_string()),
+            (
+                "RETHINK_REDIS__URL".to_string(),
+                "redis://127.0.0.1:1".to_string(),
+            ),
+        ];
+        let flags = serde_json::json!({"public_ips": ["203.0.113.7"]});
+        let loaded: SfuConfig = rethink_common::config::load_from_env(None, &flags, env).unwrap();
+        assert_eq!(loaded.udp_addr, "127.0.0.1:9999".parse().unwrap());
+        assert_eq!(loaded.redis.url.as_deref(), Some("redis://127.0.0.1:1"));
+        assert_eq!(
+            loaded.public_ips,
+            vec!["203.0.113.7".parse::<IpAddr>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sfu.toml");
+        std::fs::write(&path, "udp_adr = \"0.0.0.0:1\"\n").unwrap();
+        let no_flags: Option<()> = None;
+        let error = rethink_common::config::load_from_env::<SfuConfig>(
+            Some(&path),
+            &no_flags,
+            std::iter::empty(),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("udp_adr"), "{error}");
+    }
+
+    #[test]
     fn unspecified_public_ip_is_refused() {
         let config = SfuConfig {
             public_ips: vec!["0.0.0.0".parse().unwrap()],
