@@ -1,0 +1,265 @@
+//! Lightweight str0m clients: one tokio task per client owns its `Rtc` and its UDP socket.
+//! Renegotiation offers come in through a channel and answers go out through another, so
+//! the media loop never waits on gRPC.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, MediaTime, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use crate::media::{self, VideoLoop};
+
+/// A client before its first answer: the offer to send with `Join`.
+pub struct Pending {
+    rtc: Rtc,
+    socket: UdpSocket,
+    local: SocketAddr,
+    pending: SdpPendingOffer,
+    mid: Mid,
+    /// SDP offer for `Join`.
+    pub offer: String,
+}
+
+/// What one subscriber saw: one record per received frame.
+#[derive(Default)]
+pub struct Received {
+    /// (frame number, latency in µs, RTP packets in the frame).
+    pub frames: Mutex<Vec<(u64, u32, u32)>>,
+    /// Set once the first frame arrived.
+    pub first_frame: AtomicBool,
+}
+
+/// What the publisher did.
+#[derive(Default)]
+pub struct Sent {
+    /// Number of the next frame to send.
+    pub next_frame: AtomicU64,
+    /// Set once ICE and DTLS are up.
+    pub connected: AtomicBool,
+    /// Keyframe requests received.
+    pub keyframe_requests: AtomicU64,
+}
+
+/// Builds a client with one video m-line in `direction`, bound on loopback.
+pub async fn new_client(direction: Direction) -> anyhow::Result<Pending> {
+    let socket = UdpSocket::bind("127.0.0.1:0").await?;
+    let local = socket.local_addr()?;
+    let mut rtc = RtcConfig::new()
+        .clear_codecs()
+        .enable_h264(true)
+        .build(Instant::now());
+    rtc.add_local_candidate(Candidate::host(local, "udp")?);
+    let mut api = rtc.sdp_api();
+    let mid = api.add_media(MediaKind::Video, direction, None, None, None);
+    let (offer, pending) = api
+        .apply()
+        .ok_or_else(|| anyhow::anyhow!("no offer to make"))?;
+    Ok(Pending {
+        rtc,
+        socket,
+        local,
+        pending,
+        mid,
+        offer: offer.to_sdp_string(),
+    })
+}
+
+/// A running client's session.
+struct Session {
+    rtc: Rtc,
+    socket: UdpSocket,
+    local: SocketAddr,
+    offers: mpsc::UnboundedReceiver<String>,
+    answers: mpsc::UnboundedSender<String>,
+}
+
+impl Pending {
+    fn accept(
+        mut self,
+        answer: &str,
+        offers: mpsc::UnboundedReceiver<String>,
+        answers: mpsc::UnboundedSender<String>,
+    ) -> anyhow::Result<(Session, Mid)> {
+        let answer = SdpAnswer::from_sdp_string(answer)?;
+        self.rtc.sdp_api().accept_answer(self.pending, answer)?;
+        Ok((
+            Session {
+                rtc: self.rtc,
+                socket: self.socket,
+                local: self.local,
+                offers,
+                answers,
+            },
+            self.mid,
+        ))
+    }
+}
+
+impl Session {
+    /// Drains output; returns the next timeout.
+    async fn flush(&mut self, mut on_event: impl FnMut(Event)) -> anyhow::Result<Instant> {
+        loop {
+            match self.rtc.poll_output()? {
+                Output::Transmit(t) => {
+                    let _ = self.socket.send_to(&t.contents, t.destination).await;
+                }
+                Output::Event(event) => on_event(event),
+                Output::Timeout(t) => return Ok(t),
+            }
+        }
+    }
+
+    fn receive(&mut self, buf: &[u8], source: SocketAddr) {
+        if let Ok(receive) = Receive::new(Protocol::Udp, source, self.local, buf) {
+            let _ = self
+                .rtc
+                .handle_input(Input::Receive(Instant::now(), receive));
+        }
+    }
+
+    fn renegotiate(&mut self, offer: &str) {
+        let answer = SdpOffer::from_sdp_string(offer)
+            .map_err(anyhow::Error::from)
+            .and_then(|o| Ok(self.rtc.sdp_api().accept_offer(o)?));
+        match answer {
+            Ok(answer) => {
+                let _ = self.answers.send(answer.to_sdp_string());
+            }
+            Err(error) => eprintln!("renegotiation offer refused: {error}"),
+        }
+    }
+}
+
+/// Runs a subscriber until `stop` is set: records every frame it receives.
+pub async fn run_subscriber(
+    pending: Pending,
+    answer: String,
+    offers: mpsc::UnboundedReceiver<String>,
+    answers: mpsc::UnboundedSender<String>,
+    received: Arc<Received>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let (mut session, _mid) = pending.accept(&answer, offers, answers)?;
+    let mut buf = vec![0u8; 2048];
+    while !stop.load(Ordering::Relaxed) {
+        let timeout = session
+            .flush(|event| {
+                if let Event::MediaData(data) = event {
+                    let arrived = media::now_nanos();
+                    if let Some((seq, sent)) = media::read_stamp(&data.data) {
+                        let packets =
+                            (**data.seq_range.end()).saturating_sub(**data.seq_range.start()) + 1;
+                        let latency_us = arrived.saturating_sub(sent) / 1_000;
+                        received.first_frame.store(true, Ordering::Relaxed);
+                        if let Ok(mut frames) = received.frames.lock() {
+                            frames.push((seq, latency_us as u32, packets as u32));
+                        }
+                    }
+                }
+            })
+            .await?;
+        let wake = tokio::time::Instant::from_std(timeout)
+            .min(tokio::time::Instant::now() + Duration::from_millis(100));
+        tokio::select! {
+            got = session.socket.recv_from(&mut buf) => {
+                if let Ok((len, source)) = got {
+                    session.receive(&buf[..len], source);
+                }
+            }
+            offer = session.offers.recv() => {
+                if let Some(offer) = offer {
+                    session.renegotiate(&offer);
+                }
+            }
+            () = tokio::time::sleep_until(wake) => {
+                let _ = session.rtc.handle_input(Input::Timeout(Instant::now()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs the publisher until `stop` is set: one stamped access unit per frame interval.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_publisher(
+    pending: Pending,
+    answer: String,
+    offers: mpsc::UnboundedReceiver<String>,
+    answers: mpsc::UnboundedSender<String>,
+    video: Arc<VideoLoop>,
+    fps: u32,
+    sent: Arc<Sent>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let (mut session, mid) = pending.accept(&answer, offers, answers)?;
+    let mut buf = vec![0u8; 2048];
+    let frame_interval = Duration::from_secs(1) / fps;
+    let mut ticker = tokio::time::interval(frame_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut loop_index = 0usize;
+    let mut keyframe_wanted = false;
+    let mut connected = false;
+    while !stop.load(Ordering::Relaxed) {
+        let timeout = session
+            .flush(|event| match event {
+                Event::Connected => connected = true,
+                Event::KeyframeRequest(_) => {
+                    sent.keyframe_requests.fetch_add(1, Ordering::Relaxed);
+                    keyframe_wanted = true;
+                }
+                _ => {}
+            })
+            .await?;
+        if connected {
+            sent.connected.store(true, Ordering::Relaxed);
+        }
+        let wake = tokio::time::Instant::from_std(timeout);
+        tokio::select! {
+            got = session.socket.recv_from(&mut buf) => {
+                if let Ok((len, source)) = got {
+                    session.receive(&buf[..len], source);
+                }
+            }
+            offer = session.offers.recv() => {
+                if let Some(offer) = offer {
+                    session.renegotiate(&offer);
+                }
+            }
+            _ = ticker.tick() => {
+                if !connected {
+                    continue;
+                }
+                if std::mem::take(&mut keyframe_wanted) {
+                    loop_index = 0;
+                }
+                let Some(writer) = session.rtc.writer(mid) else { continue };
+                let Some(pt) = writer
+                    .payload_params()
+                    .find(|p| p.spec().codec == Codec::H264)
+                    .map(|p| p.pt())
+                else {
+                    continue;
+                };
+                let seq = sent.next_frame.fetch_add(1, Ordering::Relaxed);
+                let au = video.access_unit(loop_index, seq);
+                loop_index = (loop_index + 1) % video.len();
+                let rtp_time = MediaTime::from_90khz(seq * 90_000 / u64::from(fps));
+                if let Err(error) = writer.write(pt, Instant::now(), rtp_time, au) {
+                    eprintln!("publisher write failed: {error}");
+                }
+            }
+            () = tokio::time::sleep_until(wake) => {
+                let _ = session.rtc.handle_input(Input::Timeout(Instant::now()));
+            }
+        }
+    }
+    Ok(())
+}

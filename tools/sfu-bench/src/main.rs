@@ -1,0 +1,319 @@
+//! `rethink-sfu-bench`: fan-out load generator for the rethink SFU.
+//!
+//! Starts `rethink-sfu` as a separate process pinned to one core (`taskset`), joins one
+//! publisher (a pre-encoded H264 loop at the target bitrate, every frame stamped with its number
+//! and send time) and ramps up lightweight str0m subscribers through the real gRPC API. At each
+//! step it measures, over a fixed window: frame loss at the subscribers, SFU CPU time per
+//! forwarded RTP packet (`/proc/<pid>/stat`), and publisher→subscriber frame latency on this
+//! process's clock. Run it pinned to the other core: `taskset -c 1 rethink-sfu-bench`.
+
+mod client;
+mod media;
+mod sfu;
+mod signal;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use rethink_proto::v1::SfuCreateRoomRequest;
+use rethink_proto::v1::sfu_client::SfuClient;
+use str0m::media::Direction;
+use tonic::transport::Channel;
+
+use crate::client::{Received, Sent};
+
+const ROOM: &str = "bench";
+
+/// One publisher → N subscribers through the SFU; prints one row per N.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// The SFU binary (default: `rethink-sfu` next to this binary).
+    #[arg(long)]
+    sfu_bin: Option<PathBuf>,
+    /// CPU list the SFU is pinned to (`taskset -c`).
+    #[arg(long, default_value = "0")]
+    sfu_cpu: String,
+    /// Subscriber counts to measure, ascending.
+    #[arg(long, value_delimiter = ',', default_value = "25,50,100,200,300,400")]
+    subscribers: Vec<usize>,
+    /// Length of each measurement window.
+    #[arg(long, default_value_t = 5)]
+    window_secs: u64,
+    /// Pause after joining before measuring.
+    #[arg(long, default_value_t = 2)]
+    settle_secs: u64,
+    /// Publisher bitrate target in bit/s.
+    #[arg(long, default_value_t = 2_500_000)]
+    bitrate: u32,
+    /// Publisher frame rate.
+    #[arg(long, default_value_t = 30)]
+    fps: u32,
+    /// Publisher frame width.
+    #[arg(long, default_value_t = 640)]
+    width: usize,
+    /// Publisher frame height.
+    #[arg(long, default_value_t = 480)]
+    height: usize,
+    /// Joins in flight at once.
+    #[arg(long, default_value_t = 8)]
+    join_parallel: usize,
+    /// Clients per gRPC connection (HTTP/2 caps concurrent streams per connection).
+    #[arg(long, default_value_t = 50)]
+    clients_per_channel: usize,
+    /// Stop ramping once frame loss exceeds this percentage.
+    #[arg(long, default_value_t = 10.0)]
+    stop_loss_percent: f64,
+}
+
+struct Subscriber {
+    received: Arc<Received>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    media::epoch();
+    let sfu_bin = match &args.sfu_bin {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("rethink-sfu"),
+    };
+    let video = Arc::new(media::VideoLoop::encode(
+        args.width,
+        args.height,
+        args.fps,
+        args.bitrate,
+        (args.fps * 3) as usize,
+    )?);
+    println!(
+        "publisher: {}x{} @ {} fps, H264 loop of {} frames, {:.2} Mbit/s",
+        args.width,
+        args.height,
+        args.fps,
+        video.len(),
+        video.bitrate_bps as f64 / 1e6
+    );
+
+    let sfu = sfu::SfuProcess::start(&sfu_bin, &args.sfu_cpu).await?;
+    println!("sfu: pid {} pinned to cpu {}", sfu.pid(), args.sfu_cpu);
+    let mut channels = Channels::new(sfu.grpc, args.clients_per_channel);
+    channels
+        .next()
+        .await?
+        .create_room(SfuCreateRoomRequest { room: ROOM.into() })
+        .await?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(Sent::default());
+    let pending = client::new_client(Direction::SendOnly).await?;
+    let offer = pending.offer.clone();
+    let (answer, offers, answers) =
+        signal::join(&channels.next().await?, ROOM, "publisher", offer).await?;
+    tokio::spawn(client::run_publisher(
+        pending,
+        answer,
+        offers,
+        answers,
+        Arc::clone(&video),
+        args.fps,
+        Arc::clone(&sent),
+        Arc::clone(&stop),
+    ));
+    wait_until(Duration::from_secs(10), "publisher connected", || {
+        sent.connected.load(Ordering::Relaxed)
+    })
+    .await?;
+
+    println!();
+    println!(
+        "| subscribers | frame loss % | forwarded pkt/s | SFU CPU % | SFU µs/pkt | latency p50 ms | p99 ms | max ms | bench CPU % |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut subscribers: Vec<Subscriber> = Vec::new();
+    let mut best_under_1 = None;
+    for &target in &args.subscribers {
+        while subscribers.len() < target {
+            let batch = (target - subscribers.len()).min(args.join_parallel);
+            let mut joins = Vec::new();
+            for _ in 0..batch {
+                let id = subscribers.len() + joins.len();
+                let client = channels.next().await?;
+                let stop = Arc::clone(&stop);
+                joins.push(tokio::spawn(async move {
+                    let pending = client::new_client(Direction::RecvOnly).await?;
+                    let offer = pending.offer.clone();
+                    let name = format!("sub-{id}");
+                    let (answer, offers, answers) =
+                        signal::join(&client, ROOM, &name, offer).await?;
+                    let received = Arc::new(Received::default());
+                    tokio::spawn(client::run_subscriber(
+                        pending,
+                        answer,
+                        offers,
+                        answers,
+                        Arc::clone(&received),
+                        stop,
+                    ));
+                    anyhow::Ok(Subscriber { received })
+                }));
+            }
+            for join in joins {
+                subscribers.push(join.await??);
+            }
+        }
+        let waited = wait_until(
+            Duration::from_secs(30),
+            "every subscriber receiving",
+            || {
+                subscribers
+                    .iter()
+                    .all(|s| s.received.first_frame.load(Ordering::Relaxed))
+            },
+        )
+        .await;
+        if let Err(error) = waited {
+            let silent = subscribers
+                .iter()
+                .filter(|s| !s.received.first_frame.load(Ordering::Relaxed))
+                .count();
+            eprintln!("{error}: {silent} of {} subscribers got no frame", target);
+        }
+        tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
+
+        for s in &subscribers {
+            s.received.frames.lock().map(|mut f| f.clear()).ok();
+        }
+        let first = sent.next_frame.load(Ordering::Relaxed);
+        let (cpu0, own0, t0) = (sfu.cpu_time()?, sfu::own_cpu_time()?, Instant::now());
+        tokio::time::sleep(Duration::from_secs(args.window_secs)).await;
+        let last = sent.next_frame.load(Ordering::Relaxed);
+        let (cpu1, own1, t1) = (sfu.cpu_time()?, sfu::own_cpu_time()?, Instant::now());
+        // Frames still in flight at the end of the window get a moment to arrive.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+
+        let row = measure(&subscribers, first, last);
+        let wall = (t1 - t0).as_secs_f64();
+        let sfu_cpu = (cpu1 - cpu0).as_secs_f64();
+        let own_cpu = (own1 - own0).as_secs_f64();
+        let expected = (last - first) as f64 * target as f64;
+        let loss = 100.0 * (1.0 - row.frames as f64 / expected.max(1.0));
+        println!(
+            "| {target} | {loss:.2} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} |",
+            row.packets as f64 / wall,
+            100.0 * sfu_cpu / wall,
+            sfu_cpu * 1e6 / (row.packets.max(1) as f64),
+            row.percentile_ms(0.50),
+            row.percentile_ms(0.99),
+            row.percentile_ms(1.0),
+            100.0 * own_cpu / wall,
+        );
+        if loss < 1.0 {
+            best_under_1 = Some(target);
+        }
+        if loss > args.stop_loss_percent {
+            println!("(stopping: loss above {}%)", args.stop_loss_percent);
+            break;
+        }
+    }
+    println!();
+    match best_under_1 {
+        Some(n) => println!("max subscribers measured with < 1% frame loss: {n}"),
+        None => println!("no step stayed under 1% frame loss"),
+    }
+    println!(
+        "publisher keyframe requests received: {}",
+        sent.keyframe_requests.load(Ordering::Relaxed)
+    );
+    stop.store(true, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Totals of one window.
+struct Row {
+    frames: u64,
+    packets: u64,
+    latencies_us: Vec<u32>,
+}
+
+impl Row {
+    fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let index = ((self.latencies_us.len() - 1) as f64 * p).round() as usize;
+        self.latencies_us[index] as f64 / 1000.0
+    }
+}
+
+/// Counts, per subscriber, the distinct frames numbered `first..last` it received, their RTP
+/// packets and latencies.
+fn measure(subscribers: &[Subscriber], first: u64, last: u64) -> Row {
+    let mut row = Row {
+        frames: 0,
+        packets: 0,
+        latencies_us: Vec::new(),
+    };
+    for s in subscribers {
+        let Ok(frames) = s.received.frames.lock() else {
+            continue;
+        };
+        let mut seen = std::collections::HashSet::new();
+        for &(seq, latency, packets) in frames.iter() {
+            if seq >= first && seq < last && seen.insert(seq) {
+                row.frames += 1;
+                row.packets += u64::from(packets);
+                row.latencies_us.push(latency);
+            }
+        }
+    }
+    row.latencies_us.sort_unstable();
+    row
+}
+
+/// gRPC clients, a new connection every `per_channel` clients.
+struct Channels {
+    addr: std::net::SocketAddr,
+    per_channel: usize,
+    handed_out: usize,
+    current: Option<SfuClient<Channel>>,
+}
+
+impl Channels {
+    fn new(addr: std::net::SocketAddr, per_channel: usize) -> Self {
+        Self {
+            addr,
+            per_channel: per_channel.max(1),
+            handed_out: 0,
+            current: None,
+        }
+    }
+
+    async fn next(&mut self) -> anyhow::Result<SfuClient<Channel>> {
+        if self.current.is_none() || self.handed_out.is_multiple_of(self.per_channel) {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))?
+                .connect()
+                .await?;
+            self.current = Some(SfuClient::new(channel));
+        }
+        self.handed_out += 1;
+        self.current
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("no gRPC channel"))
+    }
+}
+
+async fn wait_until(
+    limit: Duration,
+    what: &str,
+    mut done: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    let end = Instant::now() + limit;
+    while !done() {
+        anyhow::ensure!(Instant::now() < end, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
