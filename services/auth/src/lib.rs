@@ -114,6 +114,21 @@ pub async fn serve(
             stop.trigger();
         }
     };
+    // Long-lived streams would hold a graceful gRPC shutdown open forever: bound it by the
+    // same drain deadline as HTTP.
+    let grpc = {
+        let stop = stop.clone();
+        async move {
+            tokio::pin!(grpc);
+            tokio::select! {
+                result = &mut grpc => result,
+                () = async {
+                    stop.wait().await;
+                    tokio::time::sleep(drain).await;
+                } => Ok(()),
+            }
+        }
+    };
     let (http, grpc, (), ()) = tokio::join!(http, grpc, rotation, watcher);
     http.map_err(|e| AuthError::Internal(format!("http server: {e}")))?;
     grpc.map_err(|e| AuthError::Internal(format!("grpc server: {e}")))?;

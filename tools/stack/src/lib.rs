@@ -89,7 +89,7 @@ fn banner(http: SocketAddr, grpc: SocketAddr, mount: &Mount, demo_users: bool) -
         "ops"
     ));
     out.push_str(&format!(
-        "  grpc  {grpc}  ({})\n",
+        "  grpc  {grpc}  ({}, health, reflection)\n",
         mount.grpc_names.join(", ")
     ));
     if demo_users {
@@ -167,6 +167,21 @@ pub async fn run(
             tracing::info!("stack shutting down");
             health.set_ready(false);
             stop.trigger();
+        }
+    };
+    // Long-lived streams would hold a graceful gRPC shutdown open forever: bound it by the
+    // same drain deadline as HTTP.
+    let grpc = {
+        let stop = stop.clone();
+        async move {
+            tokio::pin!(grpc);
+            tokio::select! {
+                result = &mut grpc => result,
+                () = async {
+                    stop.wait().await;
+                    tokio::time::sleep(drain).await;
+                } => Ok(()),
+            }
         }
     };
     let (http, grpc, (), ()) = tokio::join!(http, grpc, rotation, watcher);
