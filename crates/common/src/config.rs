@@ -195,3 +195,64 @@ impl Provider for EnvLayer {
         Ok(Profile::Default.collect(self.dict.clone()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(vars: &[(&str, &str)], known: &[&str]) -> Dict {
+        let known = known.iter().map(|k| (*k).to_owned()).collect();
+        let vars = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()));
+        EnvLayer::new(vars, &known).dict
+    }
+
+    #[test]
+    fn env_names_become_nested_lowercase_keys() {
+        let dict = layer(
+            &[
+                ("RETHINK_HTTP_ADDR", "0.0.0.0:1"),
+                ("RETHINK_REDIS__URL", "redis://x"),
+                ("RETHINK_REDIS__POOL", "8"),
+            ],
+            &["http_addr", "redis"],
+        );
+        assert_eq!(dict["http_addr"].as_str(), Some("0.0.0.0:1"));
+        let redis = dict["redis"].as_dict().unwrap();
+        assert_eq!(redis["url"].as_str(), Some("redis://x"));
+        assert_eq!(redis["pool"].to_u128(), Some(8));
+    }
+
+    #[test]
+    fn env_outside_the_config_and_malformed_names_are_skipped() {
+        let dict = layer(
+            &[
+                ("RETHINK_OTHER", "1"),
+                ("RETHINK_", "1"),
+                ("RETHINK_REDIS__", "1"),
+                ("RETHINK___URL", "1"),
+                ("PATH", "/bin"),
+            ],
+            &["redis"],
+        );
+        assert!(dict.is_empty(), "{dict:?}");
+    }
+
+    #[test]
+    fn a_scalar_and_a_section_of_the_same_name_do_not_panic() {
+        let dict = layer(
+            &[("RETHINK_REDIS", "x"), ("RETHINK_REDIS__URL", "y")],
+            &["redis"],
+        );
+        assert!(dict.contains_key("redis"));
+    }
+
+    #[test]
+    fn nulls_are_stripped_at_every_depth() {
+        let value = serde_json::json!({"a": null, "b": 1, "c": {"d": null, "e": "x"}});
+        assert_eq!(
+            strip_nulls(value),
+            Some(serde_json::json!({"b": 1, "c": {"e": "x"}}))
+        );
+        assert_eq!(strip_nulls(serde_json::Value::Null), None);
+    }
+}

@@ -373,3 +373,26 @@ async fn offline_wait(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_subscribes_each_channel_once_and_releases_it_with_its_last_subscriber() {
+        let mut registry = Registry::default();
+        let (tx, _rx) = mpsc::channel(1);
+        let mut fresh = registry.add(1, vec!["a".into(), "b".into(), "a".into()], tx.clone());
+        fresh.sort();
+        assert_eq!(fresh, ["a", "b"]);
+        assert_eq!(registry.add(2, vec!["b".into(), "c".into()], tx), ["c"]);
+        let mut gone = registry.remove(1);
+        gone.sort();
+        assert_eq!(gone, ["a"]);
+        let mut gone = registry.remove(2);
+        gone.sort();
+        assert_eq!(gone, ["b", "c"]);
+        assert!(registry.channels().is_empty());
+        assert!(registry.remove(3).is_empty());
+    }
+}

@@ -140,3 +140,55 @@ impl KvStore for MemoryKv {
         Ok(true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn entries_expire_on_the_tokio_clock() {
+        let kv = MemoryKv::new();
+        let value = Bytes::from_static(b"v");
+        kv.set("k", value.clone(), Some(Duration::from_secs(10)))
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert_eq!(kv.get("k").await.unwrap(), Some(value.clone()));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(kv.get("k").await.unwrap(), None);
+        // Deleting an expired key reports that nothing live was there.
+        assert!(!kv.delete("k").await.unwrap());
+        // CAS treats an expired key as absent.
+        kv.set("c", value.clone(), Some(Duration::from_secs(1)))
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(
+            kv.compare_and_swap("c", None, Some(value), None)
+                .await
+                .unwrap()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_sweep_expired_entries() {
+        let kv = MemoryKv::new();
+        for i in 0..10 {
+            kv.set(
+                &format!("old:{i}"),
+                Bytes::new(),
+                Some(Duration::from_secs(1)),
+            )
+            .await
+            .unwrap();
+        }
+        tokio::time::advance(Duration::from_secs(2)).await;
+        for i in 0..SWEEP_EVERY {
+            kv.set(&format!("new:{i}"), Bytes::new(), None)
+                .await
+                .unwrap();
+        }
+        let entries = kv.lock();
+        assert!(entries.map.keys().all(|k| !k.starts_with("old:")));
+    }
+}

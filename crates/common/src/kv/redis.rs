@@ -193,3 +193,21 @@ impl KvStore for RedisKv {
         Ok(swapped == 1)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_characters_are_escaped() {
+        assert_eq!(glob_escape("room:"), "room:*");
+        assert_eq!(glob_escape("a*b?c[d]e\\"), "a\\*b\\?c\\[d\\]e\\\\*");
+        assert_eq!(glob_escape(""), "*");
+    }
+
+    #[test]
+    fn huge_ttls_saturate() {
+        assert_eq!(ttl_millis(Duration::from_millis(1500)), 1500);
+        assert_eq!(ttl_millis(Duration::MAX), u64::MAX);
+    }
+}
