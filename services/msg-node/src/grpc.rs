@@ -119,7 +119,7 @@ impl MsgNodeApi for MsgNodeGrpc {
             metrics::gauge!("msgnode_connections", "transport" => "grpc").decrement(1.0);
             let generation = attachment.generation;
             drop(attachment);
-            if session.detach(generation) {
+            if session.detach(generation, closer.reason()) {
                 node.start_grace(&session, generation);
             }
         });

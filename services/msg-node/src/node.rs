@@ -132,6 +132,11 @@ impl Node {
         &self.node_id
     }
 
+    /// Returns the policy enforcement point (to watch reloads).
+    pub fn policy(&self) -> &PolicyEngine {
+        &self.policy
+    }
+
     /// Subscribes to this replica's channel and to revocations, and starts the address refresher.
     /// Returns once the subscriptions are in place.
     pub async fn start(self: &Arc<Self>) -> Result<(), MsgNodeError> {
@@ -259,6 +264,9 @@ impl Node {
             "user": session.identity.user,
             "resume_token": session.resume_token,
             "resumed": resumed,
+            "previous_close": session.last_close().filter(|_| resumed).map(|r| json!({
+                "code": r.ws_code(), "reason": r.text(),
+            })),
             "addresses": session.addresses(),
             "node": self.node_id,
             "domain": self.domain.name(),

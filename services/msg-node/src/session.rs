@@ -129,6 +129,7 @@ struct State {
     addresses: BTreeSet<String>,
     generation: u64,
     attached: Option<(u64, Closer)>,
+    last_close: Option<CloseReason>,
     terminated: bool,
     jti: String,
     exp: i64,
@@ -230,17 +231,23 @@ impl Session {
         })
     }
 
-    /// Detaches attachment `generation`; returns true when it was the current one (the grace
-    /// period starts).
-    pub fn detach(&self, generation: u64) -> bool {
+    /// Detaches attachment `generation`, remembering why the node closed it (if it did);
+    /// returns true when it was the current one (the grace period starts).
+    pub fn detach(&self, generation: u64, reason: Option<CloseReason>) -> bool {
         let mut state = self.state();
         match &state.attached {
             Some((g, _)) if *g == generation => {
                 state.attached = None;
+                state.last_close = reason;
                 !state.terminated
             }
             _ => false,
         }
+    }
+
+    /// Returns why the node closed the previous connection, if it did.
+    pub fn last_close(&self) -> Option<CloseReason> {
+        self.state().last_close.clone()
     }
 
     /// Returns true when nothing has attached since attachment `generation` ended and the
@@ -419,7 +426,7 @@ mod tests {
         s.enqueue(msg(1)).unwrap();
         let generation = a.generation;
         drop(a);
-        assert!(s.detach(generation));
+        assert!(s.detach(generation, None));
         s.enqueue(msg(2)).unwrap();
         let mut b = s.attach("j2".into(), 0).await.unwrap();
         assert_eq!(b.queue.recv().await.unwrap().id, MessageId::Int(1));
@@ -448,7 +455,7 @@ mod tests {
         let second = tokio::spawn(async move { s2.attach("k".into(), 0).await.is_some() });
         closer.closed().await;
         assert_eq!(closer.reason(), Some(CloseReason::Replaced));
-        assert!(!s.detach(a.generation));
+        assert!(!s.detach(a.generation, None));
         drop(a);
         assert!(second.await.unwrap());
     }

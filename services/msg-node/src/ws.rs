@@ -151,7 +151,7 @@ async fn connection(
     metrics::gauge!("msgnode_connections", "transport" => "ws").decrement(1.0);
     let generation = attachment.generation;
     drop(attachment);
-    if session.detach(generation) {
+    if session.detach(generation, closer.reason()) {
         node.start_grace(&session, generation);
     }
 }
