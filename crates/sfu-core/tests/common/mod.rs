@@ -639,3 +639,87 @@ impl Sim {
         }
     }
 }
+
+impl Sim {
+    /// The peer starts publishing another source after joining: its own offer goes to the
+    /// core's `accept_offer`.
+    pub fn add_source(&mut self, peer: &str, spec: SourceSpec) -> Result<Mid, CoreError> {
+        let idx = self
+            .peers
+            .iter()
+            .position(|p| p.name == peer)
+            .expect("peer");
+        let p = &mut self.peers[idx];
+        let i = p.sources.len();
+        let mut api = p.rtc.sdp_api();
+        let mid = api.add_media(
+            spec.kind,
+            Direction::SendOnly,
+            Some(peer.into()),
+            Some(format!("{peer}-src{i}")),
+            None,
+        );
+        let (offer, pending) = api.apply().expect("an offer");
+        let answer = self
+            .core
+            .accept_offer(peer, &offer.to_sdp_string(), self.now)?;
+        let p = &mut self.peers[idx];
+        p.rtc
+            .sdp_api()
+            .accept_answer(
+                pending,
+                SdpAnswer::from_sdp_string(&answer).expect("answer"),
+            )
+            .expect("peer accepts answer");
+        p.sources.push(Source {
+            mid,
+            tag: (idx * 16 + i) as u8,
+            next_at: self.now,
+            interval: if spec.kind.is_audio() {
+                Duration::from_millis(20)
+            } else {
+                Duration::from_millis(33)
+            },
+            spec,
+            frame_no: 0,
+            keyframe_due: HashSet::new(),
+            keyframes_sent: 0,
+        });
+        self.drain();
+        Ok(mid)
+    }
+
+    /// Events of one kind that concern `participant`, in order.
+    pub fn left_events(&self) -> Vec<(String, rethink_sfu_core::LeaveReason)> {
+        self.events
+            .iter()
+            .filter_map(|(_, e)| match e {
+                CoreEvent::ParticipantLeft {
+                    participant,
+                    reason,
+                    ..
+                } => Some((participant.clone(), *reason)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn unpublished(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .filter_map(|(_, e)| match e {
+                CoreEvent::TrackUnpublished { track, .. } => Some(track.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl Peer {
+    /// True when the server stopped (or disabled) the m-line towards this peer.
+    pub fn media_stopped(&self, mid: Mid) -> bool {
+        self.rtc
+            .media(mid)
+            .is_none_or(|m| m.stopped() || m.direction() == Direction::Inactive)
+    }
+}
