@@ -90,6 +90,12 @@ enum Command {
         answer: String,
         reply: Reply<()>,
     },
+    AcceptOffer {
+        room: String,
+        participant: String,
+        offer: String,
+        reply: Reply<String>,
+    },
     Events {
         room: String,
         participant: String,
@@ -220,6 +226,22 @@ impl DriverHandle {
             room,
             participant,
             answer,
+            reply,
+        })
+        .await
+    }
+
+    /// Handles the participant's own new offer; returns the answer.
+    pub async fn accept_offer(
+        &self,
+        room: String,
+        participant: String,
+        offer: String,
+    ) -> Result<String, SfuError> {
+        self.call(|reply| Command::AcceptOffer {
+            room,
+            participant,
+            offer,
             reply,
         })
         .await
@@ -531,6 +553,19 @@ impl Driver {
                 let result = self.core_id(&room, &participant).and_then(|id| {
                     self.core
                         .accept_answer(&id, &answer, now)
+                        .map_err(|e| map_core_error(e, &room, &participant))
+                });
+                let _ = reply.send(result);
+            }
+            Command::AcceptOffer {
+                room,
+                participant,
+                offer,
+                reply,
+            } => {
+                let result = self.core_id(&room, &participant).and_then(|id| {
+                    self.core
+                        .accept_offer(&id, &offer, now)
                         .map_err(|e| map_core_error(e, &room, &participant))
                 });
                 let _ = reply.send(result);

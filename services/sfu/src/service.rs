@@ -7,7 +7,8 @@ use rethink_proto::v1::{
     SfuAnswerRenegotiationResponse, SfuCloseRoomRequest, SfuCloseRoomResponse,
     SfuCreateRoomRequest, SfuCreateRoomResponse, SfuEventsRequest, SfuGetParticipantStatsRequest,
     SfuGetRoomStatsRequest, SfuJoinRequest, SfuJoinResponse, SfuLeaveRequest, SfuLeaveResponse,
-    SfuParticipantStats, SfuRoomStats, SfuSubscribeRequest, SfuSubscribeResponse,
+    SfuOfferRequest, SfuOfferResponse, SfuParticipantStats, SfuRoomStats, SfuSubscribeRequest,
+    SfuSubscribeResponse,
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -225,9 +226,29 @@ impl Sfu for SfuService {
             .await?;
         Ok(Response::new(SfuAnswerRenegotiationResponse {}))
     }
+
+    async fn offer(
+        &self,
+        request: Request<SfuOfferRequest>,
+    ) -> Result<Response<SfuOfferResponse>, Status> {
+        let answer_sdp = self.offer_inner(request).await?;
+        Ok(Response::new(SfuOfferResponse { answer_sdp }))
+    }
 }
 
 impl SfuService {
+    async fn offer_inner(&self, request: Request<SfuOfferRequest>) -> Result<String, Status> {
+        let body = request.get_ref();
+        self.authorize(&request, &body.room).await?;
+        check_room_participant(&body.room, &body.participant)?;
+        check_sdp("offer_sdp", &body.offer_sdp)?;
+        let body = request.into_inner();
+        Ok(self
+            .driver
+            .accept_offer(body.room, body.participant, body.offer_sdp)
+            .await?)
+    }
+
     async fn set_subscribed(
         &self,
         request: Request<SfuSubscribeRequest>,

@@ -5,8 +5,9 @@ mod common;
 
 use common::{TestSfu, authed, peer::TestPeer};
 use rethink_proto::v1::{
-    SfuCloseRoomRequest, SfuCreateRoomRequest, SfuEventsRequest, SfuGetParticipantStatsRequest,
-    SfuGetRoomStatsRequest, SfuJoinRequest, SfuLeaveRequest, SfuSubscribeRequest,
+    SfuAnswerRenegotiationRequest, SfuCloseRoomRequest, SfuCreateRoomRequest, SfuEventsRequest,
+    SfuGetParticipantStatsRequest, SfuGetRoomStatsRequest, SfuJoinRequest, SfuLeaveRequest,
+    SfuSubscribeRequest,
 };
 use tonic::Code;
 
@@ -133,6 +134,17 @@ async fn unknown_room_or_participant_is_not_found() {
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::NotFound, "{error:?}");
+
+    // An answer while the server has no offer outstanding.
+    let error = client
+        .answer_renegotiation(sfu.authed(SfuAnswerRenegotiationRequest {
+            room: "r".into(),
+            participant: "alice".into(),
+            answer_sdp: peer.offer.clone(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::FailedPrecondition, "{error:?}");
     sfu.stop().await;
 }
 

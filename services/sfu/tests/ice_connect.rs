@@ -9,7 +9,7 @@ use rethink_proto::v1::sfu_participant_event::Event;
 use rethink_proto::v1::{
     SfuAnswerRenegotiationRequest, SfuCreateRoomRequest, SfuEventsRequest,
     SfuGetParticipantStatsRequest, SfuGetRoomStatsRequest, SfuJoinRequest, SfuLeaveRequest,
-    SfuMediaKind, SfuParticipantEvent, SfuSubscribeRequest,
+    SfuMediaKind, SfuOfferRequest, SfuParticipantEvent, SfuSubscribeRequest,
 };
 use tonic::Streaming;
 
@@ -98,7 +98,27 @@ async fn peers_connect_over_udp_and_get_each_others_tracks() {
     assert!(stats.bytes_in > 0 && stats.bytes_out > 0, "{stats:?}");
     assert_eq!(stats.published_tracks, vec![alice_track.track_id.clone()]);
 
-    // Bob joins: Alice hears of it; Bob is offered Alice's track.
+    // Alice adds an audio track with an offer of her own.
+    let offer = alice.offer_track(str0m::media::MediaKind::Audio);
+    let answer = client
+        .offer(sfu.authed(SfuOfferRequest {
+            room: "r".into(),
+            participant: "alice".into(),
+            offer_sdp: offer,
+        }))
+        .await
+        .expect("participant offer")
+        .into_inner()
+        .answer_sdp;
+    alice.accept_answer(&answer);
+    let alice_audio = wait_event(&mut alice_events, &mut alice, |e| match e {
+        Event::TrackPublished(t) if t.kind == SfuMediaKind::Audio as i32 => Some(t.clone()),
+        _ => None,
+    })
+    .await;
+    assert_ne!(alice_audio.track_id, alice_track.track_id);
+
+    // Bob joins: Alice hears of it; Bob is offered Alice's tracks.
     let mut bob = TestPeer::new().await;
     let answer = client
         .join(sfu.authed(SfuJoinRequest {
@@ -152,8 +172,9 @@ async fn peers_connect_over_udp_and_get_each_others_tracks() {
         .unwrap()
         .into_inner();
     assert!(
-        bob_stats.subscribed_tracks.contains(&alice_track.track_id),
-        "bob receives alice's track: {bob_stats:?}"
+        bob_stats.subscribed_tracks.contains(&alice_track.track_id)
+            && bob_stats.subscribed_tracks.contains(&alice_audio.track_id),
+        "bob receives alice's tracks: {bob_stats:?}"
     );
 
     // Narrowing and restoring one track are accepted.
@@ -179,12 +200,20 @@ async fn peers_connect_over_udp_and_get_each_others_tracks() {
         }))
         .await
         .unwrap();
-    let gone = wait_event(&mut bob_events, &mut bob, |e| match e {
-        Event::TrackUnpublished(t) => Some(t.track_id.clone()),
-        _ => None,
-    })
-    .await;
-    assert_eq!(gone, alice_track.track_id);
+    let mut gone = Vec::new();
+    for _ in 0..2 {
+        gone.push(
+            wait_event(&mut bob_events, &mut bob, |e| match e {
+                Event::TrackUnpublished(t) => Some(t.track_id.clone()),
+                _ => None,
+            })
+            .await,
+        );
+    }
+    gone.sort();
+    let mut expected = vec![alice_track.track_id.clone(), alice_audio.track_id.clone()];
+    expected.sort();
+    assert_eq!(gone, expected);
     let left = wait_event(&mut bob_events, &mut bob, |e| match e {
         Event::ParticipantLeft(l) => Some((l.participant.clone(), l.reason.clone())),
         _ => None,

@@ -58,6 +58,16 @@ impl TestPeer {
             .expect("answer accepted");
     }
 
+    /// Makes a new offer that adds a send-only track of `kind`; the answer goes to
+    /// [`Self::accept_answer`].
+    pub fn offer_track(&mut self, kind: MediaKind) -> String {
+        let mut api = self.rtc.sdp_api();
+        api.add_media(kind, Direction::SendOnly, None, None, None);
+        let (offer, pending) = api.apply().expect("an offer");
+        self.pending = Some(pending);
+        offer.to_sdp_string()
+    }
+
     /// Applies a server offer (renegotiation); returns our answer.
     pub fn accept_offer(&mut self, offer: &str) -> String {
         let offer = SdpOffer::from_sdp_string(offer).expect("offer parses");
