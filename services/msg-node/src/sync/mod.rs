@@ -64,6 +64,10 @@ pub struct SyncConfig {
     pub gap_timeout: Duration,
     /// Changes queued per local stream before it is marked lagged and catches up from the store.
     pub stream_capacity: usize,
+    /// When set, an object not updated for this long expires from the store (silently: its
+    /// observers get no delete). A safety net against objects whose reporter vanished without
+    /// [`Syncher::delete_all_of`] being called; `None` keeps objects until deleted.
+    pub object_ttl: Option<Duration>,
 }
 
 impl Default for SyncConfig {
@@ -75,6 +79,7 @@ impl Default for SyncConfig {
             max_observers_per_object: 1000,
             gap_timeout: Duration::from_millis(500),
             stream_capacity: 256,
+            object_ttl: None,
         }
     }
 }
@@ -261,7 +266,7 @@ impl Shared {
                 .then(|| Bytes::from(serde_json::to_vec(&list).unwrap_or_default()));
             if self
                 .kv
-                .compare_and_swap(key, current.as_deref(), new, None)
+                .compare_and_swap(key, current.as_deref(), new, self.config.object_ttl)
                 .await?
             {
                 return Ok(());
@@ -372,7 +377,10 @@ impl Syncher {
             deleted: false,
         };
         let bytes = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
-        let stored = shared.kv.set_nx(&object_key(&url), bytes, None).await;
+        let stored = shared
+            .kv
+            .set_nx(&object_key(&url), bytes, shared.config.object_ttl)
+            .await;
         if !matches!(stored, Ok(true)) {
             self.release_owned(reporter, &url).await;
             stored?;
@@ -540,7 +548,12 @@ impl Syncher {
             if self
                 .shared
                 .kv
-                .compare_and_swap(&object_key(object), Some(&old), Some(new), None)
+                .compare_and_swap(
+                    &object_key(object),
+                    Some(&old),
+                    Some(new),
+                    self.shared.config.object_ttl,
+                )
                 .await?
             {
                 self.shared
@@ -602,6 +615,26 @@ impl Syncher {
         Err(SyncError::Corrupt(format!(
             "{object} kept changing; try again"
         )))
+    }
+
+    /// Deletes every object `reporter` owns, notifying their observers; returns how many were
+    /// deleted. For when a reporter hyperty is gone for good.
+    pub async fn delete_all_of(&self, reporter: &str) -> Result<usize, SyncError> {
+        let key = reporter_key(reporter);
+        let owned = decode_list(self.shared.kv.get(&key).await?.as_deref())
+            .map_err(|e| SyncError::Corrupt(format!("list {key}: {e}")))?;
+        let mut deleted = 0;
+        for url in owned {
+            match self.delete(&url, reporter).await {
+                Ok(()) => deleted += 1,
+                // Already gone, or the list entry was stale.
+                Err(SyncError::NotFound | SyncError::Forbidden) => {
+                    self.release_owned(reporter, &url).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(deleted)
     }
 
     /// Starts the dispatcher that feeds local streams, once.

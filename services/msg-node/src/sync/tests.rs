@@ -215,6 +215,45 @@ async fn departed_observers_leave_the_list_and_the_list_stays_bounded() {
     assert!(matches!(err, SyncError::LimitReached(_)), "{err}");
 }
 
+#[tokio::test]
+async fn delete_all_of_a_reporter_notifies_observers() {
+    let (a, b) = memory_pair(SyncConfig::default());
+    let one = a.create(ALICE, SCHEMA, json!(1)).await.unwrap().url;
+    let two = a.create(ALICE, SCHEMA, json!(2)).await.unwrap().url;
+    let bobs = b.create(BOB, SCHEMA, json!(3)).await.unwrap().url;
+    let (_, mut on_one) = b.subscribe(&one, BOB).await.unwrap();
+    assert_eq!(b.delete_all_of(ALICE).await.unwrap(), 2);
+    let change = next(&mut on_one).await.unwrap();
+    assert_eq!((change.version, change.kind), (2, ChangeKind::Delete));
+    assert!(matches!(a.read(&two).await, Err(SyncError::NotFound)));
+    assert_eq!(a.read(&bobs).await.unwrap().value, json!(3));
+    assert_eq!(a.delete_all_of(ALICE).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn objects_can_expire_when_a_ttl_is_set() {
+    let server = RedisServer::start().await.unwrap();
+    let kv = Arc::new(RedisKv::connect(&server.url()).await.unwrap());
+    let bus = Arc::new(RedisBus::connect(&server.url()).await.unwrap());
+    let s = Syncher::new(
+        kv,
+        bus,
+        SyncConfig {
+            object_ttl: Some(Duration::from_secs(100)),
+            ..SyncConfig::default()
+        },
+    );
+    let url = s.create(ALICE, SCHEMA, json!(1)).await.unwrap().url;
+    s.update(&url, ALICE, 1, json!(2)).await.unwrap();
+    // Ask Redis itself which TTL it holds (-1 would mean none); an update keeps one in place.
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &server.port().to_string(), "TTL", &object_key(&url)])
+        .output()
+        .expect("redis-cli runs");
+    let ttl: i64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert!((1..=100).contains(&ttl), "ttl {ttl}");
+}
+
 /// Many writers racing on two replicas: every increment lands exactly once, and the observer
 /// sees every version in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
