@@ -470,6 +470,17 @@ impl From<TokenError> for tonic::Status {
     }
 }
 
+/// Why a verifier could not start following revocations.
+#[derive(Debug, thiserror::Error)]
+pub enum RevocationFeedError {
+    /// Subscribing to the revocation topic failed.
+    #[error("subscribing to token revocations: {0}")]
+    Bus(#[from] BusError),
+    /// Reading stored revocations failed.
+    #[error("loading token revocations: {0}")]
+    Kv(#[from] KvError),
+}
+
 /// Where a verifier gets the public keys from.
 #[async_trait]
 pub trait JwksSource: Send + Sync + 'static {
@@ -608,6 +619,19 @@ impl TokenVerifier {
             Arc::new(HttpJwks::new(auth_url)),
             VerifierOptions::default(),
         )
+    }
+
+    /// Returns the verifier a service normally wants: keys fetched from the auth service at
+    /// `auth_url`, revocations loaded from `backends.kv` and followed on `backends.bus`.
+    pub async fn for_service(
+        auth_url: &str,
+        options: VerifierOptions,
+        backends: &crate::Backends,
+    ) -> Result<Self, RevocationFeedError> {
+        let verifier = Self::new(Arc::new(HttpJwks::new(auth_url)), options);
+        verifier.follow_revocations(backends.bus.as_ref()).await?;
+        verifier.load_revocations(backends.kv.as_ref()).await?;
+        Ok(verifier)
     }
 
     /// Checks `token` and returns its claims.

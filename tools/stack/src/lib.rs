@@ -131,6 +131,7 @@ pub async fn run(
     let ctx = StackContext {
         backends,
         verifier: auth.verifier(),
+        auth: auth.clone(),
         shutdown: stop.clone(),
         http_url: format!("http://{http_addr}"),
         grpc_url: format!("http://{grpc_addr}"),

@@ -23,6 +23,9 @@ pub struct StackContext {
     pub backends: Backends,
     /// Verifies tokens with the in-process auth service's keys and revocations.
     pub verifier: TokenVerifier,
+    /// The in-process auth service, e.g. to mint a service token with
+    /// `auth.issue("service:conference", "conference", grants, None)`.
+    pub auth: AuthService,
     /// Triggered when the stack shuts down; background tasks stop on it.
     pub shutdown: Shutdown,
     /// Base URL of the stack's HTTP address, e.g. `http://127.0.0.1:8080`.
