@@ -114,6 +114,7 @@ enum Command {
         reply: Reply<SfuNodeLoad>,
     },
     Drain,
+    Stop,
     CloseAll {
         reply: Reply<()>,
     },
@@ -293,6 +294,11 @@ impl DriverHandle {
             .map_err(|_| SfuError::DriverGone)
     }
 
+    /// Stops the driver task; later calls fail with [`SfuError::DriverGone`].
+    pub async fn stop(&self) {
+        let _ = self.commands.send(Command::Stop).await;
+    }
+
     /// Closes every room.
     pub async fn close_all(&self) -> Result<(), SfuError> {
         self.call(|reply| Command::CloseAll { reply }).await
@@ -421,8 +427,10 @@ impl Driver {
         loop {
             tokio::select! {
                 command = commands.recv() => {
-                    let Some(command) = command else { break };
-                    self.handle_command(command);
+                    match command {
+                        None | Some(Command::Stop) => break,
+                        Some(command) => self.handle_command(command),
+                    }
                 }
                 received = socket.recv_from(&mut buf) => {
                     match received {
@@ -594,6 +602,7 @@ impl Driver {
                 let _ = reply.send(Ok(self.load()));
             }
             Command::Drain => self.draining = true,
+            Command::Stop => {}
             Command::CloseAll { reply } => {
                 let rooms: Vec<String> = self.rooms.keys().cloned().collect();
                 for room in rooms {

@@ -1,9 +1,9 @@
-//! The HTTP port: `/healthz`, `/readyz`, `/metrics` (forwarding counters, load gauges).
+//! The HTTP routes of a node besides the ops endpoints (`/healthz`, `/readyz`, `/metrics` come
+//! from `rethink_common::lifecycle::ops_router`).
 
 use axum::Router;
-use rethink_common::lifecycle::{Health, ops_router};
 
-/// Returns the router of the HTTP port.
-pub fn router(health: Health) -> Router {
-    ops_router(health)
+/// Returns the node's own routes.
+pub fn routes() -> Router {
+    Router::new()
 }

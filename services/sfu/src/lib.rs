@@ -11,7 +11,10 @@
 //! - [`heartbeat`]: this node's address and load under a TTL key ([`keys`]); [`nodes`] reads
 //!   them back and picks the least loaded node.
 //! - [`events`]: participant and track events on the bus (`topics::SFU_EVENTS`).
-//! - [`http`]: `/healthz`, `/readyz`, `/metrics` on the HTTP port.
+//! - [`http`]: the node's own HTTP routes; the ops endpoints (`/healthz`, `/readyz`,
+//!   `/metrics` with the forwarding counters) come from `rethink-common`.
+//! - [`Node`]: the node without its servers, so the all-in-one stack can mount its gRPC service
+//!   and routes on shared ports ([`start_in_stack`]).
 //!
 //! Lifecycle ([`run`]): serve until `shutdown` completes, then drain: readiness goes
 //! NOT_SERVING, the heartbeat says `draining`, new rooms are refused with UNAVAILABLE, and
@@ -38,7 +41,9 @@ use std::time::Duration;
 use rethink_common::Backends;
 use rethink_common::bus::EventBus;
 use rethink_common::kv::KvStore;
-use rethink_common::lifecycle::{Health, Shutdown, grpc_health_and_reflection, serve_http};
+use rethink_common::lifecycle::{
+    Health, Shutdown, grpc_health_and_reflection, ops_router, serve_http,
+};
 use rethink_common::token::{HttpJwks, TokenVerifier, VerifierOptions};
 use rethink_proto::v1::sfu_server::SfuServer;
 use rethink_sfu_core::{CoreConfig, SfuCore};
@@ -158,6 +163,170 @@ fn specified(ip: IpAddr, public: Option<IpAddr>) -> IpAddr {
     }
 }
 
+/// Where other services reach this node, as written in its heartbeat.
+#[derive(Debug, Clone)]
+pub struct Advertised {
+    /// gRPC address, "host:port".
+    pub grpc: String,
+    /// Base URL of the HTTP port.
+    pub http: String,
+}
+
+/// A running SFU node without its servers: the media driver, the heartbeat and the event
+/// publisher. [`run_with`] serves it on its own ports; the all-in-one stack mounts
+/// [`Node::grpc_service`] and [`Node::router`] on its shared ones.
+pub struct Node {
+    node_id: String,
+    driver: driver::DriverHandle,
+    service: service::SfuService,
+    health: Health,
+    draining: watch::Sender<bool>,
+    stop_heartbeat: Shutdown,
+    drain_timeout: Duration,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Starts the media driver on `udp`, the heartbeat and the event publisher. Readiness
+    /// ([`Node::health`]) is set once the caller serves.
+    pub fn start(
+        config: &SfuConfig,
+        udp: UdpSocket,
+        deps: Deps,
+        advertised: impl FnOnce(Option<IpAddr>) -> Advertised,
+    ) -> Result<Self, SfuError> {
+        let node_id = if config.node_id.is_empty() {
+            format!("sfu-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+        } else {
+            config.node_id.clone()
+        };
+        let udp_addr = udp
+            .local_addr()
+            .map_err(|e| SfuError::Internal(format!("udp socket: {e}")))?;
+        let candidates = advertised_candidates(&config.public_ips, udp_addr);
+        let advertised = advertised(config.public_ips.first().copied());
+        tracing::info!(%node_id, %udp_addr, ?candidates, grpc = %advertised.grpc, "sfu starting");
+
+        let core = SfuCore::new(CoreConfig {
+            candidates: candidates.clone(),
+            max_rooms: config.max_rooms,
+            max_participants_per_room: config.max_participants_per_room,
+            ..CoreConfig::default()
+        })
+        .map_err(|e| SfuError::Internal(format!("media core: {e}")))?;
+        let (bus_tx, bus_rx) = mpsc::channel(events::BUS_QUEUE);
+        let publisher = tokio::spawn(events::publish_all(
+            deps.bus.clone(),
+            format!("sfu/{node_id}"),
+            bus_rx,
+        ));
+        let (driver, driver_task) = driver::spawn(driver::DriverSetup {
+            core,
+            socket: udp,
+            local: candidates[0],
+            node_id: node_id.clone(),
+            limits: driver::Limits {
+                max_rooms: config.max_rooms,
+                max_participants_per_room: config.max_participants_per_room,
+            },
+            bus: bus_tx,
+        });
+        let (draining, draining_rx) = watch::channel(false);
+        let stop_heartbeat = Shutdown::new();
+        let beat = tokio::spawn(heartbeat::run(
+            deps.kv.clone(),
+            heartbeat::NodeInfo {
+                node_id: node_id.clone(),
+                grpc_addr: advertised.grpc,
+                udp_candidates: candidates.iter().map(ToString::to_string).collect(),
+                http_addr: advertised.http,
+            },
+            heartbeat::Timing {
+                interval: config.heartbeat_interval(),
+                ttl: config.heartbeat_ttl(),
+            },
+            driver.clone(),
+            draining_rx,
+            stop_heartbeat.clone(),
+        ));
+        let service = service::SfuService::new(driver.clone(), deps.auth, node_id.clone());
+        Ok(Self {
+            node_id,
+            driver,
+            service,
+            health: Health::new(),
+            draining,
+            stop_heartbeat,
+            drain_timeout: config.drain_timeout(),
+            // Order matters for `stop`: the heartbeat ends first (it deletes the key), the
+            // driver next, the publisher last (its queue closes when the driver ends).
+            tasks: vec![beat, driver_task, publisher],
+        })
+    }
+
+    /// Returns this node's id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Returns the readiness the node's servers report.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// Returns the gRPC service `rethink.v1.Sfu`.
+    pub fn grpc_service(&self) -> SfuServer<service::SfuService> {
+        SfuServer::new(self.service.clone()).max_decoding_message_size(MAX_GRPC_MESSAGE)
+    }
+
+    /// Returns the node's HTTP routes without the ops endpoints (WHIP/WHEP, when enabled).
+    pub fn router(&self) -> axum::Router {
+        http::routes()
+    }
+
+    /// Drains: not ready, `draining` in the heartbeat, no new rooms; returns once no
+    /// participant is left or the drain timeout passed, with every room closed.
+    pub async fn drain(&self) {
+        tracing::info!(timeout = ?self.drain_timeout, "draining: no new rooms");
+        self.health.set_ready(false);
+        self.draining.send_replace(true);
+        let _ = self.driver.drain().await;
+        let mut participants = self.driver.participants();
+        if tokio::time::timeout(
+            self.drain_timeout,
+            participants.wait_for(|count| *count == 0),
+        )
+        .await
+        .is_err()
+        {
+            tracing::warn!("drain deadline reached; closing the remaining rooms");
+        }
+        let _ = self.driver.close_all().await;
+    }
+
+    /// Stops the heartbeat (deleting its key), the driver and the publisher.
+    pub async fn stop(self) {
+        self.stop_heartbeat.trigger();
+        let mut tasks = self.tasks.into_iter();
+        if let Some(beat) = tasks.next() {
+            let _ = beat.await;
+        }
+        self.driver.stop().await;
+        for task in tasks {
+            let _ = task.await;
+        }
+        tracing::info!(node_id = %self.node_id, "sfu stopped");
+    }
+}
+
 /// Like [`run`], with the backends given (tests inject Redis and test keys here).
 pub async fn run_with(
     config: SfuConfig,
@@ -166,117 +335,46 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), SfuError> {
     let io = |what: &str, e: std::io::Error| SfuError::Internal(format!("{what}: {e}"));
-    let node_id = if config.node_id.is_empty() {
-        format!("sfu-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
-    } else {
-        config.node_id.clone()
-    };
-    let udp_addr = listeners.udp.local_addr().map_err(|e| io("udp", e))?;
     let grpc_addr = listeners.grpc.local_addr().map_err(|e| io("grpc", e))?;
     let http_addr = listeners.http.local_addr().map_err(|e| io("http", e))?;
-    let candidates = advertised_candidates(&config.public_ips, udp_addr);
-    let first_public = config.public_ips.first().copied();
-    tracing::info!(%node_id, %grpc_addr, %http_addr, %udp_addr, ?candidates, "sfu starting");
-
-    let core = SfuCore::new(CoreConfig {
-        candidates: candidates.clone(),
-        max_rooms: config.max_rooms,
-        max_participants_per_room: config.max_participants_per_room,
-        ..CoreConfig::default()
-    })
-    .map_err(|e| SfuError::Internal(format!("media core: {e}")))?;
-    let (bus_tx, bus_rx) = mpsc::channel(events::BUS_QUEUE);
-    let publisher = tokio::spawn(events::publish_all(
-        deps.bus.clone(),
-        format!("sfu/{node_id}"),
-        bus_rx,
-    ));
-    let (driver, driver_task) = driver::spawn(driver::DriverSetup {
-        core,
-        socket: listeners.udp,
-        local: candidates[0],
-        node_id: node_id.clone(),
-        limits: driver::Limits {
-            max_rooms: config.max_rooms,
-            max_participants_per_room: config.max_participants_per_room,
-        },
-        bus: bus_tx,
-    });
-
-    let health = Health::new();
-    let (draining_tx, draining_rx) = watch::channel(false);
-    let stop_servers = Shutdown::new();
-    let stop_heartbeat = Shutdown::new();
-
-    let info = heartbeat::NodeInfo {
-        node_id: node_id.clone(),
-        grpc_addr: if config.advertise_grpc_addr.is_empty() {
-            SocketAddr::new(specified(grpc_addr.ip(), first_public), grpc_addr.port()).to_string()
+    let node = Node::start(&config, listeners.udp, deps, |public| Advertised {
+        grpc: if config.advertise_grpc_addr.is_empty() {
+            SocketAddr::new(specified(grpc_addr.ip(), public), grpc_addr.port()).to_string()
         } else {
             config.advertise_grpc_addr.clone()
         },
-        udp_candidates: candidates.iter().map(ToString::to_string).collect(),
-        http_addr: if config.advertise_http_url.is_empty() {
-            let addr = SocketAddr::new(specified(http_addr.ip(), first_public), http_addr.port());
+        http: if config.advertise_http_url.is_empty() {
+            let addr = SocketAddr::new(specified(http_addr.ip(), public), http_addr.port());
             format!("http://{addr}")
         } else {
             config.advertise_http_url.clone()
         },
-    };
-    let beat = tokio::spawn(heartbeat::run(
-        deps.kv.clone(),
-        info,
-        heartbeat::Timing {
-            interval: config.heartbeat_interval(),
-            ttl: config.heartbeat_ttl(),
-        },
-        driver.clone(),
-        draining_rx,
-        stop_heartbeat.clone(),
-    ));
+    })?;
+    tracing::info!(%grpc_addr, %http_addr, "sfu serving");
 
-    let (health_service, reflection) = grpc_health_and_reflection(&health);
-    let sfu = SfuServer::new(service::SfuService::new(
-        driver.clone(),
-        deps.auth.clone(),
-        node_id.clone(),
-    ))
-    .max_decoding_message_size(MAX_GRPC_MESSAGE);
+    let stop_servers = Shutdown::new();
+    let (health_service, reflection) = grpc_health_and_reflection(node.health());
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(sfu)
+            .add_service(node.grpc_service())
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(listeners.grpc),
                 stop_servers.wait(),
             ),
     );
+    let router = node.router().merge(ops_router(node.health().clone()));
     let http = tokio::spawn(serve_http(
         listeners.http,
-        http::router(health.clone()),
+        router,
         stop_servers.clone(),
         SERVER_STOP_GRACE,
     ));
-    health.set_ready(true);
+    node.health().set_ready(true);
 
     shutdown.await;
-
-    tracing::info!(timeout = ?config.drain_timeout(), "draining: no new rooms");
-    health.set_ready(false);
-    draining_tx.send_replace(true);
-    let _ = driver.drain().await;
-    let mut participants = driver.participants();
-    if tokio::time::timeout(
-        config.drain_timeout(),
-        participants.wait_for(|count| *count == 0),
-    )
-    .await
-    .is_err()
-    {
-        tracing::warn!("drain deadline reached; closing the remaining rooms");
-    }
-    let _ = driver.close_all().await;
+    node.drain().await;
 
     stop_servers.trigger();
     let mut grpc = grpc;
@@ -291,13 +389,57 @@ pub async fn run_with(
     if let Ok(Err(error)) = http.await {
         tracing::warn!(%error, "http server task");
     }
-    stop_heartbeat.trigger();
-    let _ = beat.await;
-    // The servers held the last handles; without them the driver ends, and with it the
-    // publisher (its queue's sender lives in the driver).
-    drop(driver);
-    let _ = driver_task.await;
-    let _ = publisher.await;
-    tracing::info!(%node_id, "sfu stopped");
+    node.stop().await;
     Ok(())
+}
+
+/// Longest drain of a node inside the all-in-one stack (the stack's own default deadline).
+pub const STACK_DRAIN: Duration = Duration::from_secs(5);
+
+/// Starts an SFU node inside the all-in-one stack and returns its gRPC service and HTTP routes
+/// for the stack's shared ports. Media uses its own UDP socket: `RETHINK_UDP_ADDR` if set, else
+/// a free port on the stack's HTTP address (where local browsers reach it). Other settings come
+/// from the `RETHINK_*` environment like the standalone service's. When `shutdown` triggers,
+/// the node drains for at most [`STACK_DRAIN`] and stops.
+pub async fn start_in_stack(
+    backends: Backends,
+    verifier: TokenVerifier,
+    http_url: &str,
+    grpc_url: &str,
+    shutdown: Shutdown,
+) -> Result<(SfuServer<service::SfuService>, axum::Router), SfuError> {
+    let no_flags: Option<()> = None;
+    let mut config: SfuConfig = rethink_common::config::load(None, &no_flags)
+        .map_err(|e| SfuError::InvalidArgument(e.to_string()))?;
+    config.drain_timeout_ms = config.drain_timeout_ms.min(STACK_DRAIN.as_millis() as u64);
+    let http_addr: Option<SocketAddr> = http_url
+        .strip_prefix("http://")
+        .and_then(|a| a.parse().ok());
+    let udp_addr = if std::env::var_os("RETHINK_UDP_ADDR").is_some() {
+        config.udp_addr
+    } else {
+        SocketAddr::new(
+            http_addr.map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |a| a.ip()),
+            0,
+        )
+    };
+    let udp = UdpSocket::bind(udp_addr)
+        .await
+        .map_err(|e| SfuError::Internal(format!("udp {udp_addr}: {e}")))?;
+    let deps = Deps {
+        kv: backends.kv,
+        bus: backends.bus,
+        auth: auth::Authorizer::Tokens(verifier),
+    };
+    let grpc = grpc_url.trim_start_matches("http://").to_owned();
+    let http = http_url.to_owned();
+    let node = Node::start(&config, udp, deps, |_| Advertised { grpc, http })?;
+    let parts = (node.grpc_service(), node.router());
+    node.health().set_ready(true);
+    tokio::spawn(async move {
+        shutdown.wait().await;
+        node.drain().await;
+        node.stop().await;
+    });
+    Ok(parts)
 }
