@@ -59,8 +59,8 @@ static PROVIDER: OnceLock<Mutex<Option<SdkTracerProvider>>> = OnceLock::new();
 
 /// Installs the process-wide subscriber for `service`; logs as JSON lines when `json_logs`.
 ///
-/// Safe to call more than once: only the first call installs anything. Call it inside a tokio
-/// runtime so that the OTLP exporter can use it.
+/// Safe to call more than once: only the first call installs anything. Works inside or outside a
+/// tokio runtime; OTLP export runs on a small runtime of its own.
 pub fn init(service: &str, json_logs: bool) -> Result<TelemetryGuard, TelemetryError> {
     if INSTALLED.get().is_some() {
         return Ok(TelemetryGuard { owner: false });
@@ -116,18 +116,33 @@ fn build_provider(service: &str) -> Result<SdkTracerProvider, TelemetryError> {
     if !endpoint_set {
         return Ok(builder.build());
     }
-    // The tonic exporter needs the tokio runtime it is built in.
-    if tokio::runtime::Handle::try_current().is_err() {
-        return Err(TelemetryError::Exporter(
-            "OTEL_EXPORTER_OTLP_ENDPOINT is set but telemetry::init ran outside a tokio runtime"
-                .into(),
-        ));
-    }
+    // The exporter's gRPC channel lives on a runtime of its own: the batch processor exports
+    // from its own thread and blocks on shutdown, which would deadlock a service's
+    // current-thread runtime (and tie export to whichever runtime happened to call init).
+    let runtime = export_runtime()?;
+    let _entered = runtime.enter();
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .build()
         .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
     Ok(builder.with_batch_exporter(exporter).build())
+}
+
+fn export_runtime() -> Result<&'static tokio::runtime::Runtime, TelemetryError> {
+    // Built inside get_or_init so that a losing racer never drops a runtime (which panics in
+    // async contexts).
+    static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("otlp-export")
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| TelemetryError::Exporter(format!("cannot start the export runtime: {e}")))
 }
 
 /// W3C trace-context propagation over gRPC metadata and string maps.
