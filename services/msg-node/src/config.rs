@@ -192,6 +192,13 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_is_the_defaults() {
+        let text = include_str!("../msg-node.example.toml");
+        let parsed: MsgNodeConfig = toml::from_str(text).unwrap();
+        assert_eq!(parsed, MsgNodeConfig::default());
+    }
+
+    #[test]
     fn rejects_bad_domains_and_limits() {
         let mut c = MsgNodeConfig {
             domain: "a b".into(),

@@ -119,6 +119,13 @@ impl MsgNode {
             shutdown,
         );
         node.start().await?;
+        // On shutdown every session ends, so its addresses leave the shared map at once and
+        // other replicas answer 404 instead of waiting for the TTL.
+        let closing = node.clone();
+        tokio::spawn(async move {
+            closing.shutdown.wait().await;
+            closing.close_all().await;
+        });
         tracing::info!(node = %node.node_id(), "msg-node started");
         Ok(Self { node })
     }
@@ -199,12 +206,10 @@ pub async fn run(
     let watcher = {
         let health = health.clone();
         let stop = stop.clone();
-        let node = msg_node.node().clone();
         async move {
             shutdown.await;
             health.set_ready(false);
             stop.trigger();
-            node.close_all().await;
         }
     };
     let (http, grpc, ()) = tokio::join!(http, grpc, watcher);

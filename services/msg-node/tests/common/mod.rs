@@ -125,12 +125,6 @@ impl TestBed {
                     async move { stop_grpc.wait().await },
                 ),
         );
-        let closer = node.node().clone();
-        let stop_nodes = stop.clone();
-        tokio::spawn(async move {
-            stop_nodes.wait().await;
-            closer.close_all().await;
-        });
         Ok(Replica {
             http,
             grpc,
