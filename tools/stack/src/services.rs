@@ -103,6 +103,15 @@ pub async fn auth(backends: &Backends, mount: &mut Mount) -> Result<AuthService,
 /// Builds every other service. Add yours here.
 pub async fn mount(ctx: &StackContext, mount: &mut Mount) -> Result<(), StackError> {
     // Each service: build it from `ctx`, then `mount.http(..)`, `mount.grpc(..)`, `mount.link(..)`.
-    let _ = (ctx, mount);
+    let (sfu, sfu_routes) = rethink_sfu::start_in_stack(
+        ctx.backends.clone(),
+        ctx.verifier.clone(),
+        &ctx.http_url,
+        &ctx.grpc_url,
+        ctx.shutdown.clone(),
+    )
+    .await
+    .map_err(|e| StackError::Service("sfu", e.to_string()))?;
+    mount.grpc(sfu).http(sfu_routes);
     Ok(())
 }
