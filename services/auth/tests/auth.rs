@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use common::{PASSWORD, TestAuth, error_code, test_config};
@@ -249,6 +249,29 @@ async fn repeated_failures_are_throttled_with_retry_after() {
     }
     let (status, json) = auth.login("alice", PASSWORD).await;
     assert_eq!(status, 429, "{json}");
+}
+
+#[tokio::test]
+async fn slow_requests_time_out_with_json_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut config = test_config(None);
+    config.http.request_timeout_ms = 200;
+    let auth = TestAuth::start(config).await;
+    let mut stream = tokio::net::TcpStream::connect(auth.http).await.unwrap();
+    // Promise 100 bytes, send 10, then wait for the server's answer.
+    let head = "POST /auth/login HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n\
+                content-length: 100\r\nconnection: close\r\n\r\n{\"username";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
+        .await
+        .expect("server answers within the bound")
+        .unwrap();
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    let body: Value = serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(error_code(&body), "request_timeout");
+    auth.stop().await;
 }
 
 #[tokio::test]
@@ -542,6 +565,37 @@ async fn grpc_admin_operations_need_the_admin_grant() {
     assert!(deleted.deleted);
     assert_eq!(auth.login("dave", "new-password").await.0, 401);
 
+    // Revoke over gRPC: alice may not revoke root's token, the admin may revoke alice's.
+    let status = client
+        .revoke(with_token(
+            pb::RevokeRequest {
+                token: root.clone(),
+            },
+            &alice,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    let revoked = client
+        .revoke(with_token(
+            pb::RevokeRequest {
+                token: alice.clone(),
+            },
+            &root,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!revoked.jti.is_empty());
+    let status = client
+        .verify(pb::VerifyRequest {
+            token: alice.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    assert!(status.message().contains("revoked"), "{status:?}");
+
     // Login, Verify and GetJwks over gRPC; the health service answers.
     let token = client
         .login(pb::LoginRequest {
@@ -643,5 +697,4 @@ async fn ops_endpoints_answer() {
 fn verifier_is_shareable() {
     fn assert_send_sync<T: Send + Sync + Clone>() {}
     assert_send_sync::<TokenVerifier>();
-    let _ = Arc::new(0);
 }
