@@ -53,30 +53,7 @@ impl fmt::Display for Glob {
 impl Glob {
     /// Compiles `pattern`; fails on an empty pattern or a dangling `\`.
     pub fn new(pattern: &str) -> Result<Glob, String> {
-        if pattern.is_empty() {
-            return Err("empty pattern".to_owned());
-        }
-        let mut tokens = Vec::new();
-        let mut chars = pattern.chars().peekable();
-        while let Some(c) = chars.next() {
-            match c {
-                '\\' => match chars.next() {
-                    Some(escaped) => tokens.push(Token::Literal(escaped)),
-                    None => return Err(format!("pattern {pattern:?} ends with a lone '\\'")),
-                },
-                '*' if chars.peek() == Some(&'*') => {
-                    chars.next();
-                    // `***` and more mean the same as `**`.
-                    while chars.peek() == Some(&'*') {
-                        chars.next();
-                    }
-                    tokens.push(Token::Any);
-                }
-                '*' => tokens.push(Token::Segment),
-                '?' => tokens.push(Token::One),
-                c => tokens.push(Token::Literal(c)),
-            }
-        }
+        let tokens = tokenize(pattern)?;
         let literal = |ts: &[Token]| -> Option<String> {
             ts.iter()
                 .map(|t| match t {
@@ -113,6 +90,35 @@ impl Glob {
             Matcher::Tokens(tokens) => matches_tokens(tokens, text),
         }
     }
+}
+
+/// Splits a pattern into tokens; fails on an empty pattern or a dangling `\`.
+fn tokenize(pattern: &str) -> Result<Vec<Token>, String> {
+    if pattern.is_empty() {
+        return Err("empty pattern".to_owned());
+    }
+    let mut tokens = Vec::new();
+    let mut chars = pattern.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(escaped) => tokens.push(Token::Literal(escaped)),
+                None => return Err(format!("pattern {pattern:?} ends with a lone '\\'")),
+            },
+            '*' if chars.peek() == Some(&'*') => {
+                chars.next();
+                // `***` and more mean the same as `**`.
+                while chars.peek() == Some(&'*') {
+                    chars.next();
+                }
+                tokens.push(Token::Any);
+            }
+            '*' => tokens.push(Token::Segment),
+            '?' => tokens.push(Token::One),
+            c => tokens.push(Token::Literal(c)),
+        }
+    }
+    Ok(tokens)
 }
 
 /// Runs the pattern automaton over `text`. `states[i]` means "the first `i` tokens can match the
@@ -229,6 +235,39 @@ mod tests {
             Glob::new("alice").unwrap().matcher,
             Matcher::Exact("alice".into())
         );
+    }
+
+    /// The obvious backtracking definition, exponential but fine for tiny inputs.
+    fn reference(p: &[Token], t: &[char]) -> bool {
+        let segment_char = |t: &[char]| t.first().is_some_and(|c| *c != '/');
+        match p.first() {
+            None => t.is_empty(),
+            Some(Token::Literal(c)) => t.first() == Some(c) && reference(&p[1..], &t[1..]),
+            Some(Token::One) => segment_char(t) && reference(&p[1..], &t[1..]),
+            Some(Token::Segment) => {
+                reference(&p[1..], t) || (segment_char(t) && reference(p, &t[1..]))
+            }
+            Some(Token::Any) => reference(&p[1..], t) || (!t.is_empty() && reference(p, &t[1..])),
+        }
+    }
+
+    proptest::proptest! {
+        /// The automaton and its fast paths agree with the reference definition.
+        #[test]
+        fn agrees_with_the_reference(pattern in "[ab/*?]{1,8}", text in "[ab/]{0,10}") {
+            let glob = Glob::new(&pattern).unwrap();
+            let tokens = tokenize(&pattern).unwrap();
+            let chars: Vec<char> = text.chars().collect();
+            proptest::prop_assert_eq!(glob.matches(&text), reference(&tokens, &chars));
+        }
+
+        /// Any pattern text compiles or is refused; nothing panics.
+        #[test]
+        fn never_panics(pattern in ".{0,20}", text in ".{0,20}") {
+            if let Ok(glob) = Glob::new(&pattern) {
+                let _ = glob.matches(&text);
+            }
+        }
     }
 
     #[test]

@@ -716,3 +716,19 @@ fn denies_are_counted_by_reason() {
         1
     );
 }
+
+proptest::proptest! {
+    /// Whatever an operator writes, loading it gives a policy or an error, never a panic.
+    #[test]
+    fn arbitrary_policy_text_never_panics(text in "(default_action = \"(allow|deny)\"\n)?((\\[\\[rules\\]\\]|\\[limits\\]|(name|action|reason|identity|service|from|to|type|resource|rate|burst|max_message_bytes) = (\"(allow|deny|read|[a-z*/?\\\\]{0,6})\"|-?[0-9]{1,3}(\\.[0-9])?|\\[\"[a-z]{0,4}\"\\]|true))\n){0,8}") {
+        if let Ok(p) = PolicyEngine::from_toml(&text) {
+            let m = fwd("hyperty://localhost/x");
+            let _ = check(&p, "a", &m, Instant::now());
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(text in ".{0,200}") {
+        let _ = PolicyEngine::from_toml(&text);
+    }
+}
