@@ -69,3 +69,51 @@ fn video_and_audio_reach_two_subscribers_intact() {
         (1, 3, 2, 4)
     );
 }
+
+#[test]
+fn everyone_publishes_and_receives_everyone_else() {
+    let mut sim = Sim::new(2);
+    sim.core.create_room("r").unwrap();
+    let names = ["ann", "ben", "cat"];
+    for n in names {
+        let p = sim.add_peer(n, &[SourceSpec::h264(1800), SourceSpec::opus()]);
+        sim.join(p, "r").unwrap();
+    }
+    sim.connect_all();
+    sim.run_for(Duration::from_secs(2));
+    for receiver in names {
+        for publisher in names.iter().filter(|p| **p != receiver) {
+            let tracks = sim.tracks_of(publisher);
+            let r = sim.peer(receiver);
+            let mid = r.mid_of(&tracks[0]).expect("video negotiated");
+            let frames = r.frames_from(mid);
+            assert!(
+                frames.len() >= 40,
+                "{receiver} got {} frames of {publisher}",
+                frames.len()
+            );
+            assert!(frames[0].keyframe);
+            let tag = sim.peer(publisher).sources[0].tag;
+            let mut last = None;
+            for f in &frames {
+                let size = if f.keyframe { 1800 * 3 } else { 1800 };
+                let Some((t, no)) = common::h264_intact(&f.data, size) else {
+                    panic!(
+                        "corrupt h264 key={} len={} head={:?}",
+                        f.keyframe,
+                        f.data.len(),
+                        &f.data[..40.min(f.data.len())]
+                    );
+                };
+                assert_eq!(t, tag);
+                if let Some(prev) = last {
+                    assert_eq!(no, prev + 1);
+                }
+                last = Some(no);
+            }
+            let amid = r.mid_of(&tracks[1]).expect("audio negotiated");
+            assert!(r.frames_from(amid).len() >= 80);
+        }
+    }
+    assert_eq!(sim.core.load().subscriptions, 12);
+}
