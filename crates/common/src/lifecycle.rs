@@ -66,45 +66,74 @@ impl From<CancellationToken> for Shutdown {
 }
 
 /// Returns a [`Shutdown`] triggered by the first SIGTERM or SIGINT; the second one exits the
-/// process with status 130. Must be called inside a tokio runtime.
+/// process with status 130. The handlers are installed before this returns. Must be called
+/// inside a tokio runtime.
 pub fn shutdown_on_signals() -> Shutdown {
     let shutdown = Shutdown::new();
     let trigger = shutdown.clone();
+    let mut signals = Signals::install();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.recv().await;
         tracing::info!("shutdown signal received: draining (send it again to exit at once)");
         trigger.trigger();
-        wait_for_signal().await;
+        signals.recv().await;
         tracing::warn!("second shutdown signal: exiting now");
         std::process::exit(130);
     });
     shutdown
 }
 
+/// SIGTERM and SIGINT, listened to from the moment of installation.
 #[cfg(unix)]
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        if let Err(e) = term.as_ref().and(int.as_ref()) {
+            tracing::error!(error = %e, "cannot install signal handlers");
+        }
+        Self {
+            term: term.ok(),
+            int: int.ok(),
+        }
+    }
+
+    async fn recv(&mut self) {
+        async fn next(signal: &mut Option<tokio::signal::unix::Signal>) {
+            match signal {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                // Without this handler the signal keeps its default action.
+                None => std::future::pending::<()>().await,
             }
         }
-        _ => {
-            // Without signal handlers the process can still be stopped by SIGKILL; never trigger.
-            tracing::error!("cannot install signal handlers");
-            std::future::pending::<()>().await;
+        tokio::select! {
+            () = next(&mut self.term) => {}
+            () = next(&mut self.int) => {}
         }
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signal() {
-    let _ = tokio::signal::ctrl_c().await;
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> Self {
+        Self
+    }
+
+    async fn recv(&mut self) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Readiness of a service, shared by `/readyz` and the gRPC health service.

@@ -113,5 +113,22 @@ pub async fn mount(ctx: &StackContext, mount: &mut Mount) -> Result<(), StackErr
     .await
     .map_err(|e| StackError::Service("sfu", e.to_string()))?;
     mount.grpc(sfu).http(sfu_routes);
+    // The Message Node: /msg, the web client at /client/, and rethink.v1.MsgNode.
+    let msg_node = rethink_msg_node::MsgNode::start(
+        rethink_msg_node::MsgNodeConfig {
+            web_dir: std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../web"),
+            ..rethink_msg_node::MsgNodeConfig::default()
+        },
+        ctx.backends.clone(),
+        ctx.verifier.clone(),
+        ctx.shutdown.clone(),
+    )
+    .await
+    .map_err(|e| StackError::Service("msg-node", e.to_string()))?;
+    mount
+        .http(msg_node.router())
+        .grpc(msg_node.grpc_service())
+        .link("messages", "/msg")
+        .link("web client", "/client/");
     Ok(())
 }
