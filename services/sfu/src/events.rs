@@ -2,11 +2,8 @@
 
 use std::sync::Arc;
 
-use std::time::SystemTime;
-
 use prost::Message;
-use rethink_common::bus::{EventBus, publish_event, topics};
-use rethink_common::telemetry::propagation;
+use rethink_common::bus::{EventBus, new_event_named, publish_event, topics};
 use rethink_proto::v1::{Event, SfuParticipantJoined, SfuParticipantLeft, SfuTrackEvent};
 use tokio::sync::mpsc;
 
@@ -64,16 +61,8 @@ impl PayloadName for SfuTrackEvent {
     const FULL_NAME: &'static str = "rethink.v1.SfuTrackEvent";
 }
 
-/// Builds the envelope like `rethink_common::bus::new_event`, which needs `prost::Name`; the
-/// generated types do not implement it (type names are not enabled in `rethink-proto`).
+/// Builds the envelope; `payload_type` is given explicitly because the generated types do not
+/// implement `prost::Name`.
 fn envelope<M: Message + PayloadName>(kind: &str, source: &str, payload: &M) -> Event {
-    Event {
-        id: uuid::Uuid::new_v4().to_string(),
-        r#type: kind.to_owned(),
-        source: source.to_owned(),
-        time: Some(prost_types::Timestamp::from(SystemTime::now())),
-        trace_context: propagation::current_map(),
-        payload_type: M::FULL_NAME.to_owned(),
-        payload: payload.encode_to_vec(),
-    }
+    new_event_named(kind, source, M::FULL_NAME, payload)
 }
