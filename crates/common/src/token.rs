@@ -16,7 +16,10 @@ use std::{
     collections::HashMap,
     fmt,
     str::FromStr,
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -577,6 +580,8 @@ struct Inner {
     options: VerifierOptions,
     keys: RwLock<HashMap<String, DecodingKey>>,
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
+    /// Number of completed key fetches, to tell whether one happened while a caller waited.
+    fetches: AtomicU64,
     /// jti -> exp of revoked tokens that have not expired yet.
     revoked: Mutex<HashMap<String, i64>>,
     /// Stops the revocation listener when the last clone is dropped.
@@ -606,6 +611,7 @@ impl TokenVerifier {
                 options,
                 keys: RwLock::new(HashMap::new()),
                 last_fetch: tokio::sync::Mutex::new(None),
+                fetches: AtomicU64::new(0),
                 revoked: Mutex::new(HashMap::new()),
                 stop: CancellationToken::new(),
             }),
@@ -693,9 +699,15 @@ impl TokenVerifier {
         if let Some(key) = self.key(kid) {
             return Ok(key);
         }
+        let seen = self.inner.fetches.load(Ordering::Acquire);
         let mut last = self.inner.last_fetch.lock().await;
         if let Some(key) = self.key(kid) {
             return Ok(key);
+        }
+        // A fetch completed while this caller queued and the kid is still unknown: fail fast,
+        // so tokens with made-up kids cannot queue up behind each other.
+        if self.inner.fetches.load(Ordering::Acquire) != seen {
+            return Err(TokenError::UnknownKey(kid.to_string()));
         }
         if let Some(at) = *last {
             let wait = self
@@ -704,10 +716,6 @@ impl TokenVerifier {
                 .min_refetch_interval
                 .saturating_sub(at.elapsed());
             tokio::time::sleep(wait).await;
-            // A fetch that happened while we waited may have brought the key.
-            if let Some(key) = self.key(kid) {
-                return Ok(key);
-            }
         }
         *last = Some(Instant::now());
         self.fetch_keys().await?;
@@ -734,6 +742,7 @@ impl TokenVerifier {
             .collect();
         tracing::debug!(keys = keys.len(), "fetched signing keys");
         *self.inner.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
+        self.inner.fetches.fetch_add(1, Ordering::Release);
         Ok(())
     }
 
@@ -958,6 +967,45 @@ mod tests {
         assert_eq!(bearer_from_parts(&parts), Some("tok"));
         assert_eq!(strip_bearer("Basic abc"), None);
         assert_eq!(strip_bearer("Bearer"), None);
+    }
+
+    /// Counts fetches of an empty key set.
+    struct Counting(std::sync::atomic::AtomicUsize);
+
+    #[async_trait]
+    impl JwksSource for Counting {
+        async fn fetch(&self) -> Result<JwkSet, TokenError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(JwkSet { keys: vec![] })
+        }
+    }
+
+    #[tokio::test]
+    async fn made_up_kids_cannot_hammer_the_key_source() {
+        use base64::Engine;
+        let source = Arc::new(Counting(Default::default()));
+        let verifier = TokenVerifier::new(
+            source.clone(),
+            VerifierOptions {
+                min_refetch_interval: Duration::from_millis(50),
+                ..VerifierOptions::default()
+            },
+        );
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let tokens: Vec<String> = (0..20)
+            .map(|i| {
+                let header = b64.encode(format!(r#"{{"alg":"EdDSA","kid":"k{i}"}}"#));
+                format!("{header}.e30.AAAA")
+            })
+            .collect();
+        let results = futures::future::join_all(tokens.iter().map(|t| verifier.verify(t))).await;
+        for result in results {
+            assert!(
+                matches!(result, Err(TokenError::UnknownKey(_))),
+                "{result:?}"
+            );
+        }
+        assert!(source.0.load(Ordering::SeqCst) <= 2);
     }
 
     #[tokio::test]
