@@ -18,6 +18,8 @@ pub struct CoreConfig {
     pub connect_timeout: Duration,
     /// How long a connected participant may stay ICE-disconnected before it is removed.
     pub disconnect_grace: Duration,
+    /// How long a server offer may stay unanswered before it is withdrawn and made again.
+    pub answer_timeout: Duration,
     /// Interval of the WebRTC stack's own statistics (RTT, loss) feeding participant stats.
     pub stats_interval: Duration,
     /// Most rooms open at once on this node.
@@ -38,6 +40,7 @@ impl Default for CoreConfig {
             bwe_initial_bps: 2_500_000,
             connect_timeout: Duration::from_secs(30),
             disconnect_grace: Duration::from_secs(10),
+            answer_timeout: Duration::from_secs(10),
             stats_interval: Duration::from_secs(1),
             max_rooms: 10_000,
             max_participants_per_room: 1_000,

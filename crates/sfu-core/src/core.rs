@@ -664,7 +664,7 @@ impl SfuCore {
         let Some(p) = self.participants.get_mut(&key) else {
             return;
         };
-        if let Some(offer_sdp) = p.negotiate() {
+        if let Some(offer_sdp) = p.negotiate(self.last_now) {
             let participant = p.id.to_string();
             self.queue.push_back(Output::Event(CoreEvent::Renegotiate {
                 participant,
@@ -765,6 +765,15 @@ impl SfuCore {
                 .is_some_and(|t| now.saturating_duration_since(t) >= self.config.disconnect_grace)
             {
                 expired.push((p.key, LeaveReason::Disconnected));
+            } else if p
+                .offered_at
+                .is_some_and(|t| now.saturating_duration_since(t) >= self.config.answer_timeout)
+            {
+                // The offer got lost on the way (or the peer ignored it): withdraw it and
+                // offer the same changes again.
+                tracing::info!(participant = %p.id, "renegotiation offer unanswered; offering again");
+                p.rollback_offer();
+                self.negotiate_list.push(p.key);
             }
         }
         for (key, reason) in expired {

@@ -80,6 +80,8 @@ pub(crate) struct Participant {
     pub(crate) excluded: HashSet<TrackId>,
     /// Our outstanding offer.
     pub(crate) pending: Option<SdpPendingOffer>,
+    /// When the outstanding offer was made.
+    pub(crate) offered_at: Option<Instant>,
     pub(crate) estimate: Estimate,
     /// Last desired bitrate handed to the estimator, to avoid re-arming it with every frame.
     pub(crate) bwe_desired: u64,
@@ -105,6 +107,7 @@ impl Participant {
             out_mids: HashMap::new(),
             excluded: HashSet::new(),
             pending: None,
+            offered_at: None,
             estimate: Estimate::default(),
             bwe_desired: 0,
             counters: Counters::default(),
@@ -149,7 +152,7 @@ impl Participant {
     /// Builds the next server offer from queued track changes, if there are any and no other
     /// offer is outstanding. Waits for the connection so the peer has certainly applied our
     /// answer to its own offer (an offer arriving earlier would collide with it).
-    pub(crate) fn negotiate(&mut self) -> Option<String> {
+    pub(crate) fn negotiate(&mut self, now: Instant) -> Option<String> {
         if self.pending.is_some() || !self.connected || self.gone.is_some() {
             return None;
         }
@@ -184,6 +187,7 @@ impl Participant {
         match api.apply() {
             Some((offer, pending)) => {
                 self.pending = Some(pending);
+                self.offered_at = Some(now);
                 Some(offer.to_sdp_string())
             }
             None => {
@@ -199,6 +203,7 @@ impl Participant {
         let Some(pending) = self.pending.take() else {
             return Err("no offer outstanding".into());
         };
+        self.offered_at = None;
         if let Err(e) = self.rtc.sdp_api().accept_answer(pending, answer) {
             // The offer is spent either way; queue its changes again for a fresh offer.
             self.rollback_offer();
@@ -223,6 +228,7 @@ impl Participant {
     /// answer was refused): put its changes back in the queue.
     pub(crate) fn rollback_offer(&mut self) {
         self.pending = None;
+        self.offered_at = None;
         let mut drop_mids = Vec::new();
         self.subs.retain(|_, out| match out.state {
             OutState::Offered { mid, cancel } => {

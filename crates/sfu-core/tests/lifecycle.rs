@@ -184,3 +184,48 @@ fn peers_that_never_connect_or_vanish_are_removed() {
     assert_eq!(sim.unpublished().len(), 1);
     assert_eq!(sim.core.load().participants, 0);
 }
+
+#[test]
+fn a_publisher_stopping_a_track_unpublishes_it() {
+    let (mut sim, tracks) = three_in_a_call();
+    let video_mid = sim.peer("alice").sources[0].mid;
+    sim.stop_source("alice", video_mid).unwrap();
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!(sim.unpublished(), vec![tracks[0].clone()]);
+    for sub in ["bob", "carol"] {
+        let p = sim.peer(sub);
+        assert!(p.media_stopped(p.mid_of(&tracks[0]).unwrap()));
+        assert!(!p.media_stopped(p.mid_of(&tracks[1]).unwrap()));
+    }
+    assert_eq!(sim.core.load().tracks, 1);
+}
+
+#[test]
+fn an_unanswered_offer_is_made_again() {
+    let mut sim = Sim::with_config(13, |c| c.answer_timeout = Duration::from_secs(1));
+    sim.core.create_room("r").unwrap();
+    let alice = sim.add_peer("alice", &[SourceSpec::vp8(700)]);
+    let bob = sim.add_peer("bob", &[]);
+    sim.join(alice, "r").unwrap();
+    sim.auto_answer = false;
+    sim.join(bob, "r").unwrap();
+    sim.connect_all();
+    sim.run_for(Duration::from_millis(500));
+    assert_eq!(
+        sim.offers_to("bob").len(),
+        1,
+        "one offer while the first is outstanding"
+    );
+    // The first offer is lost; after the answer timeout the same change is offered again.
+    sim.run_for(Duration::from_millis(800));
+    let offers = sim.offers_to("bob");
+    assert_eq!(offers.len(), 2);
+    sim.renegotiate("bob", &offers[1]);
+    sim.run_for(Duration::from_secs(1));
+    let track = sim.tracks_of("alice")[0].clone();
+    let mid = sim
+        .peer("bob")
+        .mid_of(&track)
+        .expect("negotiated by the second offer");
+    assert!(sim.peer("bob").frames_from(mid).len() > 20);
+}

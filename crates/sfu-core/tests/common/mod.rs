@@ -503,7 +503,7 @@ impl Sim {
     }
 
     /// The core's offer for a peer, answered by the peer and accepted by the core.
-    fn renegotiate(&mut self, participant: &str, offer_sdp: &str) {
+    pub fn renegotiate(&mut self, participant: &str, offer_sdp: &str) {
         let Some(idx) = self.peers.iter().position(|p| p.name == participant) else {
             return;
         };
@@ -780,5 +780,48 @@ impl Peer {
         self.rtc
             .media(mid)
             .is_none_or(|m| m.stopped() || m.direction() == Direction::Inactive)
+    }
+}
+
+impl Sim {
+    /// The peer stops sending one of its sources: a re-offer with the m-line inactive.
+    pub fn stop_source(&mut self, peer: &str, mid: Mid) -> Result<(), CoreError> {
+        let idx = self
+            .peers
+            .iter()
+            .position(|p| p.name == peer)
+            .expect("peer");
+        let p = &mut self.peers[idx];
+        p.sources.retain(|s| s.mid != mid);
+        let mut api = p.rtc.sdp_api();
+        api.set_direction(mid, Direction::Inactive);
+        let (offer, pending) = api.apply().expect("an offer");
+        let answer = self
+            .core
+            .accept_offer(peer, &offer.to_sdp_string(), self.now)?;
+        self.peers[idx]
+            .rtc
+            .sdp_api()
+            .accept_answer(
+                pending,
+                SdpAnswer::from_sdp_string(&answer).expect("answer"),
+            )
+            .expect("peer accepts answer");
+        self.drain();
+        Ok(())
+    }
+
+    /// Server offers made to `participant` so far.
+    pub fn offers_to(&self, participant: &str) -> Vec<String> {
+        self.events
+            .iter()
+            .filter_map(|(_, e)| match e {
+                CoreEvent::Renegotiate {
+                    participant: p,
+                    offer_sdp,
+                } if p == participant => Some(offer_sdp.clone()),
+                _ => None,
+            })
+            .collect()
     }
 }
