@@ -221,10 +221,15 @@ impl Node {
                 self.config.limits.max_sessions
             )));
         }
+        // Policies and discovery speak of plain names: `user:alice` is `alice`,
+        // `service:conference` is `conference`.
         let username = claims.sub.strip_prefix("user:");
+        let name = username
+            .or_else(|| claims.sub.strip_prefix("service:"))
+            .unwrap_or(&claims.sub);
         let identity = Identity {
             subject: claims.sub.clone(),
-            name: username.unwrap_or(&claims.sub).to_owned(),
+            name: name.to_owned(),
             display_name: claims.name.clone(),
             user: username
                 .filter(|_| !is_service)

@@ -22,7 +22,7 @@ use crate::envelope::Envelope;
 pub struct Identity {
     /// The token's `sub` (`user:alice`, `conference`, ...).
     pub subject: String,
-    /// The name policies see: the username for people, the subject for services.
+    /// The name policies see: the subject without its `user:` / `service:` prefix.
     pub name: String,
     /// Display name from the token.
     pub display_name: String,
