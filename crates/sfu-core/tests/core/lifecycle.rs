@@ -1,10 +1,8 @@
 //! Leaving, narrowing, closing, timeouts, late publishing: what comes must also go cleanly.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Sim, SourceSpec};
+use crate::sim::{Sim, SourceSpec};
 use rethink_sfu_core::{CoreError, LeaveReason, TrackId};
 
 fn three_in_a_call() -> (Sim, Vec<String>) {

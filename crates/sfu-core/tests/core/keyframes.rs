@@ -1,10 +1,8 @@
 //! Keyframe requests: a new subscriber gets a keyframe at once; request storms are throttled.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Sim, SourceSpec};
+use crate::sim::{Sim, SourceSpec};
 use rethink_sfu_core::CoreEvent;
 
 /// Alice publishes video, Bob watches; Carol joins later.

@@ -1,10 +1,8 @@
 //! Forwarding: a publisher's media reaches every other participant intact.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Sim, SourceSpec, frame_intact};
+use crate::sim::{Sim, SourceSpec, frame_intact};
 use str0m::media::MediaKind;
 
 #[test]
@@ -97,7 +95,7 @@ fn everyone_publishes_and_receives_everyone_else() {
             let mut last = None;
             for f in &frames {
                 let size = if f.keyframe { 1800 * 3 } else { 1800 };
-                let Some((t, no)) = common::h264_intact(&f.data, size) else {
+                let Some((t, no)) = crate::sim::h264_intact(&f.data, size) else {
                     panic!(
                         "corrupt h264 key={} len={} head={:?}",
                         f.keyframe,

@@ -1,11 +1,9 @@
 //! Simulcast: the forwarded layer follows the subscriber's bandwidth estimate and switches only
 //! on a keyframe of the new layer.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Sim, SourceSpec, frame_intact};
+use crate::sim::{Sim, SourceSpec, frame_intact};
 use str0m::media::MediaKind;
 
 /// Frame sizes per layer at 30 fps: q ≈ 72 kbit/s, h ≈ 240 kbit/s, f ≈ 720 kbit/s.

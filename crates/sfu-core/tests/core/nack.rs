@@ -1,10 +1,8 @@
 //! NACK/RTX on both legs: under seeded loss every video frame still arrives complete.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Sim, SourceSpec, frame_intact};
+use crate::sim::{Sim, SourceSpec, frame_intact};
 use str0m::media::MediaKind;
 
 #[test]

@@ -1,12 +1,10 @@
 //! Bad input gets a `CoreError`, never a panic; random input is survived.
 
-mod common;
-
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{SERVER, Sim, SourceSpec};
+use crate::sim::{SERVER, Sim, SourceSpec};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use rethink_sfu_core::{CoreConfig, CoreError, SfuCore};
