@@ -114,7 +114,8 @@ pub fn load_from_env<C: ServiceConfig>(
     if let Some(overrides) = strip_nulls(overrides) {
         figment = figment.merge(Serialized::defaults(overrides));
     }
-    let config: C = figment.extract()?;
+    // Lossy: "30" and "true" from the environment fill number and bool fields.
+    let config: C = figment.extract_lossy()?;
     config.validate()?;
     Ok(config)
 }
@@ -155,9 +156,12 @@ impl EnvLayer {
             if path.iter().any(String::is_empty) || !known.contains(&path[0]) {
                 continue;
             }
-            // Parsed like figment's own Env provider: "8080" is an integer, "true" a bool.
+            // Scalars stay strings and are converted to the field's type on extraction
+            // (`extract_lossy`), so `RETHINK_REDIS__PASSWORD=1234` still fills a string field;
+            // `[a, b]` and `{k = v}` are parsed as arrays and tables.
             let value = match raw.parse::<Value>() {
-                Ok(value) => value,
+                Ok(parsed @ (Value::Array(..) | Value::Dict(..))) => parsed,
+                Ok(_) => Value::from(raw),
                 Err(never) => match never {},
             };
             insert_path(&mut dict, &path, value);
@@ -219,7 +223,7 @@ mod tests {
         assert_eq!(dict["http_addr"].as_str(), Some("0.0.0.0:1"));
         let redis = dict["redis"].as_dict().unwrap();
         assert_eq!(redis["url"].as_str(), Some("redis://x"));
-        assert_eq!(redis["pool"].to_u128(), Some(8));
+        assert_eq!(redis["pool"].as_str(), Some("8"), "typed on extraction");
     }
 
     #[test]

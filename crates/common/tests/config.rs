@@ -11,6 +11,7 @@ struct TestConfig {
     http_addr: String,
     limit: u32,
     verbose: bool,
+    tags: Vec<String>,
     redis: RedisSection,
 }
 
@@ -27,6 +28,7 @@ impl Default for TestConfig {
             http_addr: "127.0.0.1:8080".into(),
             limit: 10,
             verbose: false,
+            tags: Vec::new(),
             redis: RedisSection { url: None, pool: 4 },
         }
     }
@@ -140,6 +142,24 @@ fn env_for_other_services_is_ignored_but_typos_inside_a_section_are_not() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("urll"), "{err}");
+}
+
+#[test]
+fn env_values_take_the_type_of_their_field() {
+    // A numeric-looking value for a string field stays a string; lists parse as lists.
+    let config: TestConfig = load_from_env(
+        None,
+        &Flags::default(),
+        env(&[
+            ("RETHINK_HTTP_ADDR", "1234"),
+            ("RETHINK_REDIS__URL", "[::1]:6379"),
+            ("RETHINK_TAGS", "[a, b]"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(config.http_addr, "1234");
+    assert_eq!(config.redis.url.as_deref(), Some("[::1]:6379"));
+    assert_eq!(config.tags, ["a", "b"]);
 }
 
 #[test]
