@@ -64,6 +64,9 @@ pub struct ApiKeyRecord {
 #[derive(Clone)]
 pub struct UserStore {
     kv: Arc<dyn KvStore>,
+    /// Bounds concurrent argon2 work (about 19 MiB and tens of ms each), so a flood of logins
+    /// queues instead of exhausting memory and the blocking pool.
+    hashing: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for UserStore {
@@ -147,7 +150,27 @@ fn secret_digest(secret: &str) -> String {
 impl UserStore {
     /// Returns a store over `kv`.
     pub fn new(kv: Arc<dyn KvStore>) -> Self {
-        Self { kv }
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            kv,
+            hashing: Arc::new(tokio::sync::Semaphore::new(cpus * 2)),
+        }
+    }
+
+    async fn hash(&self, password: &str) -> Result<String, AuthError> {
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|e| AuthError::Internal(format!("hashing permits: {e}")))?;
+        hash_password(password.to_string()).await
+    }
+
+    async fn verify(&self, password: &str, hash: String) -> bool {
+        let Ok(_permit) = self.hashing.acquire().await else {
+            return false;
+        };
+        verify_password(password.to_string(), hash).await
     }
 
     /// Creates a user; fails with [`AuthError::UserExists`] when the name is taken.
@@ -168,7 +191,7 @@ impl UserStore {
             .take(128)
             .collect();
         let record = UserRecord {
-            password_hash: hash_password(password.to_string()).await?,
+            password_hash: self.hash(password).await?,
             username,
             display_name,
             grants,
@@ -200,10 +223,14 @@ impl UserStore {
             return Err(AuthError::InvalidCredentials);
         }
         let user = self.get(username).await?;
-        let hash = user
-            .as_ref()
-            .map_or_else(|| DUMMY_HASH.clone(), |u| u.password_hash.clone());
-        let ok = verify_password(password.to_string(), hash).await;
+        let hash = match &user {
+            Some(user) => user.password_hash.clone(),
+            // The first use computes the dummy hash: keep that off the async threads.
+            None => tokio::task::spawn_blocking(|| DUMMY_HASH.clone())
+                .await
+                .unwrap_or_default(),
+        };
+        let ok = self.verify(password, hash).await;
         match user {
             Some(user) if ok => Ok(user),
             _ => Err(AuthError::InvalidCredentials),
@@ -219,7 +246,7 @@ impl UserStore {
     /// Replaces a user's password.
     pub async fn set_password(&self, username: &str, password: &str) -> Result<(), AuthError> {
         check_password(password)?;
-        let hash = hash_password(password.to_string()).await?;
+        let hash = self.hash(password).await?;
         let username = normalize_username(username)?;
         let key = format!("{USER_PREFIX}{username}");
         // Compare-and-swap so a concurrent grant change is not overwritten.
