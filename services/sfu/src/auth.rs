@@ -1,8 +1,9 @@
 //! Who may call the SFU: every gRPC call carries `authorization: Bearer <token>`, verified
 //! against the auth service's keys. The SFU is driven by services, so the token must be a
-//! service token: `admin`, or `rooms.admin` covering the room the call is about.
+//! service token: `admin`, or `rooms.admin` covering the room the call is about. WHIP/WHEP
+//! requests may also use a user token with `rooms.publish` / `rooms.subscribe` for the room.
 
-use rethink_common::token::{Claims, TokenVerifier, bearer_from_metadata};
+use rethink_common::token::{Claims, TokenVerifier, bearer_from_metadata, bearer_from_parts};
 
 use crate::error::SfuError;
 
@@ -22,23 +23,62 @@ impl Authorizer {
         metadata: &tonic::metadata::MetadataMap,
         room: Option<&str>,
     ) -> Result<(), SfuError> {
-        let Self::Tokens(verifier) = self else {
+        match self.claims(bearer_from_metadata(metadata)).await? {
+            Some(claims) => allowed(&claims, room),
+            None => Ok(()),
+        }
+    }
+
+    /// Verifies an HTTP request's token (WHIP/WHEP) and that it may publish (`publish`) or
+    /// receive media in `room`. Service tokens (`rooms.admin`) may do both.
+    pub async fn check_media(
+        &self,
+        parts: &http::request::Parts,
+        room: &str,
+        publish: bool,
+    ) -> Result<(), SfuError> {
+        let Some(claims) = self.claims(bearer_from_parts(parts)).await? else {
             return Ok(());
         };
-        let token = bearer_from_metadata(metadata).ok_or_else(|| {
-            SfuError::Unauthenticated("missing `authorization: Bearer <token>` metadata".into())
+        if allowed(&claims, Some(room)).is_ok() {
+            return Ok(());
+        }
+        let rooms = &claims.grants.rooms;
+        let granted = if publish {
+            rooms.publish
+        } else {
+            rooms.subscribe
+        };
+        if granted && claims.grants.covers_room(room) {
+            Ok(())
+        } else {
+            Err(SfuError::PermissionDenied(format!(
+                "token of {:?} lacks `rooms.{}` for room {room:?}",
+                claims.sub,
+                if publish { "publish" } else { "subscribe" }
+            )))
+        }
+    }
+
+    /// Verifies `token`; `None` when checks are disabled.
+    async fn claims(&self, token: Option<&str>) -> Result<Option<Claims>, SfuError> {
+        let Self::Tokens(verifier) = self else {
+            return Ok(None);
+        };
+        let token = token.ok_or_else(|| {
+            SfuError::Unauthenticated("missing `authorization: Bearer <token>`".into())
         })?;
-        let claims = verifier.verify(token).await.map_err(|error| {
+        verifier.verify(token).await.map(Some).map_err(|error| {
             use rethink_common::token::TokenError;
             match error {
                 TokenError::KeysUnavailable(reason) => SfuError::AuthUnavailable(reason),
                 other => SfuError::Unauthenticated(other.to_string()),
             }
-        })?;
-        allowed(&claims, room)
+        })
     }
 }
 
+/// A service token: `admin`, or `rooms.admin` covering `room`.
 fn allowed(claims: &Claims, room: Option<&str>) -> Result<(), SfuError> {
     let grants = &claims.grants;
     if grants.admin {

@@ -9,6 +9,9 @@ pub enum SfuError {
     /// A request field is missing, too long or malformed.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// An HTTP body of the wrong content type.
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(String),
     /// The SDP offer or answer could not be used.
     #[error("bad sdp: {0}")]
     BadSdp(String),
@@ -68,7 +71,9 @@ impl SfuError {
     pub fn grpc_code(&self) -> tonic::Code {
         use tonic::Code;
         match self {
-            Self::InvalidArgument(_) | Self::BadSdp(_) => Code::InvalidArgument,
+            Self::InvalidArgument(_) | Self::BadSdp(_) | Self::UnsupportedMediaType(_) => {
+                Code::InvalidArgument
+            }
             Self::RoomExists(_) | Self::ParticipantExists { .. } => Code::AlreadyExists,
             Self::RoomNotFound(_) | Self::ParticipantNotFound { .. } | Self::TrackNotFound(_) => {
                 Code::NotFound
@@ -86,6 +91,7 @@ impl SfuError {
     pub fn http_status(&self) -> StatusCode {
         match self {
             Self::InvalidArgument(_) | Self::BadSdp(_) => StatusCode::BAD_REQUEST,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RoomExists(_) | Self::ParticipantExists { .. } => StatusCode::CONFLICT,
             Self::RoomNotFound(_) | Self::ParticipantNotFound { .. } | Self::TrackNotFound(_) => {
                 StatusCode::NOT_FOUND

@@ -179,6 +179,7 @@ pub struct Node {
     node_id: String,
     driver: driver::DriverHandle,
     service: service::SfuService,
+    auth: auth::Authorizer,
     health: Health,
     draining: watch::Sender<bool>,
     stop_heartbeat: Shutdown,
@@ -257,11 +258,12 @@ impl Node {
             draining_rx,
             stop_heartbeat.clone(),
         ));
-        let service = service::SfuService::new(driver.clone(), deps.auth, node_id.clone());
+        let service = service::SfuService::new(driver.clone(), deps.auth.clone(), node_id.clone());
         Ok(Self {
             node_id,
             driver,
             service,
+            auth: deps.auth,
             health: Health::new(),
             draining,
             stop_heartbeat,
@@ -287,9 +289,9 @@ impl Node {
         SfuServer::new(self.service.clone()).max_decoding_message_size(MAX_GRPC_MESSAGE)
     }
 
-    /// Returns the node's HTTP routes without the ops endpoints (WHIP/WHEP, when enabled).
+    /// Returns the node's HTTP routes without the ops endpoints (WHIP).
     pub fn router(&self) -> axum::Router {
-        http::routes()
+        http::routes(self.driver.clone(), self.auth.clone())
     }
 
     /// Drains: not ready, `draining` in the heartbeat, no new rooms; returns once no
