@@ -5,7 +5,7 @@
 //! [`FrameError`] that knows which response to send, so a bad frame costs the sender one error
 //! response and the connection stays usable. `docs/protocol.md` is the public description.
 
-use std::fmt;
+use std::{collections::BTreeMap, fmt};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -14,6 +14,10 @@ use serde_json::{Map, Value, json};
 pub const MAX_ADDRESS_LEN: usize = 512;
 /// Longest accepted string `id`, in bytes.
 pub const MAX_ID_LEN: usize = 128;
+/// Most entries of a `trace` map, and the longest value.
+pub const MAX_TRACE_ENTRIES: usize = 4;
+/// Longest value in a `trace` map, in bytes.
+pub const MAX_TRACE_VALUE_LEN: usize = 512;
 
 /// The client-chosen id of a message, echoed in its response: an integer or a string.
 ///
@@ -111,6 +115,10 @@ pub struct Envelope {
     /// Free-form JSON payload; for responses `{"code", "value"|"description"}`.
     #[serde(default)]
     pub body: Value,
+    /// Optional W3C trace context (`traceparent`, `tracestate`), forwarded unchanged; the node
+    /// records its handling of the message as a span of that trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<BTreeMap<String, String>>,
 }
 
 impl Envelope {
@@ -128,6 +136,7 @@ impl Envelope {
             from: from.into(),
             to: to.into(),
             body,
+            trace: None,
         }
     }
 
@@ -149,6 +158,7 @@ impl Envelope {
             from: self.to.clone(),
             to: self.from.clone(),
             body,
+            trace: None,
         }
     }
 
@@ -201,6 +211,7 @@ impl FrameError {
             from: self.to.clone().unwrap_or_else(|| node.to_owned()),
             to: self.from.clone().unwrap_or_else(|| peer.to_owned()),
             body: json!({ "code": self.code, "description": self.description }),
+            trace: None,
         }
     }
 }
@@ -249,13 +260,40 @@ pub fn parse_frame(text: &str, max_bytes: usize) -> Result<Envelope, FrameError>
     let from = read_address(&object, "from")?;
     let to = read_address(&object, "to")?;
     let body = object.get("body").cloned().unwrap_or(Value::Null);
+    let trace = match object.get("trace") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(read_trace(v).ok_or_else(|| {
+            bad(
+                &object,
+                format!(
+                    "'trace' must be an object of at most {MAX_TRACE_ENTRIES} strings                      (W3C traceparent, tracestate) of at most {MAX_TRACE_VALUE_LEN} bytes"
+                ),
+            )
+        })?),
+    };
     Ok(Envelope {
         id,
         kind,
         from,
         to,
         body,
+        trace,
     })
+}
+
+fn read_trace(value: &Value) -> Option<BTreeMap<String, String>> {
+    let map = value.as_object()?;
+    if map.len() > MAX_TRACE_ENTRIES {
+        return None;
+    }
+    map.iter()
+        .map(|(k, v)| match v {
+            Value::String(s) if s.len() <= MAX_TRACE_VALUE_LEN && k.len() <= 64 => {
+                Some((k.clone(), s.clone()))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 fn read_id(value: &Value) -> Option<MessageId> {
@@ -340,6 +378,27 @@ mod tests {
         assert_eq!(e.kind, MessageType::Create);
         assert_eq!((e.from.as_str(), e.to.as_str()), ("a", "b"));
         assert_eq!(e.body, json!({"x": 1}));
+    }
+
+    #[test]
+    fn trace_context_is_kept_and_checked() {
+        let e = parse_frame(
+            r#"{"id":1,"type":"forward","from":"a","to":"b","trace":{"traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}}"#,
+            MAX,
+        )
+        .unwrap();
+        assert!(e.to_json().contains("traceparent"));
+        assert_eq!(parse_frame(&e.to_json(), MAX).unwrap(), e);
+        let bad = parse_frame(
+            r#"{"id":1,"type":"forward","from":"a","to":"b","trace":{"x":1}}"#,
+            MAX,
+        );
+        assert_eq!(bad.unwrap_err().code, 400);
+        assert!(
+            !Envelope::new(MessageId::Int(1), MessageType::Read, "a", "b", Value::Null)
+                .to_json()
+                .contains("trace")
+        );
     }
 
     #[test]

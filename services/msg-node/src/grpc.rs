@@ -144,6 +144,11 @@ pub fn to_proto(envelope: &Envelope) -> pb::Envelope {
         } else {
             envelope.body.to_string()
         },
+        trace: envelope
+            .trace
+            .as_ref()
+            .map(|t| t.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default(),
     }
 }
 
@@ -178,6 +183,14 @@ pub fn from_proto(message: &pb::Envelope) -> Result<String, FrameError> {
         })?;
         map.insert("body".into(), body);
     }
+    if !message.trace.is_empty() {
+        let trace: Map<String, Value> = message
+            .trace
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::from(v.clone())))
+            .collect();
+        map.insert("trace".into(), Value::Object(trace));
+    }
     Ok(Value::Object(map).to_string())
 }
 
@@ -190,7 +203,8 @@ mod tests {
     #[test]
     fn proto_round_trip_keeps_id_types() {
         for id in [MessageId::Int(5), MessageId::Str("x".into())] {
-            let e = Envelope::new(id, MessageType::Execute, "a", "b", json!({"k": 1}));
+            let mut e = Envelope::new(id, MessageType::Execute, "a", "b", json!({"k": 1}));
+            e.trace = Some([("traceparent".to_owned(), "00-x-y-01".to_owned())].into());
             let back = parse_frame(&from_proto(&to_proto(&e)).unwrap(), 1 << 16).unwrap();
             assert_eq!(back, e);
         }
@@ -204,6 +218,7 @@ mod tests {
             from: "a".into(),
             to: "b".into(),
             body: "{oops".into(),
+            ..pb::Envelope::default()
         };
         let e = from_proto(&m).unwrap_err();
         assert_eq!(e.code, 400);

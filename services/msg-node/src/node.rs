@@ -25,11 +25,13 @@ use rethink_common::{
     bus::{EventBus, topics},
     kv::KvStore,
     lifecycle::Shutdown,
+    telemetry::propagation,
     token::{Claims, TokenVerifier, decode_revocation},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use crate::{
     address::{self, Domain},
@@ -339,6 +341,31 @@ impl Node {
     /// included) are queued to the session.
     pub async fn handle(self: &Arc<Self>, session: &Arc<Session>, envelope: Envelope, size: usize) {
         metrics::counter!("msgnode_messages_total", "type" => envelope.kind.as_str()).increment(1);
+        // A message that carries trace context is recorded as a span of that trace; others
+        // only at debug level, so untraced traffic costs next to nothing.
+        let span = match &envelope.trace {
+            Some(trace) => {
+                let span = tracing::info_span!("msgnode.message", r#type = %envelope.kind, to = %envelope.to, identity = %session.identity.name);
+                let map: HashMap<String, String> =
+                    trace.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                propagation::set_parent(&span, propagation::extract_map(&map));
+                span
+            }
+            None => {
+                tracing::debug_span!("msgnode.message", r#type = %envelope.kind, to = %envelope.to)
+            }
+        };
+        self.handle_in_span(session, envelope, size)
+            .instrument(span)
+            .await;
+    }
+
+    async fn handle_in_span(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        envelope: Envelope,
+        size: usize,
+    ) {
         let is_response = envelope.kind == MessageType::Response;
         let reply = match self.dispatch(session, &envelope, size).await {
             Ok(Some(reply)) => reply,

@@ -48,6 +48,7 @@ fn envelope(id: i64, kind: &str, from: &str, to: &str, body: Value) -> PbEnvelop
         from: from.into(),
         to: to.into(),
         body: body.to_string(),
+        ..PbEnvelope::default()
     }
 }
 
@@ -115,6 +116,7 @@ async fn a_service_registers_a_well_known_address_and_talks_with_a_browser() -> 
             from: "hyperty://localhost/conference".into(),
             to: me.clone(),
             body: json!({"code": 200, "value": {"room": "r1"}}).to_string(),
+            ..PbEnvelope::default()
         })
         .await?;
     let reply = alice.response_to(&json!("join-1")).await?;

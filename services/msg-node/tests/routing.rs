@@ -43,7 +43,8 @@ async fn clients_on_two_replicas_exchange_messages() -> Result<()> {
     // alice -> bob arrives unchanged; bob's response comes back to alice.
     let hello = json!({
         "id": "m1", "type": "execute", "from": alice_h, "to": bob_h,
-        "body": {"method": "hello", "params": [1, "two", {"three": 3.5}]}
+        "body": {"method": "hello", "params": [1, "two", {"three": 3.5}]},
+        "trace": {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
     });
     alice.send(&hello).await?;
     let got = bob.recv().await?;
