@@ -379,7 +379,12 @@ impl SfuCore {
             if !t.is_simulcast() || out.kind.is_audio() {
                 continue;
             }
-            let layers = t.sorted_layers();
+            let mut layers = t.sorted_layers();
+            // A layer the publisher paused (CPU or uplink limits) has no bitrate: never aim
+            // at it while another layer is flowing, its keyframe would never come.
+            if layers.iter().any(|l| l.bitrate_bps > 0) {
+                layers.retain(|l| l.bitrate_bps > 0);
+            }
             let Some(choice) = choose_layer(&layers, budget, out.layer.current) else {
                 continue;
             };

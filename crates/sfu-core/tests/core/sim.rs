@@ -101,6 +101,8 @@ pub struct Source {
     /// Layers that must send a keyframe next.
     pub keyframe_due: HashSet<Option<Rid>>,
     pub keyframes_sent: u32,
+    /// Layer indexes the publisher stopped sending.
+    pub paused: HashSet<usize>,
 }
 
 /// A frame a peer received.
@@ -304,6 +306,9 @@ impl Peer {
                     str0m::media::Frequency::new(clock as u32).unwrap(),
                 );
                 for (li, (rid, size)) in s.spec.layers.iter().enumerate() {
+                    if s.paused.contains(&li) {
+                        continue;
+                    }
                     let rid: Option<Rid> = rid.map(Rid::from);
                     let key = s.spec.kind.is_video() && (no == 0 || s.keyframe_due.remove(&rid));
                     if key {
@@ -459,6 +464,7 @@ impl Sim {
                 frame_no: 0,
                 keyframe_due: HashSet::new(),
                 keyframes_sent: 0,
+                paused: HashSet::new(),
             });
         }
         // A peer without sources still needs something to offer.
@@ -743,6 +749,7 @@ impl Sim {
             frame_no: 0,
             keyframe_due: HashSet::new(),
             keyframes_sent: 0,
+            paused: HashSet::new(),
         });
         self.drain();
         Ok(mid)

@@ -102,3 +102,25 @@ fn layer_follows_the_estimate_and_switches_on_keyframes() {
         "layer rates {rates:?}"
     );
 }
+
+#[test]
+fn a_paused_layer_is_left_for_the_next_one() {
+    let mut sim = Sim::new(4);
+    sim.core.create_room("r").unwrap();
+    let alice = sim.add_peer("alice", &[SourceSpec::simulcast(&LAYERS)]);
+    let bob = sim.add_peer("bob", &[]);
+    sim.join(alice, "r").unwrap();
+    sim.join(bob, "r").unwrap();
+    sim.connect_all();
+    sim.run_for(Duration::from_secs(2));
+    let track = sim.tracks_of("alice")[0].clone();
+    assert_eq!(layer_of_last_frame(&sim, "bob", &track), Some(2));
+    // The publisher's encoder drops its top layer.
+    sim.peer_mut("alice").sources[0].paused.insert(2);
+    let end = sim.now + Duration::from_secs(3);
+    assert!(sim.run_until(end, |s| layer_of_last_frame(s, "bob", &track) == Some(1)));
+    let mid = sim.peer("bob").mid_of(&track).unwrap();
+    let frames = sim.peer("bob").frames_from(mid);
+    let first_h = frames.iter().position(|f| f.layer() == 1).unwrap();
+    assert!(frames[first_h].keyframe);
+}
