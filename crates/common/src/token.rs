@@ -207,6 +207,27 @@ impl Grants {
             .is_none_or(|names| names.iter().any(|n| n == room))
     }
 
+    /// Returns true when the bearer may join `room` (join grant, and the room is covered).
+    pub fn may_join(&self, room: &str) -> bool {
+        self.rooms.join && self.covers_room(room)
+    }
+
+    /// Returns true when the bearer may publish media into `room`.
+    pub fn may_publish(&self, room: &str) -> bool {
+        self.rooms.publish && self.covers_room(room)
+    }
+
+    /// Returns true when the bearer may receive media from `room`.
+    pub fn may_subscribe(&self, room: &str) -> bool {
+        self.rooms.subscribe && self.covers_room(room)
+    }
+
+    /// Returns true when the bearer may administer `room` (create, close, remove participants);
+    /// the global admin grant counts too.
+    pub fn may_admin_room(&self, room: &str) -> bool {
+        self.admin || (self.rooms.admin && self.covers_room(room))
+    }
+
     // Intersection with "everything" keeps values but drops duplicate room names, so compare
     // against the same normal form.
     fn normalized(&self) -> Grants {
@@ -873,6 +894,18 @@ pub fn bearer_from_parts(parts: &Parts) -> Option<&str> {
     })
 }
 
+/// Sets `authorization: Bearer <token>` on outgoing gRPC metadata (clients of other services).
+pub fn insert_bearer(
+    metadata: &mut tonic::metadata::MetadataMap,
+    token: &str,
+) -> Result<(), TokenError> {
+    let value = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| TokenError::Malformed("token is not valid header text".into()))?;
+    metadata.insert("authorization", value);
+    Ok(())
+}
+
 /// Returns the token of `authorization: Bearer <token>` gRPC metadata.
 pub fn bearer_from_metadata(metadata: &tonic::metadata::MetadataMap) -> Option<&str> {
     metadata
@@ -936,6 +969,18 @@ mod tests {
             assert_eq!(g.to_string().parse::<Grants>().unwrap(), g, "{text}");
         }
         assert!("rooms.fly".parse::<Grants>().is_err());
+    }
+
+    #[test]
+    fn room_checks_respect_names() {
+        let g: Grants = "rooms.join,rooms.publish,room=a".parse().unwrap();
+        assert!(g.may_join("a") && g.may_publish("a") && !g.may_subscribe("a"));
+        assert!(!g.may_join("b") && !g.may_admin_room("a"));
+        assert!(Grants::all().may_admin_room("any"));
+        let mut md = tonic::metadata::MetadataMap::new();
+        insert_bearer(&mut md, "abc").unwrap();
+        assert_eq!(bearer_from_metadata(&md), Some("abc"));
+        assert!(insert_bearer(&mut md, "a\nb").is_err());
     }
 
     #[test]
