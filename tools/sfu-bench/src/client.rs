@@ -28,13 +28,21 @@ pub struct Pending {
     pub offer: String,
 }
 
-/// What one subscriber saw: one record per received frame.
+/// What one subscriber saw.
 #[derive(Default)]
 pub struct Received {
-    /// (frame number, latency in µs, RTP packets in the frame).
+    /// One record per frame whose stamped packet arrived: (frame number, latency of the
+    /// stamped first packet in µs, latency of the frame's last packet in µs or `u32::MAX`
+    /// when the marker packet never came).
     pub frames: Mutex<Vec<(u64, u32, u32)>>,
-    /// Set once the first frame arrived.
-    pub first_frame: AtomicBool,
+    /// Set once the first media packet arrived.
+    pub first_packet: AtomicBool,
+    /// RTP media packets received (retransmissions included).
+    pub packets: AtomicU64,
+    /// Highest extended RTP sequence number seen.
+    pub max_seq: AtomicU64,
+    /// UDP datagrams received (RTP, RTX, padding, RTCP, STUN).
+    pub datagrams: AtomicU64,
 }
 
 /// What the publisher did.
@@ -48,13 +56,16 @@ pub struct Sent {
     pub keyframe_requests: AtomicU64,
 }
 
-/// Builds a client with one video m-line in `direction`, bound on loopback.
-pub async fn new_client(direction: Direction) -> anyhow::Result<Pending> {
+/// Builds a client with one video m-line in `direction`, bound on loopback. In RTP mode the
+/// client sees every RTP packet instead of reassembled frames (subscribers use it to count
+/// packets and time the first packet of each frame).
+pub async fn new_client(direction: Direction, rtp_mode: bool) -> anyhow::Result<Pending> {
     let socket = UdpSocket::bind("127.0.0.1:0").await?;
     let local = socket.local_addr()?;
     let mut rtc = RtcConfig::new()
         .clear_codecs()
         .enable_h264(true)
+        .set_rtp_mode(rtp_mode)
         .build(Instant::now());
     rtc.add_local_candidate(Candidate::host(local, "udp")?);
     let mut api = rtc.sdp_api();
@@ -149,20 +160,39 @@ pub async fn run_subscriber(
 ) -> anyhow::Result<()> {
     let (mut session, _mid) = pending.accept(&answer, offers, answers)?;
     let mut buf = vec![0u8; 2048];
+    // RTP timestamp of a frame whose stamped packet arrived → (frame number, sent, first latency).
+    let mut open_frames: std::collections::VecDeque<(u32, u64, u64, u32)> = Default::default();
     while !stop.load(Ordering::Relaxed) {
         let timeout = session
             .flush(|event| {
-                if let Event::MediaData(data) = event {
-                    let arrived = media::now_nanos();
-                    if let Some((seq, sent)) = media::read_stamp(&data.data) {
-                        let packets =
-                            (**data.seq_range.end()).saturating_sub(**data.seq_range.start()) + 1;
-                        let latency_us = arrived.saturating_sub(sent) / 1_000;
-                        received.first_frame.store(true, Ordering::Relaxed);
-                        if let Ok(mut frames) = received.frames.lock() {
-                            frames.push((seq, latency_us as u32, packets as u32));
-                        }
+                let Event::RtpPacket(packet) = event else {
+                    return;
+                };
+                let arrived = media::now_nanos();
+                received.first_packet.store(true, Ordering::Relaxed);
+                received.packets.fetch_add(1, Ordering::Relaxed);
+                received
+                    .max_seq
+                    .fetch_max(*packet.seq_no, Ordering::Relaxed);
+                let rtp_time = packet.header.timestamp;
+                if let Some((seq, sent)) = media::read_stamp(&packet.payload) {
+                    let first_us = (arrived.saturating_sub(sent) / 1_000) as u32;
+                    open_frames.push_back((rtp_time, seq, sent, first_us));
+                    // A frame whose marker packet never came is recorded without its end.
+                    if open_frames.len() > 8
+                        && let Some((_, seq, _, first_us)) = open_frames.pop_front()
+                        && let Ok(mut frames) = received.frames.lock()
+                    {
+                        frames.push((seq, first_us, u32::MAX));
                     }
+                }
+                if packet.header.marker
+                    && let Some(at) = open_frames.iter().position(|f| f.0 == rtp_time)
+                    && let Some((_, seq, sent, first_us)) = open_frames.remove(at)
+                    && let Ok(mut frames) = received.frames.lock()
+                {
+                    let last_us = (arrived.saturating_sub(sent) / 1_000) as u32;
+                    frames.push((seq, first_us, last_us));
                 }
             })
             .await?;
@@ -171,6 +201,7 @@ pub async fn run_subscriber(
         tokio::select! {
             got = session.socket.recv_from(&mut buf) => {
                 if let Ok((len, source)) = got {
+                    received.datagrams.fetch_add(1, Ordering::Relaxed);
                     session.receive(&buf[..len], source);
                 }
             }

@@ -108,7 +108,7 @@ async fn main() -> anyhow::Result<()> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(Sent::default());
-    let pending = client::new_client(Direction::SendOnly).await?;
+    let pending = client::new_client(Direction::SendOnly, false).await?;
     let offer = pending.offer.clone();
     let (answer, offers, answers) =
         signal::join(&channels.next().await?, ROOM, "publisher", offer).await?;
@@ -129,9 +129,9 @@ async fn main() -> anyhow::Result<()> {
 
     println!();
     println!(
-        "| subscribers | frame loss % | forwarded pkt/s | SFU CPU % | SFU µs/pkt | latency p50 ms | p99 ms | max ms | bench CPU % |"
+        "| subscribers | packet loss % | frame loss % | RTP pkt/s out | datagrams/s out | SFU CPU % | SFU µs/RTP pkt | SFU µs/datagram | 1st pkt p50 ms | 1st pkt p99 ms | frame p50 ms | frame p99 ms | bench CPU % |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut subscribers: Vec<Subscriber> = Vec::new();
     let mut best_under_1 = None;
     for &target in &args.subscribers {
@@ -143,7 +143,7 @@ async fn main() -> anyhow::Result<()> {
                 let client = channels.next().await?;
                 let stop = Arc::clone(&stop);
                 joins.push(tokio::spawn(async move {
-                    let pending = client::new_client(Direction::RecvOnly).await?;
+                    let pending = client::new_client(Direction::RecvOnly, true).await?;
                     let offer = pending.offer.clone();
                     let name = format!("sub-{id}");
                     let (answer, offers, answers) =
@@ -170,14 +170,14 @@ async fn main() -> anyhow::Result<()> {
             || {
                 subscribers
                     .iter()
-                    .all(|s| s.received.first_frame.load(Ordering::Relaxed))
+                    .all(|s| s.received.first_packet.load(Ordering::Relaxed))
             },
         )
         .await;
         if let Err(error) = waited {
             let silent = subscribers
                 .iter()
-                .filter(|s| !s.received.first_frame.load(Ordering::Relaxed))
+                .filter(|s| !s.received.first_packet.load(Ordering::Relaxed))
                 .count();
             eprintln!("{error}: {silent} of {} subscribers got no frame", target);
         }
@@ -187,41 +187,58 @@ async fn main() -> anyhow::Result<()> {
             s.received.frames.lock().map(|mut f| f.clear()).ok();
         }
         let first = sent.next_frame.load(Ordering::Relaxed);
+        let counters0 = Counters::read(&subscribers);
         let (cpu0, own0, t0) = (sfu.cpu_time()?, sfu::own_cpu_time()?, Instant::now());
         tokio::time::sleep(Duration::from_secs(args.window_secs)).await;
         let last = sent.next_frame.load(Ordering::Relaxed);
+        let counters1 = Counters::read(&subscribers);
         let (cpu1, own1, t1) = (sfu.cpu_time()?, sfu::own_cpu_time()?, Instant::now());
         // Frames still in flight at the end of the window get a moment to arrive.
         tokio::time::sleep(Duration::from_millis(500)).await;
 
-        let row = measure(&subscribers, first, last);
+        let mut row = measure(&subscribers, first, last);
+        let estimates = subscriber_estimates(&mut channels).await;
         let wall = (t1 - t0).as_secs_f64();
         let sfu_cpu = (cpu1 - cpu0).as_secs_f64();
         let own_cpu = (own1 - own0).as_secs_f64();
-        let expected = (last - first) as f64 * target as f64;
-        let loss = 100.0 * (1.0 - row.frames as f64 / expected.max(1.0));
+        let packets = counters1.packets - counters0.packets;
+        let expected = counters1.expected - counters0.expected;
+        let datagrams = counters1.datagrams - counters0.datagrams;
+        let loss = 100.0 * (1.0 - packets as f64 / expected.max(1) as f64).max(0.0);
+        let frames_expected = (last - first) * target as u64;
+        let frame_loss = 100.0 * (1.0 - row.frames as f64 / frames_expected.max(1) as f64);
         println!(
-            "| {target} | {loss:.2} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} |",
-            row.packets as f64 / wall,
+            "| {target} | {loss:.2} | {frame_loss:.2} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} |",
+            packets as f64 / wall,
+            datagrams as f64 / wall,
             100.0 * sfu_cpu / wall,
-            sfu_cpu * 1e6 / (row.packets.max(1) as f64),
-            row.percentile_ms(0.50),
-            row.percentile_ms(0.99),
-            row.percentile_ms(1.0),
+            sfu_cpu * 1e6 / (packets.max(1) as f64),
+            sfu_cpu * 1e6 / (datagrams.max(1) as f64),
+            percentile_ms(&mut row.first_us, 0.50),
+            percentile_ms(&mut row.first_us, 0.99),
+            percentile_ms(&mut row.last_us, 0.50),
+            percentile_ms(&mut row.last_us, 0.99),
             100.0 * own_cpu / wall,
         );
-        if loss < 1.0 {
+        if let Some((min, mean)) = estimates {
+            eprintln!(
+                "  N={target}: SFU bandwidth estimate per subscriber: min {:.2} / mean {:.2} Mbit/s",
+                min / 1e6,
+                mean / 1e6
+            );
+        }
+        if loss < 1.0 && frame_loss < 1.0 {
             best_under_1 = Some(target);
         }
-        if loss > args.stop_loss_percent {
+        if loss.max(frame_loss) > args.stop_loss_percent {
             println!("(stopping: loss above {}%)", args.stop_loss_percent);
             break;
         }
     }
     println!();
     match best_under_1 {
-        Some(n) => println!("max subscribers measured with < 1% frame loss: {n}"),
-        None => println!("no step stayed under 1% frame loss"),
+        Some(n) => println!("max subscribers measured with < 1% packet and frame loss: {n}"),
+        None => println!("no step stayed under 1% loss"),
     }
     println!(
         "publisher keyframe requests received: {}",
@@ -231,45 +248,87 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Totals of one window.
-struct Row {
-    frames: u64,
-    packets: u64,
-    latencies_us: Vec<u32>,
+/// The SFU's downlink bandwidth estimates of the subscribers (min, mean), from room stats.
+async fn subscriber_estimates(channels: &mut Channels) -> Option<(f64, f64)> {
+    let mut client = channels.next().await.ok()?;
+    let stats = client
+        .get_room_stats(rethink_proto::v1::SfuGetRoomStatsRequest { room: ROOM.into() })
+        .await
+        .ok()?
+        .into_inner();
+    let estimates: Vec<f64> = stats
+        .participant_stats
+        .iter()
+        .filter(|p| p.participant.starts_with("sub-") && p.estimated_bps > 0)
+        .map(|p| p.estimated_bps as f64)
+        .collect();
+    let min = estimates.iter().copied().fold(f64::INFINITY, f64::min);
+    (!estimates.is_empty()).then(|| (min, estimates.iter().sum::<f64>() / estimates.len() as f64))
 }
 
-impl Row {
-    fn percentile_ms(&self, p: f64) -> f64 {
-        if self.latencies_us.is_empty() {
-            return f64::NAN;
+/// Sums of the subscribers' counters at one instant.
+struct Counters {
+    packets: u64,
+    /// Sum of the highest sequence numbers: its growth is the number of packets sent.
+    expected: u64,
+    datagrams: u64,
+}
+
+impl Counters {
+    fn read(subscribers: &[Subscriber]) -> Self {
+        let mut c = Counters {
+            packets: 0,
+            expected: 0,
+            datagrams: 0,
+        };
+        for s in subscribers {
+            c.packets += s.received.packets.load(Ordering::Relaxed);
+            c.expected += s.received.max_seq.load(Ordering::Relaxed);
+            c.datagrams += s.received.datagrams.load(Ordering::Relaxed);
         }
-        let index = ((self.latencies_us.len() - 1) as f64 * p).round() as usize;
-        self.latencies_us[index] as f64 / 1000.0
+        c
     }
 }
 
-/// Counts, per subscriber, the distinct frames numbered `first..last` it received, their RTP
-/// packets and latencies.
+/// Frame records of one window.
+struct Row {
+    frames: u64,
+    first_us: Vec<u32>,
+    last_us: Vec<u32>,
+}
+
+fn percentile_ms(samples: &mut [u32], p: f64) -> f64 {
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    samples.sort_unstable();
+    let index = ((samples.len() - 1) as f64 * p).round() as usize;
+    samples[index] as f64 / 1000.0
+}
+
+/// Collects, per subscriber, the distinct frames numbered `first..last` whose stamped packet
+/// arrived, with their latencies.
 fn measure(subscribers: &[Subscriber], first: u64, last: u64) -> Row {
     let mut row = Row {
         frames: 0,
-        packets: 0,
-        latencies_us: Vec::new(),
+        first_us: Vec::new(),
+        last_us: Vec::new(),
     };
     for s in subscribers {
         let Ok(frames) = s.received.frames.lock() else {
             continue;
         };
         let mut seen = std::collections::HashSet::new();
-        for &(seq, latency, packets) in frames.iter() {
+        for &(seq, first_us, last_us) in frames.iter() {
             if seq >= first && seq < last && seen.insert(seq) {
                 row.frames += 1;
-                row.packets += u64::from(packets);
-                row.latencies_us.push(latency);
+                row.first_us.push(first_us);
+                if last_us != u32::MAX {
+                    row.last_us.push(last_us);
+                }
             }
         }
     }
-    row.latencies_us.sort_unstable();
     row
 }
 

@@ -41,13 +41,33 @@ pub struct VideoLoop {
 }
 
 impl VideoLoop {
-    /// Encodes `frames` frames of a noisy moving pattern at `width`x`height`.
+    /// Encodes `frames` frames of a noisy moving pattern at `width`x`height`, lowering the noise
+    /// until the loop's bitrate is at most 10% above `bitrate_bps` (openh264's rate control
+    /// cannot hold a target on pure noise without skipping frames).
     pub fn encode(
         width: usize,
         height: usize,
         fps: u32,
         bitrate_bps: u32,
         frames: usize,
+    ) -> anyhow::Result<Self> {
+        let mut shift = 27;
+        loop {
+            let video = Self::encode_with_noise(width, height, fps, bitrate_bps, frames, shift)?;
+            if video.bitrate_bps <= u64::from(bitrate_bps) * 11 / 10 || shift >= 31 {
+                return Ok(video);
+            }
+            shift += 1;
+        }
+    }
+
+    fn encode_with_noise(
+        width: usize,
+        height: usize,
+        fps: u32,
+        bitrate_bps: u32,
+        frames: usize,
+        noise_shift: u32,
     ) -> anyhow::Result<Self> {
         let config = EncoderConfig::new()
             .bitrate(BitRate::from_bps(bitrate_bps))
@@ -65,8 +85,8 @@ impl VideoLoop {
                 noise ^= noise << 13;
                 noise ^= noise >> 17;
                 noise ^= noise << 5;
-                let base = ((i % width) + (i / width) + t * 4) as u8;
-                *px = base.wrapping_add((noise >> 27) as u8);
+                let base = (((i % width) + t * 2) / 4 + (i / width) / 4) as u8;
+                *px = base.wrapping_add((noise >> noise_shift) as u8);
             }
             let bitstream = encoder.encode(&YUVBuffer::from_vec(yuv, width, height))?;
             let annexb = bitstream.to_vec();
