@@ -22,6 +22,14 @@ struct Cli {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     grpc_addr: Option<SocketAddr>,
+    /// Redis URL shared by every replica (unset: in memory, one replica).
+    #[arg(long)]
+    #[serde(skip)]
+    redis_url: Option<String>,
+    /// This replica's id (unset: random).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_id: Option<String>,
     /// Domain of the addresses this node hands out.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -43,7 +51,9 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let config: MsgNodeConfig = config::load(cli.common.config.as_deref(), &cli)?;
+    let mut overrides = serde_json::to_value(&cli)?;
+    overrides["redis"] = serde_json::json!({ "url": &cli.redis_url });
+    let config: MsgNodeConfig = config::load(cli.common.config.as_deref(), &overrides)?;
     let _telemetry = telemetry::init("rethink-msg-node", cli.common.json_logs)?;
     let listeners = Listeners::bind(&config).await?;
     tracing::info!(http = %listeners.http_addr()?, grpc = %listeners.grpc_addr()?, "rethink-msg-node listening");
