@@ -272,3 +272,31 @@ async fn redis_bus_connect_fails_fast_on_a_dead_address() {
     let result = within("connect to fail", RedisBus::connect(&url)).await;
     assert!(result.is_err());
 }
+
+#[tokio::test]
+async fn redis_keepalive_pings_do_not_disturb_a_healthy_connection() {
+    let server = RedisServer::start().await.unwrap();
+    let options = rethink_common::bus::RedisBusOptions {
+        ping_interval: std::time::Duration::from_millis(10),
+    };
+    let subscriber = RedisBus::connect_with(&server.url(), options)
+        .await
+        .unwrap();
+    let publisher = RedisBus::connect(&server.url()).await.unwrap();
+    let mut sub = subscriber.subscribe(&channels(&["alive"])).await.unwrap();
+    let generation = subscriber.subscriber_generation();
+    // Let a few dozen keepalive pings happen between messages.
+    for _ in 0..5 {
+        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+        publisher
+            .publish("alive", Bytes::from_static(b"ping"))
+            .await
+            .unwrap();
+        assert_eq!(next(&mut sub).await, msg("alive", "ping"));
+    }
+    assert_eq!(
+        *generation.borrow(),
+        1,
+        "no reconnect on a healthy connection"
+    );
+}

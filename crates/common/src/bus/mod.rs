@@ -25,7 +25,7 @@ pub use self::event::{
     decode_event, decode_payload, decode_payload_named, new_event, new_event_named, publish_event,
 };
 pub use self::memory::MemoryBus;
-pub use self::redis::RedisBus;
+pub use self::redis::{RedisBus, RedisBusOptions};
 
 /// Why a bus operation failed.
 #[derive(Debug, thiserror::Error)]

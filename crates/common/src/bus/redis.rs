@@ -25,8 +25,6 @@ use super::{BusError, BusMessage, EventBus, Subscription};
 const SUBSCRIPTION_BUFFER: usize = 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// A silent network failure is detected by a ping at this interval.
-const PING_INTERVAL: Duration = Duration::from_secs(15);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const PUBLISH_ATTEMPTS: u32 = 4;
@@ -75,10 +73,31 @@ impl Drop for Unsubscriber {
     }
 }
 
+/// Tuning of a [`RedisBus`].
+#[derive(Debug, Clone)]
+pub struct RedisBusOptions {
+    /// How often the subscriber connection is pinged, so that a silently dead network path is
+    /// noticed and reconnected (default 15 s).
+    pub ping_interval: Duration,
+}
+
+impl Default for RedisBusOptions {
+    fn default() -> Self {
+        Self {
+            ping_interval: Duration::from_secs(15),
+        }
+    }
+}
+
 impl RedisBus {
     /// Connects to Redis at `url` (`redis://host:port[/db]`); fails when it is unreachable now.
     /// Later outages are handled by reconnecting.
     pub async fn connect(url: &str) -> Result<Self, BusError> {
+        Self::connect_with(url, RedisBusOptions::default()).await
+    }
+
+    /// Like [`RedisBus::connect`], with explicit options.
+    pub async fn connect_with(url: &str, options: RedisBusOptions) -> Result<Self, BusError> {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
@@ -90,7 +109,13 @@ impl RedisBus {
         let first = connect_pubsub(&client).await?;
         let (control, control_rx) = mpsc::unbounded_channel();
         let (generation_tx, generation) = watch::channel(0);
-        tokio::spawn(subscriber_task(client, first, control_rx, generation_tx));
+        tokio::spawn(subscriber_task(
+            client,
+            first,
+            control_rx,
+            generation_tx,
+            options.ping_interval,
+        ));
         // Generation 1 is the first connection; waiting for it makes later generations mean
         // reconnects. The task only fails to get there if it ended, i.e. the bus is unusable.
         generation
@@ -258,6 +283,7 @@ async fn subscriber_task(
     first: redis::aio::PubSub,
     mut control: mpsc::UnboundedReceiver<Control>,
     generation: watch::Sender<u64>,
+    ping_interval: Duration,
 ) {
     let mut registry = Registry::default();
     let mut connection = Some(first);
@@ -296,7 +322,15 @@ async fn subscriber_task(
         }
         delay = BACKOFF_MIN;
         generation.send_modify(|g| *g += 1);
-        match session(&mut registry, &mut control, &mut sink, stream).await {
+        match session(
+            &mut registry,
+            &mut control,
+            &mut sink,
+            stream,
+            ping_interval,
+        )
+        .await
+        {
             SessionEnd::Closed => return,
             SessionEnd::Lost => tracing::warn!("redis pub/sub connection lost; reconnecting"),
         }
@@ -309,8 +343,9 @@ async fn session(
     control: &mut mpsc::UnboundedReceiver<Control>,
     sink: &mut PubSubSink,
     mut stream: PubSubStream,
+    ping_interval: Duration,
 ) -> SessionEnd {
-    let mut ping = tokio::time::interval(PING_INTERVAL);
+    let mut ping = tokio::time::interval(ping_interval);
     ping.reset();
     loop {
         tokio::select! {
@@ -337,7 +372,8 @@ async fn session(
                 }
             },
             _ = ping.tick() => {
-                let pong = tokio::time::timeout(RESPONSE_TIMEOUT, sink.ping::<String>()).await;
+                // In subscribed mode the reply is ["pong", ""], not "PONG"; any reply will do.
+                let pong = tokio::time::timeout(RESPONSE_TIMEOUT, sink.ping::<redis::Value>()).await;
                 if !matches!(pong, Ok(Ok(_))) {
                     return SessionEnd::Lost;
                 }
