@@ -204,6 +204,9 @@ impl Node {
         deps: Deps,
         advertised: impl FnOnce(Option<IpAddr>) -> Advertised,
     ) -> Result<Self, SfuError> {
+        // Metric handles bind to the recorder present when they are made: install it before the
+        // driver takes its counters.
+        rethink_common::lifecycle::metrics_handle();
         let node_id = if config.node_id.is_empty() {
             format!("sfu-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
         } else {

@@ -98,6 +98,20 @@ async fn peers_connect_over_udp_and_get_each_others_tracks() {
     assert!(stats.bytes_in > 0 && stats.bytes_out > 0, "{stats:?}");
     assert_eq!(stats.published_tracks, vec![alice_track.track_id.clone()]);
 
+    // The forwarding counters are exported.
+    let metrics = reqwest::get(format!("http://{}/metrics", sfu.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let received = metrics
+        .lines()
+        .find(|line| line.starts_with("sfu_udp_datagrams_received_total"))
+        .unwrap_or_else(|| panic!("no datagram counter in {metrics}"));
+    let count: f64 = received.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(count > 0.0, "{received}");
+
     // Alice adds an audio track with an offer of her own.
     let offer = alice.offer_track(str0m::media::MediaKind::Audio);
     let answer = client
