@@ -180,4 +180,16 @@ mod tests {
         bad.tokens.ttl_secs = 1;
         assert!(bad.validate().is_err());
     }
+
+    #[test]
+    fn example_file_loads_and_matches_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("auth.example.toml");
+        let loaded: AuthConfig = rethink_common::config::load_from_env(
+            Some(&path),
+            &serde_json::Value::Null,
+            std::iter::empty(),
+        )
+        .unwrap();
+        assert_eq!(loaded, AuthConfig::default());
+    }
 }

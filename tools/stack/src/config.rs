@@ -53,3 +53,20 @@ impl ServiceConfig for StackConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_loads_and_matches_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("stack.example.toml");
+        let loaded: StackConfig = rethink_common::config::load_from_env(
+            Some(&path),
+            &serde_json::Value::Null,
+            std::iter::empty(),
+        )
+        .unwrap();
+        assert_eq!(loaded, StackConfig::default());
+    }
+}
