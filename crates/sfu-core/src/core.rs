@@ -1,6 +1,7 @@
 //! The public face of the media core and its drive loop.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,6 +43,9 @@ pub struct SfuCore {
     by_addr: HashMap<SocketAddr, PKey>,
     pub(crate) tracks: HashMap<TrackId, PublishedTrack>,
     pub(crate) queue: VecDeque<Output>,
+    /// Session deadlines, earliest first. An entry is live when it equals the participant's
+    /// `armed_at`; others are stale and skipped, so re-arming never searches the heap.
+    timers: BinaryHeap<Reverse<(Instant, PKey)>>,
     /// Participants whose sessions have output to drain.
     pub(crate) poll_list: Vec<PKey>,
     /// Participants that may need a server offer.
@@ -111,6 +115,7 @@ impl SfuCore {
             by_addr: HashMap::new(),
             tracks: HashMap::new(),
             queue: VecDeque::new(),
+            timers: BinaryHeap::new(),
             poll_list: Vec::new(),
             negotiate_list: Vec::new(),
             gone_list: Vec::new(),
@@ -414,16 +419,19 @@ impl SfuCore {
     /// housekeeping (deadlines, layer choice, deferred keyframe requests).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.last_now = now;
-        let due: Vec<PKey> = self
-            .participants
-            .values()
-            .filter(|p| p.next_timeout <= now)
-            .map(|p| p.key)
-            .collect();
-        for key in due {
-            if let Some(p) = self.participants.get_mut(&key)
-                && let Err(e) = p.rtc.handle_input(Input::Timeout(now))
-            {
+        while let Some(&Reverse((at, key))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(p) = self.participants.get_mut(&key) else {
+                continue;
+            };
+            if p.armed_at != Some(at) {
+                continue;
+            }
+            p.armed_at = None;
+            if let Err(e) = p.rtc.handle_input(Input::Timeout(now)) {
                 tracing::debug!(participant = %p.id, error = %e, "timeout refused");
             }
             self.mark_dirty(key);
@@ -449,8 +457,16 @@ impl SfuCore {
             return o;
         }
         let mut next = self.last_now + IDLE;
-        for p in self.participants.values() {
-            next = next.min(p.next_timeout);
+        while let Some(&Reverse((at, key))) = self.timers.peek() {
+            if self
+                .participants
+                .get(&key)
+                .is_some_and(|p| p.armed_at == Some(at))
+            {
+                next = next.min(at);
+                break;
+            }
+            self.timers.pop();
         }
         if !self.participants.is_empty() {
             if let Some(t) = self.next_housekeeping {
@@ -633,6 +649,10 @@ impl SfuCore {
                 };
                 p.dirty = false;
                 let events = p.poll(now, &mut self.scratch);
+                if p.armed_at != Some(p.next_timeout) {
+                    p.armed_at = Some(p.next_timeout);
+                    self.timers.push(Reverse((p.next_timeout, key)));
+                }
                 let gone = p.gone.is_some();
                 self.queue
                     .extend(self.scratch.drain(..).map(Output::Transmit));

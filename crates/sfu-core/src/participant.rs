@@ -68,6 +68,8 @@ pub(crate) struct Participant {
     pub(crate) ice_down_since: Option<Instant>,
     /// The session's own next deadline.
     pub(crate) next_timeout: Instant,
+    /// Deadline of this participant's live entry in the core's timer heap.
+    pub(crate) armed_at: Option<Instant>,
     /// Queued in the core's poll list.
     pub(crate) dirty: bool,
     /// Tracks this participant publishes, by its m-line.
@@ -101,6 +103,7 @@ impl Participant {
             connected: false,
             ice_down_since: None,
             next_timeout: now,
+            armed_at: None,
             dirty: false,
             published: HashMap::new(),
             subs: HashMap::new(),
