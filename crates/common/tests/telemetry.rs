@@ -51,3 +51,31 @@ async fn init_twice_and_propagate() {
     let junk_span = info_span!("junk");
     propagation::set_parent(&junk_span, propagation::extract_map(&junk));
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "json_logs_child", "--ignored", "--nocapture"])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let event = stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|v| v["fields"]["message"] == "hello json")
+        .unwrap_or_else(|| panic!("no JSON log line in {stderr}"));
+    assert_eq!(event["level"], "INFO");
+    assert_eq!(event["fields"]["room"], "r1");
+    assert!(event["timestamp"].is_string());
+}
+
+/// The logging half; run only by the test above, in its own process.
+#[tokio::test]
+#[ignore = "run by json_logs_are_one_object_per_line in a child process"]
+async fn json_logs_child() {
+    let _guard = telemetry::init("json-test", true).unwrap();
+    tracing::info!(room = "r1", "hello json");
+    tracing::debug!("filtered out by RUST_LOG=info");
+}
