@@ -19,6 +19,9 @@ pub struct SfuConfig {
     pub http_addr: SocketAddr,
     /// The one UDP socket every peer's media goes through.
     pub udp_addr: SocketAddr,
+    /// Kernel send and receive buffer of the UDP socket, in bytes (capped by the kernel's
+    /// `net.core.rmem_max` / `wmem_max`). Large buffers absorb bursts of fan-out traffic.
+    pub udp_buffer_bytes: usize,
     /// Addresses advertised to peers as ICE host candidates (with the UDP port), for containers
     /// and NAT. Empty means the bound UDP address (or 127.0.0.1 when bound to an unspecified one).
     pub public_ips: Vec<IpAddr>,
@@ -81,6 +84,7 @@ impl Default for SfuConfig {
             grpc_addr: SocketAddr::from(([0, 0, 0, 0], 7881)),
             http_addr: SocketAddr::from(([0, 0, 0, 0], 7880)),
             udp_addr: SocketAddr::from(([0, 0, 0, 0], 7882)),
+            udp_buffer_bytes: 4 * 1024 * 1024,
             public_ips: Vec::new(),
             advertise_grpc_addr: String::new(),
             advertise_http_url: String::new(),
