@@ -354,6 +354,11 @@ impl Peer {
     }
 }
 
+/// RTP, not RTCP (RFC 5761 demultiplexing by payload type).
+pub fn is_rtp(d: &[u8]) -> bool {
+    d.len() >= 12 && (128..192).contains(&d[0]) && !(192..=223).contains(&d[1])
+}
+
 /// Packets in flight. Every link has the same latency, so the queue stays in time order.
 pub struct Net {
     pub queue: VecDeque<(Instant, SocketAddr, SocketAddr, Vec<u8>)>,
@@ -387,6 +392,10 @@ pub struct Sim {
     pub events: Vec<(Instant, CoreEvent)>,
     /// Relay server offers to the peer and its answer back, instantly.
     pub auto_answer: bool,
+    /// Wall-clock time spent inside the core's calls (for the fan-out benchmark).
+    pub core_busy: Duration,
+    /// RTP datagrams the core sent (media and retransmissions, not RTCP/STUN/DTLS).
+    pub core_rtp_out: u64,
 }
 
 impl Sim {
@@ -418,6 +427,8 @@ impl Sim {
             },
             events: Vec::new(),
             auto_answer: true,
+            core_busy: Duration::ZERO,
+            core_rtp_out: 0,
         }
     }
 
@@ -529,13 +540,19 @@ impl Sim {
         loop {
             let mut progressed = false;
             loop {
-                match self.core.poll_output() {
+                let t0 = Instant::now();
+                let out = self.core.poll_output();
+                self.core_busy += t0.elapsed();
+                match out {
                     Output::Timeout(t) => {
                         self.core_timeout = t;
                         break;
                     }
                     Output::Transmit(t) => {
                         progressed = true;
+                        if is_rtp(&t.contents) {
+                            self.core_rtp_out += 1;
+                        }
                         self.net.send(self.now, t.source, t.destination, t.contents);
                     }
                     Output::Event(e) => {
@@ -609,7 +626,9 @@ impl Sim {
         while self.net.queue.front().is_some_and(|(at, ..)| *at <= now) {
             let (_, src, dst, data) = self.net.queue.pop_front().unwrap();
             if dst == SERVER {
+                let t0 = Instant::now();
                 self.core.handle_datagram(now, src, dst, &data);
+                self.core_busy += t0.elapsed();
             } else if let Some(p) = self.peers.iter_mut().find(|p| p.addr == dst && p.alive) {
                 let Ok(receive) = Receive::new(Protocol::Udp, src, dst, &data) else {
                     continue;
@@ -631,7 +650,9 @@ impl Sim {
             }
         }
         if self.core_timeout <= now {
+            let t0 = Instant::now();
             self.core.handle_timeout(now);
+            self.core_busy += t0.elapsed();
         }
         self.drain();
     }
