@@ -11,6 +11,7 @@
 //! [`propagation`] carries the context across process boundaries: gRPC metadata, and string maps
 //! (the event envelope's `trace_context`, WebSocket messages).
 
+use std::io::IsTerminal;
 use std::sync::{Mutex, OnceLock};
 
 use opentelemetry::trace::TracerProvider as _;
@@ -80,7 +81,9 @@ pub fn init(service: &str, json_logs: bool) -> Result<TelemetryGuard, TelemetryE
             .with_writer(std::io::stderr)
             .boxed()
     } else {
+        // Colours only for a person at a terminal; log collectors get plain text.
         tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)
             .boxed()
     };

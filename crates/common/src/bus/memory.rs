@@ -56,6 +56,7 @@ impl EventBus for MemoryBus {
                     Ok(message) if wanted.contains(&message.channel) => Some(message),
                     Ok(_) => None,
                     Err(BroadcastStreamRecvError::Lagged(skipped)) => {
+                        metrics::counter!("rethink_bus_dropped_messages_total").increment(skipped);
                         tracing::warn!(skipped, "slow bus subscriber skipped messages");
                         None
                     }

@@ -6,6 +6,9 @@
 //! connection drops, the task reconnects with backoff and subscribes again to every channel a
 //! live [`Subscription`] wants, so subscriptions outlive Redis restarts. Messages published
 //! while disconnected are lost (pub/sub is at-most-once).
+//!
+//! Metrics: `rethink_bus_reconnects_total`, `rethink_bus_publish_errors_total` (after retries),
+//! `rethink_bus_dropped_messages_total` (a subscriber fell more than its buffer behind).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -161,7 +164,10 @@ impl EventBus for RedisBus {
                     delay = (delay * 2).min(BACKOFF_MAX);
                     attempt += 1;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    metrics::counter!("rethink_bus_publish_errors_total").increment(1);
+                    return Err(e.into());
+                }
             }
         }
     }
@@ -264,6 +270,7 @@ impl Registry {
                 payload: payload.clone(),
             };
             if let Err(mpsc::error::TrySendError::Full(_)) = sender.try_send(message) {
+                metrics::counter!("rethink_bus_dropped_messages_total").increment(1);
                 tracing::warn!(channel, "slow bus subscriber; message dropped");
             }
         }
@@ -322,6 +329,9 @@ async fn subscriber_task(
         }
         delay = BACKOFF_MIN;
         generation.send_modify(|g| *g += 1);
+        if *generation.borrow() > 1 {
+            metrics::counter!("rethink_bus_reconnects_total").increment(1);
+        }
         match session(
             &mut registry,
             &mut control,
