@@ -14,6 +14,8 @@
 pub const ADDRESS_KEY_PREFIX: &str = "rethink:msgnode:addr:";
 /// Prefix of the per-user index: `<prefix><user-url>|<address>` → the same record.
 pub const USER_KEY_PREFIX: &str = "rethink:msgnode:user:";
+/// Prefix of the session directory: `<prefix><sha256(resume token)>` → the holding replica's id.
+pub const SESSION_KEY_PREFIX: &str = "rethink:msgnode:session:";
 /// Prefix of per-replica bus channels: `<prefix><node-id>`.
 pub const NODE_CHANNEL_PREFIX: &str = "rethink.msgnode.node.";
 
@@ -139,6 +141,15 @@ pub fn user_key(user: &str, address: &str) -> String {
 /// Returns the prefix under which a user's addresses are indexed.
 pub fn user_prefix(user: &str) -> String {
     format!("{USER_KEY_PREFIX}{user}|")
+}
+
+/// Returns the session directory key of a resume token (hashed: the store never holds the
+/// secret itself).
+pub fn session_key(resume_token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(resume_token.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{SESSION_KEY_PREFIX}{hex}")
 }
 
 /// Returns the bus channel of a replica.

@@ -63,7 +63,7 @@ impl MsgNodeApi for MsgNodeGrpc {
             .get(RESUME_METADATA)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let (session, resumed) = node.open_session(&claims, true, resume.as_deref())?;
+        let (session, resumed) = node.open_session(&claims, true, resume.as_deref()).await?;
         let mut attachment = session
             .attach(claims.jti.clone(), claims.exp)
             .await

@@ -13,7 +13,8 @@
 //! - [`session`]: sessions, bounded queues, attach/detach, resume.
 //! - [`node`]: dispatch and routing; [`registry`]: the hyperty registry and address map;
 //!   [`objects`]: the protocol side of sync.
-//! - [`ws`]: the WebSocket gateway; [`grpc`]: `Attach`.
+//! - [`ws`]: the WebSocket gateway; [`grpc`]: `Attach`; [`handover`]: resume on another
+//!   replica.
 //! - [`policy`]: the policy enforcement point; [`sync`]: the Syncher.
 //! - [`error`]: [`MsgNodeError`], mapped to protocol codes, HTTP and gRPC in one place.
 //!
@@ -26,6 +27,7 @@ pub mod config;
 pub mod envelope;
 pub mod error;
 pub mod grpc;
+pub mod handover;
 pub mod node;
 pub mod objects;
 pub mod policy;

@@ -38,6 +38,7 @@ use crate::{
     config::MsgNodeConfig,
     envelope::{Envelope, MessageId, MessageType},
     error::MsgNodeError,
+    handover::{HandoverReply, HandoverRequest},
     policy::{Decision, PolicyContext, PolicyEngine},
     registry::Binding,
     session::{CloseReason, EnqueueError, Identity, Session},
@@ -47,7 +48,7 @@ use crate::{
 /// What replicas say to each other on their bus channels (JSON).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
-enum NodeMessage {
+pub(crate) enum NodeMessage {
     /// Deliver `envelope` to a local address; answer with an ack on `reply_to` unless `seq` is 0.
     Deliver {
         seq: u64,
@@ -61,6 +62,10 @@ enum NodeMessage {
         #[serde(default)]
         description: String,
     },
+    /// Hand a session over to the replica where its client reconnected.
+    Handover(HandoverRequest),
+    /// The handed-over session, or why not.
+    HandoverReply(HandoverReply),
 }
 
 /// The outcome of one remote delivery.
@@ -83,7 +88,8 @@ pub struct Node {
     /// Addresses bound on this replica.
     pub(crate) local: RwLock<HashMap<String, Binding>>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Ack>>>,
-    next_seq: AtomicU64,
+    pub(crate) handovers: Mutex<HashMap<u64, oneshot::Sender<HandoverReply>>>,
+    pub(crate) next_seq: AtomicU64,
 }
 
 impl std::fmt::Debug for Node {
@@ -125,6 +131,7 @@ impl Node {
             sessions: Mutex::new(HashMap::new()),
             local: RwLock::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
+            handovers: Mutex::new(HashMap::new()),
             next_seq: AtomicU64::new(1),
         })
     }
@@ -184,7 +191,7 @@ impl Node {
         Ok(())
     }
 
-    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
+    pub(crate) fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -195,7 +202,7 @@ impl Node {
 
     /// Opens a session for a verified token, or takes over the one named by `resume`.
     /// Returns the session and whether it was resumed.
-    pub fn open_session(
+    pub async fn open_session(
         self: &Arc<Self>,
         claims: &Claims,
         is_service: bool,
@@ -205,11 +212,12 @@ impl Node {
             return Err(MsgNodeError::Unavailable("node is shutting down".into()));
         }
         if let Some(token) = resume.filter(|t| !t.is_empty()) {
-            let session = self.sessions().get(token).cloned().ok_or_else(|| {
-                MsgNodeError::Gone(
-                    "resume token unknown or expired; connect without it for a new session".into(),
-                )
-            })?;
+            let local = self.sessions().get(token).cloned();
+            let session = match local {
+                Some(session) => session,
+                // Held by another replica (a reconnect landed elsewhere): take it over.
+                None => self.take_over(token, claims, is_service).await?,
+            };
             if session.identity.subject != claims.sub || session.identity.is_service != is_service {
                 return Err(MsgNodeError::Forbidden(
                     "the resume token belongs to another identity".into(),
@@ -248,6 +256,7 @@ impl Node {
         self.sessions()
             .insert(session.resume_token.clone(), session.clone());
         metrics::gauge!("msgnode_sessions").increment(1.0);
+        self.publish_session(&session).await?;
         // A session nobody attaches to (failed upgrade) ends like a disconnected one.
         self.start_grace(&session, 0);
         Ok((session, false))
@@ -304,6 +313,7 @@ impl Node {
         let addresses = session.terminate(reason);
         if self.sessions().remove(&session.resume_token).is_some() {
             metrics::gauge!("msgnode_sessions").decrement(1.0);
+            self.unpublish_session(session).await;
         }
         for address in addresses {
             self.unbind(session, &address).await;
@@ -518,7 +528,7 @@ impl Node {
             .map(|b| b.session.clone())
     }
 
-    async fn on_node_message(&self, payload: &[u8]) {
+    async fn on_node_message(self: &Arc<Self>, payload: &[u8]) {
         let message: NodeMessage = match serde_json::from_slice(payload) {
             Ok(m) => m,
             Err(error) => {
@@ -568,6 +578,12 @@ impl Node {
                     let _ = tx.send((code, description));
                 }
             }
+            NodeMessage::Handover(request) => {
+                // Waiting for the queue must not hold up deliveries on this channel.
+                let node = self.clone();
+                tokio::spawn(async move { node.hand_over(request).await });
+            }
+            NodeMessage::HandoverReply(reply) => self.on_handover_reply(reply),
         }
     }
 }
@@ -584,6 +600,6 @@ fn deliver_local(target: &Session, envelope: Envelope) -> Result<(), MsgNodeErro
     }
 }
 
-fn encode(message: &NodeMessage) -> Bytes {
+pub(crate) fn encode(message: &NodeMessage) -> Bytes {
     Bytes::from(serde_json::to_vec(message).unwrap_or_default())
 }

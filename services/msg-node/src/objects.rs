@@ -17,7 +17,7 @@ use crate::{
     error::MsgNodeError,
     node::Node,
     session::Session,
-    sync::{ChangeKind, SyncError},
+    sync::{ChangeKind, ChangeStream, SyncError},
 };
 
 impl From<SyncError> for MsgNodeError {
@@ -72,41 +72,13 @@ impl Node {
             }
             MessageType::Subscribe => {
                 self.require_hyperty(from, "subscribe")?;
-                let (s, mut stream) = self.sync.subscribe(object, from).await?;
+                let (s, stream) = self.sync.subscribe(object, from).await?;
                 let reply = envelope.reply_ok(json!({
                     "url": s.url, "schema": s.schema, "reporter": s.reporter,
                     "version": s.version, "value": s.value,
                 }));
                 let _ = session.enqueue(reply);
-                let observer = from.to_owned();
-                let target = Arc::downgrade(session);
-                let task = tokio::spawn(async move {
-                    while let Some(change) = stream.recv().await {
-                        let Some(target) = target.upgrade() else {
-                            return;
-                        };
-                        let (kind, body) = match change.kind {
-                            ChangeKind::Update(value) => (
-                                MessageType::Update,
-                                json!({ "version": change.version, "value": value }),
-                            ),
-                            ChangeKind::Delete => {
-                                (MessageType::Delete, json!({ "version": change.version }))
-                            }
-                        };
-                        let message = Envelope::new(
-                            MessageId::Int(i64::try_from(change.version).unwrap_or(i64::MAX)),
-                            kind,
-                            change.url,
-                            observer.clone(),
-                            body,
-                        );
-                        if target.enqueue(message).is_err() || kind == MessageType::Delete {
-                            return;
-                        }
-                    }
-                });
-                session.add_subscription(format!("{object}|{from}"), task.abort_handle());
+                forward_changes(session, object, from, stream);
                 Ok(None)
             }
             MessageType::Unsubscribe => {
@@ -149,4 +121,41 @@ impl Node {
             )))
         }
     }
+}
+
+/// Forwards every change of `stream` to `observer` (a hyperty of `session`) as `update` /
+/// `delete` messages from the object, until a delete, the session's end or an unsubscribe.
+pub(crate) fn forward_changes(
+    session: &Arc<Session>,
+    object: &str,
+    observer: &str,
+    mut stream: ChangeStream,
+) {
+    let target = Arc::downgrade(session);
+    let to = observer.to_owned();
+    let task = tokio::spawn(async move {
+        while let Some(change) = stream.recv().await {
+            let Some(target) = target.upgrade() else {
+                return;
+            };
+            let (kind, body) = match change.kind {
+                ChangeKind::Update(value) => (
+                    MessageType::Update,
+                    json!({ "version": change.version, "value": value }),
+                ),
+                ChangeKind::Delete => (MessageType::Delete, json!({ "version": change.version })),
+            };
+            let message = Envelope::new(
+                MessageId::Int(i64::try_from(change.version).unwrap_or(i64::MAX)),
+                kind,
+                change.url,
+                to.clone(),
+                body,
+            );
+            if target.enqueue(message).is_err() || kind == MessageType::Delete {
+                return;
+            }
+        }
+    });
+    session.add_subscription(format!("{object}|{observer}"), task.abort_handle());
 }

@@ -310,6 +310,7 @@ impl Node {
                 }
                 let Some(node) = node.upgrade() else { return };
                 node.refresh_all(ttl).await;
+                node.refresh_sessions().await;
             }
         });
     }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::envelope::Envelope;
 
 /// Who is on the other end of a session.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Identity {
     /// The token's `sub` (`user:alice`, `conference`, ...).
     pub subject: String,
@@ -34,7 +34,7 @@ pub struct Identity {
 
 /// Why a connection was closed by the node. Each reason has a WebSocket close code (4000-4999
 /// are the application range) documented in docs/protocol.md.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum CloseReason {
     /// The token was revoked; the session is gone.
     Revoked,
@@ -163,11 +163,26 @@ impl Session {
         queue_len: usize,
     ) -> Arc<Self> {
         let id = uuid::Uuid::new_v4().simple().to_string();
+        let runtime = runtime_of(&id);
+        Self::restore(id, runtime, random_token(), identity, jti, exp, queue_len)
+    }
+
+    /// Recreates a detached session handed over by another replica (same id, runtime address
+    /// and resume token).
+    pub fn restore(
+        id: String,
+        runtime: String,
+        resume_token: String,
+        identity: Identity,
+        jti: String,
+        exp: i64,
+        queue_len: usize,
+    ) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(queue_len);
         Arc::new(Self {
-            runtime: runtime_of(&id),
+            runtime,
             id,
-            resume_token: random_token(),
+            resume_token,
             identity,
             queue_len,
             tx,
@@ -229,6 +244,49 @@ impl Session {
             closer,
             queue,
         })
+    }
+
+    /// Ends the session here for a handover to another replica: closes the attachment, waits
+    /// for its queue and returns the queued messages, the addresses, the subscription keys and
+    /// why the last connection was closed. Nothing is unregistered: the new holder takes over.
+    pub async fn hand_over(
+        &self,
+    ) -> (Vec<Envelope>, Vec<String>, Vec<String>, Option<CloseReason>) {
+        let (addresses, last_close) = {
+            let mut state = self.state();
+            state.terminated = true;
+            if let Some((_, closer)) = state.attached.take() {
+                closer.close(CloseReason::Replaced);
+            }
+            (
+                std::mem::take(&mut state.addresses),
+                state.last_close.clone(),
+            )
+        };
+        let subscriptions = std::mem::take(
+            &mut *self
+                .subscriptions
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        let keys = subscriptions
+            .into_iter()
+            .map(|(key, handle)| {
+                handle.abort();
+                key
+            })
+            .collect();
+        let mut queue = self.rx.clone().lock_owned().await;
+        let mut queued = Vec::new();
+        while let Ok(envelope) = queue.try_recv() {
+            queued.push(envelope);
+        }
+        (queued, addresses.into_iter().collect(), keys, last_close)
+    }
+
+    /// Restores the last close reason of a handed-over session.
+    pub fn set_last_close(&self, reason: Option<CloseReason>) {
+        self.state().last_close = reason;
     }
 
     /// Detaches attachment `generation`, remembering why the node closed it (if it did);

@@ -71,7 +71,10 @@ pub async fn upgrade(
         Ok(ws) => ws,
         Err(rejection) => return rejection.into_response(),
     };
-    let (session, resumed) = match node.open_session(&claims, false, query.resume.as_deref()) {
+    let (session, resumed) = match node
+        .open_session(&claims, false, query.resume.as_deref())
+        .await
+    {
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };

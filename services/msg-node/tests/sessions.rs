@@ -236,3 +236,97 @@ async fn a_slow_consumer_is_disconnected_with_a_reason() -> Result<()> {
     assert_eq!(first_queued["from"], bob_h.as_str());
     Ok(())
 }
+
+#[tokio::test]
+async fn resume_on_another_replica_moves_the_session() -> Result<()> {
+    let bed = TestBed::start().await?;
+    let a = bed.default_replica("node-a").await?;
+    let b = bed.default_replica("node-b").await?;
+    let (alice_token, _) = bed.user_token("alice");
+    let (bob_token, _) = bed.user_token("bob");
+    let mut alice = Client::connect(&a, &alice_token).await?;
+    let alice_h = alice.register().await?;
+    let runtime = alice.runtime.clone();
+    let resume_token = alice.resume_token.clone();
+    let mut bob = Client::connect(&b, &bob_token).await?;
+    let bob_h = bob.register().await?;
+
+    // bob reports an object alice observes.
+    let created = bob
+        .request(
+            "create",
+            &bob_h,
+            "domain://sync.localhost",
+            json!({"resource": "object", "schema": "s", "value": {"v": 1}}),
+        )
+        .await?;
+    let url = created["body"]["value"]["url"].as_str().unwrap().to_owned();
+    let snap = alice
+        .request("subscribe", &alice_h, &url, json!({}))
+        .await?;
+    assert_eq!(code(&snap), 200);
+
+    // alice drops off replica a; bob's messages queue there.
+    alice.drop_connection();
+    for n in 0..3 {
+        bob.send(
+            &json!({"id": n, "type": "forward", "from": bob_h, "to": alice_h, "body": {"n": n}}),
+        )
+        .await?;
+    }
+    let probe = bob
+        .request(
+            "read",
+            &bob_h,
+            "domain://registry.localhost",
+            json!({"resource": alice_h}),
+        )
+        .await?;
+    assert_eq!(code(&probe), 200);
+
+    // She comes back through replica b: same session, same addresses, the queue follows.
+    let (alice_token2, _) = bed.user_token("alice");
+    let mut alice = Client::resume(&b, &alice_token2, &resume_token).await?;
+    assert_eq!(alice.session["resumed"], true, "{}", alice.session);
+    assert_eq!(alice.session["node"], "node-b");
+    assert_eq!(alice.runtime, runtime);
+    assert_eq!(alice.session["addresses"], json!([alice_h]));
+    for n in 0..3 {
+        let m = alice.recv().await?;
+        assert_eq!(m["body"]["n"], n, "{m}");
+    }
+    // The observed object is re-subscribed, with the current state as a catch-up update.
+    let catch_up = alice.recv().await?;
+    assert_eq!(
+        (catch_up["type"].as_str(), catch_up["from"].as_str()),
+        (Some("update"), Some(url.as_str()))
+    );
+    assert_eq!(catch_up["body"]["version"], 1);
+
+    // Routing and sync now reach her on b.
+    bob.send(&json!({"id": "later", "type": "forward", "from": bob_h, "to": alice_h}))
+        .await?;
+    assert_eq!(alice.recv().await?["id"], "later");
+    let updated = bob
+        .request(
+            "update",
+            &bob_h,
+            &url,
+            json!({"version": 1, "value": {"v": 2}}),
+        )
+        .await?;
+    assert_eq!(code(&updated), 200, "{updated}");
+    let change = alice.recv().await?;
+    assert_eq!(change["body"], json!({"version": 2, "value": {"v": 2}}));
+
+    // The token must match the session's identity on every replica.
+    assert_eq!(
+        Client::refused_status(&format!("{}&resume={resume_token}", a.ws_url(&bob_token))).await?,
+        403
+    );
+    // And it can move back.
+    let again = Client::resume(&a, &alice_token2, &resume_token).await?;
+    assert_eq!(again.session["node"], "node-a");
+    assert_eq!(again.session["addresses"], json!([alice_h]));
+    Ok(())
+}
