@@ -56,6 +56,8 @@ pub use crate::error::SfuError;
 
 /// Largest gRPC message accepted (an SDP is at most 64 KiB).
 const MAX_GRPC_MESSAGE: usize = 256 * 1024;
+/// Most requests in flight on one gRPC connection (event streams count).
+const GRPC_CONCURRENCY_PER_CONNECTION: usize = 1024;
 /// How long the servers get to finish open requests once the drain is over.
 const SERVER_STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -370,6 +372,11 @@ pub async fn run_with(
     let (health_service, reflection) = grpc_health_and_reflection(node.health());
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .concurrency_limit_per_connection(GRPC_CONCURRENCY_PER_CONNECTION)
+            // Finds dead callers whose event streams would otherwise stay open.
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(node.grpc_service())
