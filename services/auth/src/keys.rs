@@ -112,11 +112,20 @@ impl KeyRing {
 
     /// Rereads the ring from the store (another instance may have rotated).
     pub async fn reload(&self) -> Result<(), AuthError> {
-        let raw = self
-            .kv
-            .get(KEYRING_KEY)
-            .await?
-            .ok_or_else(|| AuthError::Internal("key ring missing from store".into()))?;
+        let raw = match self.kv.get(KEYRING_KEY).await? {
+            Some(raw) => raw,
+            None => {
+                // The store lost its data (e.g. Redis restarted without persistence): put back
+                // the ring this instance holds, so tokens it signed stay verifiable.
+                tracing::warn!("signing keys missing from the store; restoring them");
+                let current = self.current().raw.clone();
+                self.kv.set_nx(KEYRING_KEY, current, None).await?;
+                self.kv
+                    .get(KEYRING_KEY)
+                    .await?
+                    .ok_or_else(|| AuthError::Internal("key ring vanished".into()))?
+            }
+        };
         if raw != self.current().raw {
             let loaded = parse(raw)?;
             *self.loaded.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(loaded);

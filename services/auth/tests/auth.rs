@@ -698,3 +698,42 @@ fn verifier_is_shareable() {
     fn assert_send_sync<T: Send + Sync + Clone>() {}
     assert_send_sync::<TokenVerifier>();
 }
+
+#[tokio::test]
+async fn survives_a_redis_restart() {
+    let mut redis = redis().await;
+    let auth = TestAuth::start(test_config(Some(&redis.url()))).await;
+    let token = auth.token("alice").await;
+
+    redis.stop();
+    // While Redis is down: a clear JSON error, not a panic or a hang.
+    let (status, json) =
+        tokio::time::timeout(Duration::from_secs(30), auth.login("alice", PASSWORD))
+            .await
+            .expect("login answers while redis is down");
+    assert_eq!(status, 503, "{json}");
+    assert_eq!(error_code(&json), "storage_unavailable");
+
+    // Redis comes back empty (no persistence): the signing keys are restored from memory, so
+    // tokens minted before still verify, and new users can log in.
+    redis.restart().await.unwrap();
+    let jwks = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let (status, jwks) = auth.get("/auth/.well-known/jwks.json", None).await;
+            if status == 200 {
+                return jwks;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("jwks served again after redis restart");
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 1);
+    verify_independently(&auth, &token).await;
+    auth.service
+        .create_user("zoe", "zoe-password", None, None)
+        .await
+        .unwrap();
+    assert_eq!(auth.login("zoe", "zoe-password").await.0, 200);
+    auth.stop().await;
+}
