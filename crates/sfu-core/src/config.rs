@@ -12,6 +12,11 @@ pub struct CoreConfig {
     /// Minimum time between two keyframe requests sent to the same publisher layer. Requests
     /// from many subscribers inside this window collapse into one.
     pub keyframe_min_interval: Duration,
+    /// Runs send-side bandwidth estimation (TWCC) on every leg. The estimate picks simulcast
+    /// layers, but str0m also paces each leg at 1.1 × the estimate, so a leg whose estimate
+    /// falls below a single-layer stream's bitrate queues (up to 2 s) instead of dropping.
+    /// Without it legs are not paced and layers follow the receivers' REMB reports only.
+    pub bwe: bool,
     /// Starting point of the bandwidth estimate on subscriber legs, in bits per second.
     pub bwe_initial_bps: u64,
     /// How long a participant may take from `join` until ICE and DTLS are up.
@@ -37,6 +42,7 @@ impl Default for CoreConfig {
         CoreConfig {
             candidates: Vec::new(),
             keyframe_min_interval: Duration::from_millis(500),
+            bwe: true,
             bwe_initial_bps: 2_500_000,
             connect_timeout: Duration::from_secs(30),
             disconnect_grace: Duration::from_secs(10),

@@ -576,7 +576,7 @@ impl SfuCore {
     // ---- internals -------------------------------------------------------------------------
 
     fn new_rtc(&self, now: Instant) -> Rtc {
-        let mut rtc = Rtc::builder()
+        let mut builder = Rtc::builder()
             .set_crypto_provider(self.crypto.clone())
             .set_dtls_cert(self.cert.clone())
             .set_ice_lite(true)
@@ -584,9 +584,11 @@ impl SfuCore {
             .enable_opus(true, false)
             .enable_vp8(true)
             .enable_h264(true)
-            .enable_bwe(Some(Bitrate::bps(self.config.bwe_initial_bps)))
-            .set_stats_interval(Some(self.config.stats_interval))
-            .build(now);
+            .set_stats_interval(Some(self.config.stats_interval));
+        if self.config.bwe {
+            builder = builder.enable_bwe(Some(Bitrate::bps(self.config.bwe_initial_bps)));
+        }
+        let mut rtc = builder.build(now);
         for c in &self.candidates {
             rtc.add_local_candidate(c.clone());
         }

@@ -398,7 +398,7 @@ impl SfuCore {
         }
         // Ask the estimator to probe up to what the best layers need (plus some headroom).
         let desired = desired + desired / 5;
-        if desired > 0 && desired.abs_diff(p.bwe_desired) > p.bwe_desired / 10 {
+        if self.config.bwe && desired > 0 && desired.abs_diff(p.bwe_desired) > p.bwe_desired / 10 {
             p.bwe_desired = desired;
             p.rtc
                 .bwe()

@@ -18,7 +18,15 @@ fn layer_of_last_frame(sim: &Sim, peer: &str, track: &str) -> Option<u8> {
 
 #[test]
 fn layer_follows_the_estimate_and_switches_on_keyframes() {
-    let mut sim = Sim::new(3);
+    layer_follows_the_estimate(Sim::new(3));
+}
+
+#[test]
+fn without_send_side_estimation_remb_alone_drives_the_layer() {
+    layer_follows_the_estimate(Sim::with_config(3, |c| c.bwe = false));
+}
+
+fn layer_follows_the_estimate(mut sim: Sim) {
     sim.core.create_room("r").unwrap();
     let alice = sim.add_peer("alice", &[SourceSpec::simulcast(&LAYERS)]);
     let bob = sim.add_peer("bob", &[]);
