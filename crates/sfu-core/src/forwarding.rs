@@ -43,6 +43,7 @@ pub(crate) struct PublishedTrack {
     pub(crate) id: TrackId,
     pub(crate) publisher: PKey,
     pub(crate) publisher_id: Arc<str>,
+    pub(crate) room: Arc<str>,
     pub(crate) mid: Mid,
     pub(crate) kind: MediaKind,
     /// In announcement order until measured; `sorted_layers` orders them by bitrate.
@@ -57,6 +58,7 @@ impl PublishedTrack {
         id: TrackId,
         publisher: PKey,
         publisher_id: Arc<str>,
+        room: Arc<str>,
         mid: Mid,
         kind: MediaKind,
         rids: Vec<Rid>,
@@ -70,6 +72,7 @@ impl PublishedTrack {
             id,
             publisher,
             publisher_id,
+            room,
             mid,
             kind,
             layers,

@@ -124,8 +124,15 @@ impl SfuCore {
                 }
             }
         }
-        let track =
-            PublishedTrack::new(tid.clone(), key, p.id.clone(), added.mid, added.kind, rids);
+        let track = PublishedTrack::new(
+            tid.clone(),
+            key,
+            p.id.clone(),
+            p.room.clone(),
+            added.mid,
+            added.kind,
+            rids,
+        );
         p.published.insert(added.mid, tid.clone());
         let room_id = p.room.clone();
         let publisher = p.id.to_string();
@@ -166,14 +173,9 @@ impl SfuCore {
         if let Some(p) = self.participants.get_mut(&track.publisher) {
             p.published.remove(&track.mid);
         }
-        let room_id = self
-            .rooms
-            .iter_mut()
-            .find(|(_, r)| r.tracks.contains(tid))
-            .map(|(id, r)| {
-                r.tracks.retain(|t| t != tid);
-                id.clone()
-            });
+        if let Some(r) = self.rooms.get_mut(&track.room) {
+            r.tracks.retain(|t| t != tid);
+        }
         for sub in &track.subscribers {
             if let Some(sp) = self.participants.get_mut(sub) {
                 sp.excluded.remove(tid);
@@ -183,7 +185,7 @@ impl SfuCore {
             }
         }
         // Opted-out participants are not in `subscribers`; forget their opt-out too.
-        if let Some(room) = room_id.as_ref().and_then(|id| self.rooms.get(id)) {
+        if let Some(room) = self.rooms.get(&track.room) {
             for m in &room.members {
                 if let Some(mp) = self.participants.get_mut(m) {
                     mp.excluded.remove(tid);
@@ -192,7 +194,7 @@ impl SfuCore {
         }
         self.queue
             .push_back(Output::Event(CoreEvent::TrackUnpublished {
-                room: room_id.map(|r| r.to_string()).unwrap_or_default(),
+                room: track.room.to_string(),
                 participant: track.publisher_id.to_string(),
                 track: tid.clone(),
             }));

@@ -33,8 +33,15 @@
 //! - `keyframe`: keyframe request throttling.
 //! - `stats`: snapshots and load counters.
 //!
+//! Timing: the core keeps every session's deadline in a timer heap; `poll_output` ends with
+//! the earliest one and `handle_timeout` runs only the sessions that are due, so an idle
+//! participant costs nothing per packet. With [`CoreConfig::bwe`] each leg runs str0m's
+//! send-side estimator (TWCC) and pacer; the estimate (capped by the receiver's REMB) sets
+//! the simulcast layer per subscriber.
+//!
 //! Contracts: nothing from the network can panic the core; bad input is a [`CoreError`].
-//! Participant ids are unique per node (the service may prefix them with the room).
+//! Participant ids are unique per node (the service may prefix them with the room). The core
+//! is `Send` (one task owns it) and never blocks.
 
 mod config;
 mod core;
@@ -53,3 +60,12 @@ pub use crate::core::SfuCore;
 pub use crate::error::CoreError;
 pub use crate::event::{CoreEvent, LeaveReason, Output, TrackId, TrackKind, Transmit};
 pub use crate::stats::{LayerStats, NodeLoad, ParticipantStats, RoomStats, TrackStats};
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn core_can_move_to_the_driving_task() {
+        fn is_send<T: Send>() {}
+        is_send::<super::SfuCore>();
+    }
+}
