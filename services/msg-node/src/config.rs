@@ -58,6 +58,9 @@ pub struct LimitsConfig {
     pub max_hyperties_per_connection: usize,
     /// Live sessions (connected or in their grace period) on this replica.
     pub max_sessions: usize,
+    /// Live sessions of one identity on this replica (one person's tabs, one service's
+    /// instances), so one token cannot take the whole replica.
+    pub max_sessions_per_identity: usize,
 }
 
 /// Timers.
@@ -99,6 +102,7 @@ impl Default for LimitsConfig {
             queue_len: 1024,
             max_hyperties_per_connection: 32,
             max_sessions: 20_000,
+            max_sessions_per_identity: 64,
         }
     }
 }
@@ -166,10 +170,14 @@ impl ServiceConfig for MsgNodeConfig {
                 "limits.max_frame_bytes must be at least limits.max_message_bytes",
             ));
         }
-        if l.queue_len == 0 || l.max_hyperties_per_connection == 0 || l.max_sessions == 0 {
+        if l.queue_len == 0
+            || l.max_hyperties_per_connection == 0
+            || l.max_sessions == 0
+            || l.max_sessions_per_identity == 0
+        {
             return Err(ConfigError::invalid(
-                "limits.queue_len, limits.max_hyperties_per_connection and limits.max_sessions \
-                 must be at least 1",
+                "limits.queue_len, limits.max_hyperties_per_connection, limits.max_sessions and \
+                 limits.max_sessions_per_identity must be at least 1",
             ));
         }
         let t = &self.timing;

@@ -231,6 +231,18 @@ impl Node {
                 self.config.limits.max_sessions
             )));
         }
+        let per_identity = self.config.limits.max_sessions_per_identity;
+        let mine = self
+            .sessions()
+            .values()
+            .filter(|s| s.identity.subject == claims.sub)
+            .count();
+        if mine >= per_identity {
+            return Err(MsgNodeError::RateLimited(format!(
+                "this identity already has {per_identity} sessions on this replica; close one \
+                 or resume it instead of opening another"
+            )));
+        }
         // Policies and discovery speak of plain names: `user:alice` is `alice`,
         // `service:conference` is `conference`.
         let username = claims.sub.strip_prefix("user:");

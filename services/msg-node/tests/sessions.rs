@@ -330,3 +330,22 @@ async fn resume_on_another_replica_moves_the_session() -> Result<()> {
     assert_eq!(again.session["addresses"], json!([alice_h]));
     Ok(())
 }
+
+#[tokio::test]
+async fn sessions_per_identity_are_limited() -> Result<()> {
+    let bed = TestBed::start().await?;
+    let mut config = bed.config("node-a");
+    config.limits.max_sessions_per_identity = 2;
+    let a = bed.replica(config).await?;
+    let (token, _) = bed.user_token("alice");
+    let _one = Client::connect(&a, &token).await?;
+    let two = Client::connect(&a, &token).await?;
+    assert_eq!(Client::refused_status(&a.ws_url(&token)).await?, 429);
+    // Others are not affected, and a resume is not a new session.
+    let (bob_token, _) = bed.user_token("bob");
+    Client::connect(&a, &bob_token).await?;
+    let resume_token = two.resume_token.clone();
+    two.drop_connection();
+    Client::resume(&a, &token, &resume_token).await?;
+    Ok(())
+}

@@ -95,7 +95,8 @@ impl TestBed {
             ..MsgNodeConfig::default()
         };
         config.redis.url = Some(self.redis.url());
-        config.timing.delivery_timeout_ms = 1_000;
+        // Short enough for the 408 test, long enough for a loaded CI machine.
+        config.timing.delivery_timeout_ms = 3_000;
         config
     }
 
