@@ -112,7 +112,10 @@ pub async fn mount(ctx: &StackContext, mount: &mut Mount) -> Result<(), StackErr
     )
     .await
     .map_err(|e| StackError::Service("sfu", e.to_string()))?;
-    mount.grpc(sfu).http(sfu_routes);
+    mount
+        .grpc(sfu)
+        .http(sfu_routes)
+        .link("whip ingest", "/whip/<room>");
     // The Message Node: /msg, the web client at /client/, and rethink.v1.MsgNode.
     let msg_node = rethink_msg_node::MsgNode::start(
         rethink_msg_node::MsgNodeConfig {
