@@ -2,7 +2,7 @@
 //! subscribers, all simulated in-process on the virtual network. Only the time spent inside
 //! the core's calls is counted, so the subscribers' own decryption does not pollute the figure.
 //!
-//! `cargo run -p rethink-sfu-core --example fanout [subscribers] [seconds]`
+//! `cargo run -p rethink-sfu-core --example fanout [subscribers] [seconds] [bwe|nobwe]`
 
 #[path = "../tests/core/sim.rs"]
 mod sim;
@@ -15,8 +15,9 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let subscribers: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(50);
     let seconds: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(5);
+    let bwe = args.next().is_none_or(|a| a != "nobwe");
 
-    let mut sim = Sim::new(1);
+    let mut sim = Sim::with_config(1, |c| c.bwe = bwe);
     sim.core.create_room("bench").unwrap();
     // 10.4 kB per frame at 30 fps ≈ 2.5 Mbit/s.
     let publisher = sim.add_peer("pub", &[SourceSpec::vp8(10_400)]);
@@ -43,8 +44,20 @@ fn main() {
         .skip(1)
         .map(|p| p.mid_of(&track).map_or(0, |m| p.frames_from(m).len()))
         .collect();
+    let estimates: Vec<u64> = (0..subscribers)
+        .filter_map(|i| sim.core.participant_stats(&format!("sub{i}")))
+        .filter_map(|s| s.estimate_bps)
+        .collect();
+    let est_min = estimates.iter().min().copied().unwrap_or(0);
+    let est_mean = estimates.iter().sum::<u64>() / estimates.len().max(1) as u64;
     println!(
-        "subscribers={subscribers} virtual={seconds}s forwarded_rtp={rtp} core_busy={:.3}s \
+        "estimate min/mean {:.2}/{:.2} Mbit/s over {} subscribers",
+        est_min as f64 / 1e6,
+        est_mean as f64 / 1e6,
+        estimates.len()
+    );
+    println!(
+        "bwe={bwe} subscribers={subscribers} virtual={seconds}s forwarded_rtp={rtp} core_busy={:.3}s \
          core_us_per_forwarded_packet={:.2} sim_wall={:.2}s min_frames_per_subscriber={} \
          bitrate_out={:.1}Mbit/s",
         busy.as_secs_f64(),
