@@ -73,6 +73,9 @@ pub struct TimingConfig {
     pub delivery_timeout_ms: u64,
     /// Seconds an address stays in the shared map without a refresh (refreshed every third).
     pub address_ttl_secs: u64,
+    /// Seconds between WebSocket pings; a connection silent for two intervals is dead (its
+    /// session enters the grace period).
+    pub ping_secs: u64,
 }
 
 impl Default for MsgNodeConfig {
@@ -113,6 +116,7 @@ impl Default for TimingConfig {
             grace_secs: 15,
             delivery_timeout_ms: 5_000,
             address_ttl_secs: 30,
+            ping_secs: 20,
         }
     }
 }
@@ -126,6 +130,11 @@ impl TimingConfig {
     /// Returns the cross-replica delivery timeout.
     pub fn delivery_timeout(&self) -> Duration {
         Duration::from_millis(self.delivery_timeout_ms)
+    }
+
+    /// Returns the WebSocket ping interval.
+    pub fn ping(&self) -> Duration {
+        Duration::from_secs(self.ping_secs)
     }
 
     /// Returns the TTL of address map entries.
@@ -181,9 +190,10 @@ impl ServiceConfig for MsgNodeConfig {
             ));
         }
         let t = &self.timing;
-        if t.delivery_timeout_ms == 0 || t.address_ttl_secs < 3 {
+        if t.delivery_timeout_ms == 0 || t.address_ttl_secs < 3 || t.ping_secs == 0 {
             return Err(ConfigError::invalid(
-                "timing.delivery_timeout_ms must be positive and timing.address_ttl_secs at least 3",
+                "timing.delivery_timeout_ms and timing.ping_secs must be positive and \
+                 timing.address_ttl_secs at least 3",
             ));
         }
         Ok(())

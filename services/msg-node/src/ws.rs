@@ -107,9 +107,22 @@ async fn connection(
     let mut open = socket.send(Message::Text(welcome.into())).await.is_ok();
     let max = node.config.limits.max_message_bytes;
     let stop = node.shutdown.clone();
+    // Pings find connections whose peer vanished without closing (no FIN ever arrives), so
+    // their sessions enter the grace period instead of staying attached forever.
+    let ping_every = node.config.timing.ping();
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    let mut last_seen = tokio::time::Instant::now();
     while open {
         tokio::select! {
             () = closer.closed() => break,
+            _ = ping.tick() => {
+                if last_seen.elapsed() > ping_every * 2 {
+                    tracing::info!(session = %session.id, "no frame for two ping intervals; dropping the connection");
+                    break;
+                }
+                let sent = tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Ping(Default::default()))).await;
+                open = matches!(sent, Ok(Ok(())));
+            }
             () = stop.wait() => closer.close(CloseReason::Shutdown),
             () = tokio::time::sleep_until(expires) => closer.close(CloseReason::Expired),
             out = attachment.queue.recv() => {
@@ -124,7 +137,9 @@ async fn connection(
                     () = closer.closed() => {}
                 }
             }
-            incoming = socket.recv() => match incoming {
+            incoming = socket.recv() => {
+                last_seen = tokio::time::Instant::now();
+                match incoming {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => open = false,
                 Some(Ok(Message::Text(text))) => match parse_frame(text.as_str(), max) {
                     Ok(envelope) => node.handle(&session, envelope, text.len()).await,
@@ -144,7 +159,8 @@ async fn connection(
                     let _ = session.enqueue(error.response(node.domain.node(), &session.runtime));
                 }
                 Some(Ok(_)) => {}
-            },
+                }
+            }
         }
     }
     if let Some(reason) = closer.reason() {

@@ -349,3 +349,50 @@ async fn sessions_per_identity_are_limited() -> Result<()> {
     Client::resume(&a, &token, &resume_token).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_silent_connection_is_dropped_and_its_session_expires() -> Result<()> {
+    let bed = TestBed::start().await?;
+    let mut config = bed.config("node-a");
+    config.timing.ping_secs = 1;
+    config.timing.grace_secs = 1;
+    let a = bed.replica(config).await?;
+    let (alice_token, _) = bed.user_token("alice");
+    let (bob_token, _) = bed.user_token("bob");
+    let mut alice = Client::connect(&a, &alice_token).await?;
+    let alice_h = alice.register().await?;
+    let mut bob = Client::connect(&a, &bob_token).await?;
+    let bob_h = bob.register().await?;
+    // alice's client stops reading (so it never answers pings); bob keeps talking, and his
+    // reads answer the node's pings.
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        let r = bob
+            .request(
+                "read",
+                &bob_h,
+                "domain://registry.localhost",
+                json!({"resource": alice_h}),
+            )
+            .await?;
+        if code(&r) == 404 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the silent connection was never dropped"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let me = bob
+        .request(
+            "read",
+            &bob_h,
+            "domain://registry.localhost",
+            json!({"resource": bob_h}),
+        )
+        .await?;
+    assert_eq!(code(&me), 200, "the active connection must survive: {me}");
+    drop(alice);
+    Ok(())
+}
