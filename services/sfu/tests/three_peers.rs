@@ -229,15 +229,31 @@ async fn three_peers_decode_each_other_and_a_leaver_is_cleaned_up() -> anyhow::R
         );
     }
 
-    // Each saw the other two publish and join.
+    // Each saw the other two publish, and what it decodes are exactly those two tracks.
+    let mut track_of = std::collections::HashMap::new();
     for p in &participants {
+        let mut expected = Vec::new();
         for other in participants.iter().filter(|o| o.name != p.name) {
-            p.wait_event(
-                &format!("track_published by {}", other.name),
-                |e| matches!(e, Event::TrackPublished(t) if t.participant == other.name),
-            )
-            .await;
+            let event = p
+                .wait_event(
+                    &format!("track_published by {}", other.name),
+                    |e| matches!(e, Event::TrackPublished(t) if t.participant == other.name),
+                )
+                .await;
+            let Event::TrackPublished(track) = event else {
+                unreachable!("matched above")
+            };
+            track_of.insert(other.name.clone(), track.track_id.clone());
+            expected.push(track.track_id);
         }
+        let mut decoded: Vec<String> = p
+            .decoded_tracks()
+            .into_iter()
+            .map(|(k, _)| k.track_id)
+            .collect();
+        decoded.sort();
+        expected.sort();
+        assert_eq!(decoded, expected, "{} decodes the wrong tracks", p.name);
     }
 
     let stats = room_stats(&sfu).await?;
@@ -283,8 +299,18 @@ async fn three_peers_decode_each_other_and_a_leaver_is_cleaned_up() -> anyhow::R
     }
 
     // The remaining two keep decoding each other: 30 more frames on a track that was
-    // already decoding.
+    // already decoding, while carol's track stays silent.
+    let carol_track = track_of.get("carol").expect("carol published").clone();
+    let carol_packets = |p: &Participant| {
+        p.peer
+            .remote_tracks()
+            .into_iter()
+            .find(|(k, _)| k.track_id == carol_track)
+            .map(|(_, c)| c.packets)
+            .unwrap_or(0)
+    };
     for p in &participants {
+        let carol_before = carol_packets(p);
         let before = p.decoded_tracks();
         p.peer
             .wait_tracks(MEDIA_WAIT, "30 more frames on a live track", |tracks| {
@@ -295,6 +321,14 @@ async fn three_peers_decode_each_other_and_a_leaver_is_cleaned_up() -> anyhow::R
                 })
             })
             .await?;
+        // A few packets may have been in flight when carol left; a live track delivers about
+        // a hundred in the time the other track takes for 30 frames.
+        let carol_after = carol_packets(p);
+        assert!(
+            carol_after - carol_before <= 10,
+            "{}: carol's track still delivers ({carol_before} -> {carol_after} packets)",
+            p.name
+        );
     }
 
     for p in &participants {
