@@ -188,6 +188,7 @@ pub async fn run(
         .map_err(|e| MsgNodeError::Store(format!("connecting backends: {e}")))?;
     let verifier = verifier(&config, &backends).await?;
     let drain = Duration::from_secs(config.drain_secs);
+    let config_ping = config.timing.ping();
     let stop = Shutdown::new();
     let msg_node = MsgNode::start(config, backends, verifier, stop.clone()).await?;
     let health = Health::new();
@@ -195,7 +196,11 @@ pub async fn run(
         .router()
         .merge(lifecycle::ops_router(health.clone()));
     let (grpc_health, reflection) = lifecycle::grpc_health_and_reflection(&health);
+    // HTTP/2 keepalive finds attached services whose peer vanished, as pings do for WebSockets.
+    let keepalive = config_ping;
     let grpc = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(keepalive))
+        .http2_keepalive_timeout(Some(keepalive))
         .add_service(grpc_health)
         .add_service(reflection)
         .add_service(msg_node.grpc_service())
