@@ -134,9 +134,11 @@ impl Sfu for SfuService {
         let body = request.get_ref();
         self.authorize(&request, &body.room).await?;
         check_room_participant(&body.room, &body.participant)?;
-        if body.candidate.is_empty() || body.candidate.len() > MAX_CANDIDATE_LEN {
+        // An empty candidate is the end-of-candidates marker browsers send; the core ignores it.
+        if body.candidate.len() > MAX_CANDIDATE_LEN {
             return Err(SfuError::InvalidArgument(format!(
-                "candidate must be 1 to {MAX_CANDIDATE_LEN} bytes"
+                "candidate is {} bytes long; the limit is {MAX_CANDIDATE_LEN}",
+                body.candidate.len()
             ))
             .into());
         }

@@ -5,9 +5,9 @@ mod common;
 
 use common::{TestSfu, authed, peer::TestPeer};
 use rethink_proto::v1::{
-    SfuAnswerRenegotiationRequest, SfuCloseRoomRequest, SfuCreateRoomRequest, SfuEventsRequest,
-    SfuGetParticipantStatsRequest, SfuGetRoomStatsRequest, SfuJoinRequest, SfuLeaveRequest,
-    SfuSubscribeRequest,
+    SfuAddIceCandidateRequest, SfuAnswerRenegotiationRequest, SfuCloseRoomRequest,
+    SfuCreateRoomRequest, SfuEventsRequest, SfuGetParticipantStatsRequest, SfuGetRoomStatsRequest,
+    SfuJoinRequest, SfuLeaveRequest, SfuSubscribeRequest,
 };
 use tonic::Code;
 
@@ -235,6 +235,42 @@ async fn missing_or_bad_tokens_are_unauthenticated() {
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::NotFound);
+    sfu.stop().await;
+}
+
+#[tokio::test]
+async fn trickled_candidates_are_parsed() {
+    let sfu = TestSfu::start().await;
+    let mut client = sfu.client().await;
+    client.create_room(sfu.authed(create("r"))).await.unwrap();
+    let peer = TestPeer::new().await;
+    client
+        .join(sfu.authed(join("r", "alice", &peer.offer)))
+        .await
+        .unwrap();
+    let candidate = |line: &str| SfuAddIceCandidateRequest {
+        room: "r".into(),
+        participant: "alice".into(),
+        candidate: line.into(),
+    };
+    for good in [
+        "candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host",
+        "a=candidate:2 1 udp 2130706431 127.0.0.1 50001 typ host",
+        // End of candidates.
+        "",
+    ] {
+        client
+            .add_ice_candidate(sfu.authed(candidate(good)))
+            .await
+            .unwrap_or_else(|e| panic!("{good:?}: {e:?}"));
+    }
+    for bad in ["candidate:garbage", &"x".repeat(2000)] {
+        let error = client
+            .add_ice_candidate(sfu.authed(candidate(bad)))
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), Code::InvalidArgument, "{bad:?}: {error:?}");
+    }
     sfu.stop().await;
 }
 
