@@ -12,7 +12,7 @@ use crate::telemetry::propagation;
 /// Builds an envelope around `payload`: a fresh UUID, the current time, the current span's trace
 /// context, and the payload's full protobuf name as `payload_type`.
 ///
-/// `kind` is dotted and lowercase ("auth.token.revoked"); `source` is "<service>/<instance>".
+/// `kind` is dotted and lowercase ("auth.token.revoked"); `source` is `"<service>/<instance>"`.
 pub fn new_event<M: Message + Name>(kind: &str, source: &str, payload: &M) -> Event {
     new_event_named(kind, source, &M::full_name(), payload)
 }
