@@ -43,6 +43,10 @@ pub trait KvStore: Send + Sync + 'static {
     async fn delete(&self, key: &str) -> Result<bool, KvError>;
 
     /// Returns every live key starting with `prefix` and its value, sorted by key.
+    ///
+    /// On Redis this walks the whole keyspace with `SCAN`: fine for small sets such as node and
+    /// registry listings, not for hot paths. Not a snapshot: keys written during the scan may or
+    /// may not be included.
     async fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Bytes)>, KvError>;
 
     /// Atomically replaces `expected` (None = absent) with `new` (None = delete), with `ttl` for
