@@ -355,10 +355,10 @@ pub struct DriverSetup {
     pub core: SfuCore,
     /// The one UDP socket.
     pub socket: UdpSocket,
-    /// The address given to the core as the destination of every received datagram: the
-    /// advertised candidate of the socket (a socket bound to 0.0.0.0 does not learn which
-    /// address a datagram was sent to).
-    pub local: SocketAddr,
+    /// The advertised candidates. A socket bound to 0.0.0.0 does not learn which address a
+    /// datagram was sent to, so the core is told the first candidate of the sender's address
+    /// family as the destination.
+    pub candidates: Vec<SocketAddr>,
     /// This node's id, put in bus events.
     pub node_id: String,
     /// Limits.
@@ -374,7 +374,8 @@ pub fn spawn(setup: DriverSetup) -> (DriverHandle, tokio::task::JoinHandle<()>) 
     let driver = Driver {
         core: setup.core,
         socket: Arc::new(setup.socket),
-        local: setup.local,
+        local_v4: setup.candidates.iter().copied().find(SocketAddr::is_ipv4),
+        local_v6: setup.candidates.iter().copied().find(SocketAddr::is_ipv6),
         node_id: setup.node_id,
         limits: setup.limits,
         bus: setup.bus,
@@ -400,7 +401,8 @@ pub fn spawn(setup: DriverSetup) -> (DriverHandle, tokio::task::JoinHandle<()>) 
 struct Driver {
     core: SfuCore,
     socket: Arc<UdpSocket>,
-    local: SocketAddr,
+    local_v4: Option<SocketAddr>,
+    local_v6: Option<SocketAddr>,
     node_id: String,
     limits: Limits,
     bus: mpsc::Sender<BusEvent>,
@@ -466,8 +468,16 @@ impl Driver {
     fn receive(&mut self, source: SocketAddr, data: &[u8]) {
         self.counters.datagrams_in.increment(1);
         self.counters.bytes_in.increment(data.len() as u64);
+        let local = if source.is_ipv4() {
+            self.local_v4.or(self.local_v6)
+        } else {
+            self.local_v6.or(self.local_v4)
+        };
+        let Some(local) = local else {
+            return;
+        };
         self.core
-            .handle_datagram(Instant::now(), source, self.local, data);
+            .handle_datagram(Instant::now(), source, local, data);
     }
 
     /// Polls the core until it names its next deadline; returns that deadline.

@@ -246,7 +246,7 @@ impl Node {
         let (driver, driver_task) = driver::spawn(driver::DriverSetup {
             core,
             socket: udp,
-            local: candidates[0],
+            candidates: candidates.clone(),
             node_id: node_id.clone(),
             limits: driver::Limits {
                 max_rooms: config.max_rooms,
