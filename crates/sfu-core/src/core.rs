@@ -732,7 +732,7 @@ impl SfuCore {
         let mut published: Vec<TrackId> = p.published.values().cloned().collect();
         published.sort();
         for tid in published {
-            self.unpublish(&tid, now);
+            self.unpublish(&tid);
         }
         for tid in p.subs.keys() {
             if let Some(t) = self.tracks.get_mut(tid) {

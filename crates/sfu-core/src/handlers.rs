@@ -48,14 +48,14 @@ impl SfuCore {
                     _ => {}
                 }
             }
-            Event::MediaAdded(added) => self.on_media_added(key, added, now),
+            Event::MediaAdded(added) => self.on_media_added(key, added),
             Event::MediaChanged(changed) if !changed.direction.is_receiving() => {
                 let tid = self
                     .participants
                     .get(&key)
                     .and_then(|p| p.published.get(&changed.mid).cloned());
                 if let Some(tid) = tid {
-                    self.unpublish(&tid, now);
+                    self.unpublish(&tid);
                 }
             }
             Event::EgressBitrateEstimate(bwe) => {
@@ -100,7 +100,7 @@ impl SfuCore {
     }
 
     /// A new m-line from the peer: if it sends to us, it is a published track.
-    fn on_media_added(&mut self, key: PKey, added: MediaAdded, now: Instant) {
+    fn on_media_added(&mut self, key: PKey, added: MediaAdded) {
         if !added.direction.is_receiving() {
             return;
         }
@@ -162,11 +162,10 @@ impl SfuCore {
                 self.sync_subscriptions(m);
             }
         }
-        let _ = now;
     }
 
     /// Removes a published track from the room and from every subscriber.
-    pub(crate) fn unpublish(&mut self, tid: &TrackId, _now: Instant) {
+    pub(crate) fn unpublish(&mut self, tid: &TrackId) {
         let Some(track) = self.tracks.remove(tid) else {
             return;
         };
