@@ -123,6 +123,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.group_size < 2 || args.clients < args.group_size || args.users == 0 {
         bail!("need --group-size >= 2, --clients >= --group-size and --users >= 1");
     }
+    for url in [&args.connect, &args.auth_url].into_iter().flatten() {
+        check_loopback(url)?;
+    }
     let http = reqwest::Client::new();
     let dir = tempfile::Builder::new().prefix("msg-bench-").tempdir()?;
     let users = args.users.min(args.clients);
@@ -221,6 +224,31 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         node.stop().await;
     }
     drop(local_auth);
+    Ok(())
+}
+
+/// Refuses URLs that leave the machine: the bench generates load only on loopback (and reads
+/// the node's CPU time from this machine's `/proc` anyway).
+fn check_loopback(url: &str) -> anyhow::Result<()> {
+    let host = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split(['/', '?'])
+        .next()
+        .unwrap_or_default();
+    let host = host
+        .rsplit_once(':')
+        .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
+        .map_or(host, |(h, _)| h);
+    let loopback = host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !loopback {
+        bail!("{url}: the bench runs on loopback only (127.0.0.1, ::1 or localhost)");
+    }
     Ok(())
 }
 
@@ -459,5 +487,29 @@ fn print_summary(results: &[StepResult], stats: &Stats) {
     }
     if stats.unexpected > 0 {
         println!("# unexpected frames: {}", stats.unexpected);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_loopback;
+
+    #[test]
+    fn accepts_only_loopback_urls() {
+        for ok in [
+            "http://127.0.0.1:8082",
+            "http://localhost:8081/",
+            "http://[::1]:8082",
+            "http://127.0.0.2",
+        ] {
+            assert!(check_loopback(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://10.0.0.1:8082",
+            "http://example.org",
+            "http://[2001:db8::1]:80",
+        ] {
+            assert!(check_loopback(bad).is_err(), "{bad}");
+        }
     }
 }
