@@ -326,3 +326,40 @@ async fn close_room_ends_its_participants_event_streams() {
     client.create_room(sfu.authed(create("r"))).await.unwrap();
     sfu.stop().await;
 }
+
+#[tokio::test]
+async fn public_ips_are_the_advertised_candidates() {
+    let config = rethink_sfu::SfuConfig {
+        public_ips: vec![
+            "198.51.100.9".parse().unwrap(),
+            "2001:db8::9".parse().unwrap(),
+        ],
+        ..common::test_config()
+    };
+    let sfu = TestSfu::start_with(
+        config,
+        std::sync::Arc::new(rethink_common::kv::MemoryKv::new()),
+        std::sync::Arc::new(rethink_common::bus::MemoryBus::new()),
+    )
+    .await;
+    let mut client = sfu.client().await;
+    client.create_room(sfu.authed(create("r"))).await.unwrap();
+    let peer = TestPeer::new().await;
+    let answer = client
+        .join(sfu.authed(join("r", "alice", &peer.offer)))
+        .await
+        .unwrap()
+        .into_inner()
+        .answer_sdp;
+    let port = sfu.udp.port();
+    assert!(
+        answer.contains(&format!("198.51.100.9 {port} typ host")),
+        "{answer}"
+    );
+    assert!(
+        answer.contains(&format!("2001:db8::9 {port} typ host")),
+        "{answer}"
+    );
+    assert!(!answer.contains("127.0.0.1"), "{answer}");
+    sfu.stop().await;
+}
