@@ -227,3 +227,55 @@ fn an_unanswered_offer_is_made_again() {
         .expect("negotiated by the second offer");
     assert!(sim.peer("bob").frames_from(mid).len() > 20);
 }
+
+#[test]
+fn a_peer_offer_during_a_server_offer_withdraws_and_repeats_it() {
+    let mut sim = Sim::new(17);
+    sim.core.create_room("r").unwrap();
+    let alice = sim.add_peer("alice", &[SourceSpec::vp8(700)]);
+    let bob = sim.add_peer("bob", &[]);
+    sim.join(alice, "r").unwrap();
+    sim.join(bob, "r").unwrap();
+    sim.auto_answer = false;
+    sim.connect_all();
+    sim.run_for(Duration::from_millis(200));
+    // Bob holds an unanswered server offer (alice's track).
+    assert_eq!(sim.offers_to("bob").len(), 1);
+    // Bob starts publishing before answering (glare): his offer wins, ours is made again.
+    sim.add_source("bob", SourceSpec::vp8(600)).unwrap();
+    let offers = sim.offers_to("bob");
+    assert_eq!(offers.len(), 2, "the withdrawn offer is repeated");
+    // Answering the stale first offer is refused; the new one works.
+    let stale = offers[0].clone();
+    let peer_answer = {
+        let p = sim.peer_mut("bob");
+        let offer = str0m::change::SdpOffer::from_sdp_string(&stale).unwrap();
+        p.rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map(|a| a.to_sdp_string())
+    };
+    if let Ok(answer) = peer_answer {
+        assert!(sim.core.accept_answer("bob", &answer, sim.now).is_err());
+    }
+    let offers = sim.offers_to("bob");
+    let latest = offers.last().unwrap().clone();
+    sim.renegotiate("bob", &latest);
+    // Alice gets bob's new track through her own offer.
+    for o in sim.offers_to("alice") {
+        sim.renegotiate("alice", &o);
+    }
+    sim.run_for(Duration::from_secs(1));
+    let a_track = sim.tracks_of("alice")[0].clone();
+    let b_track = sim.tracks_of("bob")[0].clone();
+    let bob_mid = sim
+        .peer("bob")
+        .mid_of(&a_track)
+        .expect("bob receives alice");
+    assert!(sim.peer("bob").frames_from(bob_mid).len() > 20);
+    let alice_mid = sim
+        .peer("alice")
+        .mid_of(&b_track)
+        .expect("alice receives bob");
+    assert!(sim.peer("alice").frames_from(alice_mid).len() > 20);
+}
