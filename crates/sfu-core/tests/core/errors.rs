@@ -166,7 +166,7 @@ fn random_datagrams_and_sdp_never_panic() {
     let sim = RefCell::new(sim);
 
     let mut runner = TestRunner::new(Config {
-        cases: 400,
+        cases: 256,
         failure_persistence: None,
         ..Config::default()
     });
@@ -191,7 +191,7 @@ fn random_datagrams_and_sdp_never_panic() {
         .unwrap();
 
     let mut runner = TestRunner::new(Config {
-        cases: 300,
+        cases: 200,
         failure_persistence: None,
         ..Config::default()
     });
