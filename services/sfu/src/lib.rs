@@ -394,24 +394,51 @@ pub async fn run_with(
     ));
     node.health().set_ready(true);
 
-    shutdown.await;
-    node.drain().await;
+    // A server that dies on its own ends the node too, with its error.
+    let mut grpc = grpc;
+    let mut http = http;
+    let (failure, grpc_done, http_done) = tokio::select! {
+        () = shutdown => (None, false, false),
+        result = &mut grpc => {
+            (Some(format!("grpc server stopped: {}", describe(result))), true, false)
+        }
+        result = &mut http => {
+            (Some(format!("http server stopped: {}", describe(result))), false, true)
+        }
+    };
+    if let Some(failure) = &failure {
+        tracing::error!(%failure, "stopping the node");
+    } else {
+        node.drain().await;
+    }
 
     stop_servers.trigger();
-    let mut grpc = grpc;
-    match tokio::time::timeout(SERVER_STOP_GRACE * 2, &mut grpc).await {
-        Ok(Ok(Err(error))) => tracing::warn!(%error, "grpc server"),
-        Err(_) => {
-            tracing::warn!("grpc server did not stop in time; dropping its connections");
-            grpc.abort();
+    if !grpc_done {
+        match tokio::time::timeout(SERVER_STOP_GRACE * 2, &mut grpc).await {
+            Ok(Ok(Err(error))) => tracing::warn!(%error, "grpc server"),
+            Err(_) => {
+                tracing::warn!("grpc server did not stop in time; dropping its connections");
+                grpc.abort();
+            }
+            _ => {}
         }
-        _ => {}
     }
-    if let Ok(Err(error)) = http.await {
+    if !http_done && let Ok(Err(error)) = http.await {
         tracing::warn!(%error, "http server task");
     }
     node.stop().await;
-    Ok(())
+    match failure {
+        Some(failure) => Err(SfuError::Internal(failure)),
+        None => Ok(()),
+    }
+}
+
+fn describe<E: std::fmt::Display>(result: Result<Result<(), E>, tokio::task::JoinError>) -> String {
+    match result {
+        Ok(Ok(())) => "without an error".into(),
+        Ok(Err(error)) => error.to_string(),
+        Err(error) => error.to_string(),
+    }
 }
 
 /// Longest drain of a node inside the all-in-one stack (the stack's own default deadline).
