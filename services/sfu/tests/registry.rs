@@ -159,3 +159,27 @@ async fn joins_and_departures_are_published_on_the_bus() {
     assert_eq!(payload.reason, "left");
     sfu.stop().await;
 }
+
+#[tokio::test]
+async fn heartbeat_comes_back_after_a_redis_restart() {
+    let mut redis = RedisServer::start().await.expect("redis-server");
+    let (kv, bus) = redis_backends(&redis).await;
+    let sfu = TestSfu::start_with(test_config(), kv.clone(), bus).await;
+    let key = keys::node_key("sfu-test");
+    wait_for_key(kv.as_ref(), &key).await;
+
+    // A restart without persistence loses every key; the next beats write it again.
+    redis.restart().await.expect("redis restarts");
+    let value = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(Some(value)) = kv.get(&key).await {
+                return value;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("heartbeat rewritten after the restart");
+    assert_eq!(SfuNode::decode(value).unwrap().node_id, "sfu-test");
+    sfu.stop().await;
+}
