@@ -39,7 +39,8 @@ impl KeyframeGate {
     /// When a held-back request becomes due.
     pub(crate) fn deadline(&self, min_interval: Duration) -> Option<Instant> {
         match (self.deferred, self.last_sent) {
-            (true, Some(t)) => Some(t + min_interval),
+            // An interval too large to represent means "never again".
+            (true, Some(t)) => t.checked_add(min_interval),
             _ => None,
         }
     }
