@@ -638,11 +638,13 @@ impl Driver {
     }
 
     fn create_room(&mut self, room: String) -> Result<(), SfuError> {
-        if self.draining {
-            return Err(SfuError::Draining);
-        }
+        // An existing room is reported as such even while draining: callers that only want
+        // the room to exist (WHIP) may still use it.
         if self.rooms.contains_key(&room) {
             return Err(SfuError::RoomExists(room));
+        }
+        if self.draining {
+            return Err(SfuError::Draining);
         }
         if self.rooms.len() >= self.limits.max_rooms {
             return Err(SfuError::LimitReached(format!(

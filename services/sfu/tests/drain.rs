@@ -122,6 +122,27 @@ async fn drain_refuses_new_rooms_and_ends_when_the_last_participant_leaves() {
     .await
     .expect("heartbeat says draining");
 
+    // WHIP publishers may still join the existing room, not open a new one.
+    let http = reqwest::Client::new();
+    let whip = |room: &str| {
+        http.post(format!("http://{}/whip/{room}", sfu.http))
+            .bearer_auth(&sfu.token)
+            .header("content-type", "application/sdp")
+            .body(peer.offer.clone())
+            .send()
+    };
+    assert_eq!(whip("new").await.unwrap().status(), 503);
+    let response = whip("r").await.unwrap();
+    assert_eq!(response.status(), 201);
+    let location = response.headers()["location"].to_str().unwrap().to_string();
+    let response = http
+        .delete(format!("http://{}{location}", sfu.http))
+        .bearer_auth(&sfu.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
     // The existing room still works.
     let stats = client
         .get_room_stats(sfu.authed(SfuGetRoomStatsRequest { room: "r".into() }))
