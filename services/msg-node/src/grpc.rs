@@ -78,6 +78,11 @@ impl MsgNodeApi for MsgNodeGrpc {
             let stop = node.shutdown.clone();
             let mut open = tx.send(Ok(welcome)).await.is_ok();
             while open {
+                // Checked first: once closed, nothing more is taken from the queue, so it is
+                // all there for a resume.
+                if closer.is_closed() {
+                    break;
+                }
                 tokio::select! {
                     () = closer.closed() => break,
                     () = stop.wait() => closer.close(CloseReason::Shutdown),

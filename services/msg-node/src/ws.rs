@@ -20,6 +20,7 @@ use axum::{
     http::{HeaderMap, header},
     response::{IntoResponse, Response},
 };
+use futures::SinkExt;
 use rethink_common::token::{TokenError, unix_now};
 use serde::Deserialize;
 
@@ -30,8 +31,10 @@ use crate::{
     session::{CloseReason, Session},
 };
 
-/// How long one frame may take to reach a client before it counts as a slow consumer.
+/// How long one write (a batch of frames) may take before the client counts as a slow consumer.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most queued frames written before one flush.
+const WRITE_BATCH: usize = 64;
 
 /// Query parameters of `/msg`.
 #[derive(Debug, Deserialize)]
@@ -113,6 +116,11 @@ async fn connection(
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     let mut last_seen = tokio::time::Instant::now();
     while open {
+        // Checked first: once closed, nothing more is taken from the queue, so it is all
+        // there for a resume.
+        if closer.is_closed() {
+            break;
+        }
         tokio::select! {
             () = closer.closed() => break,
             _ = ping.tick() => {
@@ -127,9 +135,23 @@ async fn connection(
             () = tokio::time::sleep_until(expires) => closer.close(CloseReason::Expired),
             out = attachment.queue.recv() => {
                 let Some(envelope) = out else { break };
-                let frame = Message::Text(envelope.to_json().into());
+                // Write what is already queued in one go and flush once: one syscall for a
+                // burst instead of one per message.
+                let mut batch = vec![envelope];
+                while batch.len() < WRITE_BATCH {
+                    match attachment.queue.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let write = async {
+                    for envelope in batch {
+                        socket.feed(Message::Text(envelope.to_json().into())).await?;
+                    }
+                    socket.flush().await
+                };
                 tokio::select! {
-                    sent = tokio::time::timeout(SEND_TIMEOUT, socket.send(frame)) => match sent {
+                    sent = tokio::time::timeout(SEND_TIMEOUT, write) => match sent {
                         Ok(Ok(())) => {}
                         Ok(Err(_)) => open = false,
                         Err(_) => closer.close(CloseReason::SlowConsumer(node.config.limits.queue_len)),
