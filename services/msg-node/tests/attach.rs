@@ -202,3 +202,52 @@ async fn attach_needs_the_services_attach_grant() -> Result<()> {
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
     Ok(())
 }
+
+#[tokio::test]
+async fn revoking_a_service_token_ends_its_stream() -> Result<()> {
+    let bed = TestBed::start().await?;
+    let a = bed.default_replica("node-a").await?;
+    let grants = rethink_common::token::Grants {
+        services: rethink_common::token::ServiceGrants { attach: true },
+        ..Default::default()
+    };
+    let issued = bed
+        .auth
+        .issue("service:camera-1", "camera-1", grants, None)
+        .unwrap();
+    let mut camera = attach(a.grpc, &issued.token).await?.unwrap();
+    let runtime = camera.runtime.clone();
+    camera
+        .tx
+        .send(envelope(
+            1,
+            "create",
+            &runtime,
+            "domain://registry.localhost",
+            json!({"resource": "hyperty", "address": "hyperty://localhost/camera/1"}),
+        ))
+        .await?;
+    assert_eq!(code(&next(&mut camera.rx).await?), 200);
+    bed.auth
+        .revoke(&issued.claims)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let end = tokio::time::timeout(common::WAIT, camera.rx.message()).await?;
+    let status = end.expect_err("the stream should end with a status");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status}");
+    assert_eq!(status.message(), "token revoked");
+    // Its well-known address is released at once.
+    let (alice_token, _) = bed.user_token("alice");
+    let mut alice = Client::connect(&a, &alice_token).await?;
+    let me = alice.register().await?;
+    let gone = alice
+        .request(
+            "read",
+            &me,
+            "domain://registry.localhost",
+            json!({"resource": "hyperty://localhost/camera/1"}),
+        )
+        .await?;
+    assert_eq!(code(&gone), 404, "{gone}");
+    Ok(())
+}
