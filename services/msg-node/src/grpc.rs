@@ -10,6 +10,7 @@
 use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures::Stream;
+use rethink_common::token::unix_now;
 use rethink_proto::v1::{self as pb, msg_node_server::MsgNode as MsgNodeApi};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
@@ -76,6 +77,8 @@ impl MsgNodeApi for MsgNodeGrpc {
             let closer = attachment.closer.clone();
             let max = node.config.limits.max_message_bytes;
             let stop = node.shutdown.clone();
+            let expires = tokio::time::Instant::now()
+                + Duration::from_secs(u64::try_from(claims.exp - unix_now()).unwrap_or(0));
             let mut open = tx.send(Ok(welcome)).await.is_ok();
             while open {
                 // Checked first: once closed, nothing more is taken from the queue, so it is
@@ -86,6 +89,7 @@ impl MsgNodeApi for MsgNodeGrpc {
                 tokio::select! {
                     () = closer.closed() => break,
                     () = stop.wait() => closer.close(CloseReason::Shutdown),
+                    () = tokio::time::sleep_until(expires) => closer.close(CloseReason::Expired),
                     () = tx.closed() => open = false,
                     out = attachment.queue.recv() => {
                         let Some(envelope) = out else { break };

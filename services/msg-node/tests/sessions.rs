@@ -396,3 +396,34 @@ async fn a_silent_connection_is_dropped_and_its_session_expires() -> Result<()> 
     drop(alice);
     Ok(())
 }
+
+#[tokio::test]
+async fn an_expiring_token_closes_the_connection_and_the_session_can_resume() -> Result<()> {
+    let bed = TestBed::start().await?;
+    let a = bed.default_replica("node-a").await?;
+    let short = bed
+        .auth
+        .issue(
+            "user:alice",
+            "alice",
+            rethink_common::token::Grants::user(),
+            Some(std::time::Duration::from_secs(1)),
+        )
+        .unwrap();
+    let mut alice = Client::connect(&a, &short.token).await?;
+    let h = alice.register().await?;
+    let resume_token = alice.resume_token.clone();
+    let ended = alice.ended().await?;
+    assert_eq!(
+        ended,
+        Ended::Closed(
+            4002,
+            "token expired; reconnect with a fresh token and resume".into()
+        )
+    );
+    let (fresh, _) = bed.user_token("alice");
+    let back = Client::resume(&a, &fresh, &resume_token).await?;
+    assert_eq!(back.session["addresses"], json!([h]));
+    assert_eq!(back.session["previous_close"]["code"], 4002);
+    Ok(())
+}
