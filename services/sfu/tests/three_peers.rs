@@ -2,7 +2,7 @@
 //! SFU on loopback: each joins over real gRPC, publishes an H264 test pattern over real UDP,
 //! applies the server's renegotiation offers from its `Events` stream, and decodes the video of
 //! the other two. Then one leaves and the other two see it gone (events and room stats) while
-//! their own call goes on.
+//! their own call goes on; the bus carries the departure too.
 
 mod common;
 
@@ -10,13 +10,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::TestSfu;
+use prost::Message;
+use rethink_common::bus::{Subscription, topics};
 use rethink_proto::v1::sfu_client::SfuClient;
 use rethink_proto::v1::sfu_participant_event::Event;
 use rethink_proto::v1::{
     SfuAddIceCandidateRequest, SfuAnswerRenegotiationRequest, SfuCreateRoomRequest,
-    SfuEventsRequest, SfuGetRoomStatsRequest, SfuJoinRequest, SfuLeaveRequest, SfuRoomStats,
+    SfuEventsRequest, SfuGetRoomStatsRequest, SfuJoinRequest, SfuLeaveRequest, SfuParticipantLeft,
+    SfuRoomStats, SfuTrackEvent,
 };
 use rethink_rtc_peer::{Peer, PeerConfig, RemoteTrackKey};
+use rethink_sfu::keys;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
@@ -175,6 +179,43 @@ impl Participant {
     }
 }
 
+/// Reads the bus until it carried both `participant`'s departure and the end of its track, in
+/// either order; returns them.
+async fn wait_bus_departure(
+    bus: &mut Subscription,
+    participant: &str,
+) -> (SfuParticipantLeft, SfuTrackEvent) {
+    let (mut left, mut unpublished) = (None, None);
+    let read = tokio::time::timeout(MEDIA_WAIT, async {
+        while left.is_none() || unpublished.is_none() {
+            let Some(message) = bus.recv().await else {
+                return;
+            };
+            let Ok(event) = rethink_proto::v1::Event::decode(message.payload) else {
+                continue;
+            };
+            if event.r#type == keys::EVENT_PARTICIPANT_LEFT
+                && let Ok(l) = SfuParticipantLeft::decode(event.payload.as_slice())
+                && l.participant == participant
+            {
+                left = Some(l);
+            } else if event.r#type == keys::EVENT_TRACK_UNPUBLISHED
+                && let Ok(t) = SfuTrackEvent::decode(event.payload.as_slice())
+                && t.participant == participant
+            {
+                unpublished = Some(t);
+            }
+        }
+    })
+    .await;
+    match (read, left, unpublished) {
+        (Ok(()), Some(left), Some(unpublished)) => (left, unpublished),
+        (_, left, unpublished) => {
+            panic!("bus: {participant} left: {left:?}, track unpublished: {unpublished:?}")
+        }
+    }
+}
+
 async fn room_stats(sfu: &TestSfu) -> anyhow::Result<SfuRoomStats> {
     Ok(sfu
         .client()
@@ -187,6 +228,7 @@ async fn room_stats(sfu: &TestSfu) -> anyhow::Result<SfuRoomStats> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_peers_decode_each_other_and_a_leaver_is_cleaned_up() -> anyhow::Result<()> {
     let sfu = TestSfu::start().await;
+    let mut bus = sfu.bus.subscribe(&[topics::SFU_EVENTS.to_owned()]).await?;
     sfu.client()
         .await
         .create_room(sfu.authed(SfuCreateRoomRequest { room: ROOM.into() }))
@@ -290,6 +332,12 @@ async fn three_peers_decode_each_other_and_a_leaver_is_cleaned_up() -> anyhow::R
         )
         .await;
     }
+    let (left, unpublished) = wait_bus_departure(&mut bus, "carol").await;
+    assert_eq!(left.room, ROOM);
+    assert_eq!(
+        &unpublished.track_id,
+        track_of.get("carol").expect("carol published")
+    );
     let stats = room_stats(&sfu).await?;
     assert_eq!(stats.participants, 2, "{stats:?}");
     assert_eq!(stats.tracks, 2, "{stats:?}");
