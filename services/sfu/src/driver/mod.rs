@@ -1,0 +1,752 @@
+//! The media driver: the one task that owns the UDP socket, the core's timer and the core.
+//!
+//! gRPC handlers never touch the core. They send a command through a bounded channel and
+//! await a oneshot reply ([`DriverHandle`]); the driver runs each command between datagrams, so
+//! the core needs no lock. After every input (command, datagram, timeout) the driver drains
+//! `poll_output` until the core returns its next deadline: datagrams go to the socket, core
+//! events go to the participants' event streams and to the event bus.
+//!
+//! Identities: the service speaks of (room, participant); the core of node-unique participant
+//! ids. The driver keeps the mapping and gives each participant the short core id `p<n>`,
+//! unique for the life of the node; track ids (`p<n>-<mid>`) derive from it.
+//!
+//! The core's events are the single source of truth for departures: `leave`, `close_room` and
+//! the core's own timeouts all end in `CoreEvent::TrackUnpublished` / `ParticipantLeft`, which
+//! the driver turns into stream and bus events. Outputs are drained after every input, so the
+//! driver's maps agree with the core whenever the next command runs.
+//!
+//! Layout: `handle` holds the commands and [`DriverHandle`]; this module the task itself.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rethink_proto::v1::{
+    SfuConnected, SfuMediaKind, SfuNodeLoad, SfuParticipantEvent, SfuParticipantJoined,
+    SfuParticipantLeft, SfuParticipantStats, SfuRenegotiation, SfuRoomStats, SfuTrackEvent,
+    sfu_participant_event::Event as ParticipantEvent,
+};
+use rethink_sfu_core::{CoreError, CoreEvent, LeaveReason, Output, SfuCore, TrackId, TrackKind};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+
+use crate::error::SfuError;
+use crate::events::BusEvent;
+
+mod handle;
+
+use self::handle::Command;
+pub use self::handle::{DriverHandle, EventItem};
+
+/// Capacity of the command channel; handlers wait when the driver is this far behind.
+const COMMAND_QUEUE: usize = 1024;
+/// Events kept for a participant whose `Events` stream is not open (yet).
+const EVENT_BACKLOG: usize = 256;
+/// Capacity of one participant's open event stream; a stream this far behind is closed (its
+/// reader must reopen it and fetch state again) rather than stalling the media loop.
+const EVENT_STREAM_QUEUE: usize = 256;
+/// Datagrams read in one go before outputs are drained, to amortize the wake-up.
+const RECV_BATCH: usize = 64;
+/// Largest datagram read; anything longer is truncated and dropped by the core.
+const MAX_DATAGRAM: usize = 2048;
+
+/// Limits the driver enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most rooms at once.
+    pub max_rooms: usize,
+    /// Most participants per room.
+    pub max_participants_per_room: usize,
+}
+
+/// One participant as the driver knows it.
+struct Slot {
+    room: String,
+    participant: String,
+    stream: Option<mpsc::Sender<EventItem>>,
+    backlog: VecDeque<SfuParticipantEvent>,
+}
+
+/// A published track, as announced to clients.
+struct Track {
+    room: String,
+    /// The publisher's name in the room.
+    participant: String,
+    kind: SfuMediaKind,
+}
+
+/// Counters exported on `/metrics`, held as handles so the hot path does no registry lookup.
+struct Counters {
+    datagrams_in: metrics::Counter,
+    datagrams_out: metrics::Counter,
+    bytes_in: metrics::Counter,
+    bytes_out: metrics::Counter,
+    send_errors: metrics::Counter,
+    stream_lagged: metrics::Counter,
+}
+
+impl Counters {
+    fn new() -> Self {
+        Self {
+            datagrams_in: metrics::counter!("sfu_udp_datagrams_received_total"),
+            datagrams_out: metrics::counter!("sfu_udp_datagrams_sent_total"),
+            bytes_in: metrics::counter!("sfu_udp_bytes_received_total"),
+            bytes_out: metrics::counter!("sfu_udp_bytes_sent_total"),
+            send_errors: metrics::counter!("sfu_udp_send_errors_total"),
+            stream_lagged: metrics::counter!("sfu_event_streams_lagged_total"),
+        }
+    }
+}
+
+/// What the driver needs to start.
+pub struct DriverSetup {
+    /// The core, already configured with the advertised candidates.
+    pub core: SfuCore,
+    /// The one UDP socket.
+    pub socket: UdpSocket,
+    /// The advertised candidates. A socket bound to 0.0.0.0 does not learn which address a
+    /// datagram was sent to, so the core is told the first candidate of the sender's address
+    /// family as the destination.
+    pub candidates: Vec<SocketAddr>,
+    /// This node's id, put in bus events.
+    pub node_id: String,
+    /// Limits.
+    pub limits: Limits,
+    /// Where bus events go (a task publishes them, so the media loop never waits on Redis).
+    pub bus: mpsc::Sender<BusEvent>,
+}
+
+/// Starts the driver task; it ends when every [`DriverHandle`] is dropped.
+pub fn spawn(setup: DriverSetup) -> (DriverHandle, tokio::task::JoinHandle<()>) {
+    let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
+    let (count_tx, participants) = watch::channel(0);
+    let driver = Driver {
+        core: setup.core,
+        socket: Arc::new(setup.socket),
+        local_v4: setup.candidates.iter().copied().find(SocketAddr::is_ipv4),
+        local_v6: setup.candidates.iter().copied().find(SocketAddr::is_ipv6),
+        node_id: setup.node_id,
+        limits: setup.limits,
+        bus: setup.bus,
+        draining: false,
+        rooms: HashMap::new(),
+        slots: HashMap::new(),
+        tracks: HashMap::new(),
+        closing: Vec::new(),
+        next_id: 0,
+        counters: Counters::new(),
+        count_tx,
+    };
+    let task = tokio::spawn(driver.run(receiver));
+    (DriverHandle::new(commands, participants), task)
+}
+
+struct Driver {
+    core: SfuCore,
+    socket: Arc<UdpSocket>,
+    local_v4: Option<SocketAddr>,
+    local_v6: Option<SocketAddr>,
+    node_id: String,
+    limits: Limits,
+    bus: mpsc::Sender<BusEvent>,
+    draining: bool,
+    /// room -> participant -> core id
+    rooms: HashMap<String, HashMap<String, String>>,
+    /// core id -> slot
+    slots: HashMap<String, Slot>,
+    tracks: HashMap<TrackId, Track>,
+    /// Rooms closed by the current command; removed after their departures are reported.
+    closing: Vec<String>,
+    next_id: u64,
+    counters: Counters,
+    count_tx: watch::Sender<usize>,
+}
+
+impl Driver {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let socket = self.socket.clone();
+        let mut deadline = self.drain_outputs().await;
+        let sleep = tokio::time::sleep_until(deadline.into());
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                command = commands.recv() => {
+                    match command {
+                        None | Some(Command::Stop) => break,
+                        Some(command) => self.handle_command(command),
+                    }
+                }
+                received = socket.recv_from(&mut buf) => {
+                    match received {
+                        Ok((len, source)) => {
+                            self.receive(source, &buf[..len]);
+                            // More may be queued: take them before paying for a drain.
+                            for _ in 1..RECV_BATCH {
+                                match socket.try_recv_from(&mut buf) {
+                                    Ok((len, source)) => self.receive(source, &buf[..len]),
+                                    Err(_) => break,
+                                }
+                            }
+                        }
+                        // ICMP errors (port unreachable of a gone peer) surface here; the
+                        // socket itself stays usable.
+                        Err(error) => tracing::debug!(%error, "udp receive failed"),
+                    }
+                }
+                () = &mut sleep => {
+                    self.core.handle_timeout(Instant::now());
+                }
+            }
+            let next = self.drain_outputs().await;
+            self.finish_closing();
+            if next != deadline {
+                deadline = next;
+                sleep.as_mut().reset(deadline.into());
+            }
+        }
+        tracing::debug!("media driver stopped");
+    }
+
+    fn receive(&mut self, source: SocketAddr, data: &[u8]) {
+        self.counters.datagrams_in.increment(1);
+        self.counters.bytes_in.increment(data.len() as u64);
+        let local = if source.is_ipv4() {
+            self.local_v4.or(self.local_v6)
+        } else {
+            self.local_v6.or(self.local_v4)
+        };
+        let Some(local) = local else {
+            return;
+        };
+        self.core
+            .handle_datagram(Instant::now(), source, local, data);
+    }
+
+    /// Polls the core until it names its next deadline; returns that deadline.
+    async fn drain_outputs(&mut self) -> Instant {
+        loop {
+            match self.core.poll_output() {
+                Output::Transmit(transmit) => {
+                    match self
+                        .socket
+                        .send_to(&transmit.contents, transmit.destination)
+                        .await
+                    {
+                        Ok(len) => {
+                            self.counters.datagrams_out.increment(1);
+                            self.counters.bytes_out.increment(len as u64);
+                        }
+                        Err(error) => {
+                            self.counters.send_errors.increment(1);
+                            tracing::debug!(%error, destination = %transmit.destination, "udp send failed");
+                        }
+                    }
+                }
+                Output::Event(event) => self.handle_core_event(event),
+                Output::Timeout(deadline) => return deadline,
+            }
+        }
+    }
+
+    fn handle_command(&mut self, command: Command) {
+        let now = Instant::now();
+        match command {
+            Command::CreateRoom { room, reply } => {
+                let _ = reply.send(self.create_room(room));
+            }
+            Command::CloseRoom { room, reply } => {
+                let _ = reply.send(self.close_room(&room, now));
+            }
+            Command::Join {
+                room,
+                participant,
+                offer,
+                reply,
+            } => {
+                let _ = reply.send(self.join(room, participant, &offer, now));
+            }
+            Command::AddCandidate {
+                room,
+                participant,
+                candidate,
+                reply,
+            } => {
+                let result = self.core_id(&room, &participant).and_then(|id| {
+                    self.core
+                        .add_remote_candidate(&id, &candidate)
+                        .map_err(|e| map_core_error(e, &room, &participant))
+                });
+                let _ = reply.send(result);
+            }
+            Command::Leave {
+                room,
+                participant,
+                reply,
+            } => {
+                let result = self.core_id(&room, &participant).and_then(|id| {
+                    self.core
+                        .leave(&id, now)
+                        .map_err(|e| map_core_error(e, &room, &participant))
+                });
+                let _ = reply.send(result);
+            }
+            Command::SetSubscribed {
+                room,
+                participant,
+                track,
+                on,
+                reply,
+            } => {
+                let result = self.core_id(&room, &participant).and_then(|id| {
+                    self.core
+                        .set_subscribed(&id, &TrackId::from(track), on, now)
+                        .map_err(|e| map_core_error(e, &room, &participant))
+                });
+                let _ = reply.send(result);
+            }
+            Command::AcceptAnswer {
+                room,
+                participant,
+                answer,
+                reply,
+            } => {
+                let result = self.core_id(&room, &participant).and_then(|id| {
+                    self.core
+                        .accept_answer(&id, &answer, now)
+                        .map_err(|e| map_core_error(e, &room, &participant))
+                });
+                let _ = reply.send(result);
+            }
+            Command::AcceptOffer {
+                room,
+                participant,
+                offer,
+                reply,
+            } => {
+                let result = self.core_id(&room, &participant).and_then(|id| {
+                    self.core
+                        .accept_offer(&id, &offer, now)
+                        .map_err(|e| map_core_error(e, &room, &participant))
+                });
+                let _ = reply.send(result);
+            }
+            Command::Events {
+                room,
+                participant,
+                reply,
+            } => {
+                let _ = reply.send(self.open_events(&room, &participant));
+            }
+            Command::RoomStats { room, reply } => {
+                let _ = reply.send(self.room_stats(&room));
+            }
+            Command::ParticipantStats {
+                room,
+                participant,
+                reply,
+            } => {
+                let result = self
+                    .core_id(&room, &participant)
+                    .map(|id| self.participant_stats(&id));
+                let _ = reply.send(result);
+            }
+            Command::Load { reply } => {
+                let _ = reply.send(Ok(self.load()));
+            }
+            Command::Drain => self.draining = true,
+            Command::Stop => {}
+            Command::CloseAll { reply } => {
+                let rooms: Vec<String> = self.rooms.keys().cloned().collect();
+                for room in rooms {
+                    let _ = self.close_room(&room, now);
+                }
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
+
+    fn core_id(&self, room: &str, participant: &str) -> Result<String, SfuError> {
+        let members = self
+            .rooms
+            .get(room)
+            .ok_or_else(|| SfuError::RoomNotFound(room.to_owned()))?;
+        members
+            .get(participant)
+            .cloned()
+            .ok_or_else(|| SfuError::ParticipantNotFound {
+                room: room.to_owned(),
+                participant: participant.to_owned(),
+            })
+    }
+
+    fn create_room(&mut self, room: String) -> Result<(), SfuError> {
+        // An existing room is reported as such even while draining: callers that only want
+        // the room to exist (WHIP) may still use it.
+        if self.rooms.contains_key(&room) {
+            return Err(SfuError::RoomExists(room));
+        }
+        if self.draining {
+            return Err(SfuError::Draining);
+        }
+        if self.rooms.len() >= self.limits.max_rooms {
+            return Err(SfuError::LimitReached(format!(
+                "this node holds its maximum of {} rooms",
+                self.limits.max_rooms
+            )));
+        }
+        self.core
+            .create_room(&room)
+            .map_err(|e| map_core_error(e, &room, ""))?;
+        tracing::info!(%room, "room created");
+        self.rooms.insert(room, HashMap::new());
+        Ok(())
+    }
+
+    fn close_room(&mut self, room: &str, now: Instant) -> Result<(), SfuError> {
+        if !self.rooms.contains_key(room) {
+            return Err(SfuError::RoomNotFound(room.to_owned()));
+        }
+        // The core reports every member's departure (reason "room closed") as events, handled
+        // in the drain that follows while the room entry still exists.
+        self.core
+            .close_room(room, now)
+            .map_err(|e| map_core_error(e, room, ""))?;
+        self.closing.push(room.to_owned());
+        tracing::info!(%room, "room closed");
+        Ok(())
+    }
+
+    fn join(
+        &mut self,
+        room: String,
+        participant: String,
+        offer: &str,
+        now: Instant,
+    ) -> Result<String, SfuError> {
+        let Some(members) = self.rooms.get(&room) else {
+            return Err(if self.draining {
+                SfuError::Draining
+            } else {
+                SfuError::RoomNotFound(room)
+            });
+        };
+        if members.contains_key(&participant) {
+            return Err(SfuError::ParticipantExists { room, participant });
+        }
+        if members.len() >= self.limits.max_participants_per_room {
+            return Err(SfuError::LimitReached(format!(
+                "room {room:?} holds its maximum of {} participants",
+                self.limits.max_participants_per_room
+            )));
+        }
+        let id = format!("p{}", self.next_id);
+        let answer = self
+            .core
+            .join(&room, &id, offer, now)
+            .map_err(|e| map_core_error(e, &room, &participant))?;
+        self.next_id += 1;
+        let others: Vec<String> = members.values().cloned().collect();
+        if let Some(members) = self.rooms.get_mut(&room) {
+            members.insert(participant.clone(), id.clone());
+        }
+        self.slots.insert(
+            id,
+            Slot {
+                room: room.clone(),
+                participant: participant.clone(),
+                stream: None,
+                backlog: VecDeque::new(),
+            },
+        );
+        self.publish_count();
+        tracing::info!(%room, %participant, "participant joined");
+        let joined = SfuParticipantJoined {
+            node_id: self.node_id.clone(),
+            room,
+            participant,
+        };
+        for other in &others {
+            self.deliver(other, ParticipantEvent::ParticipantJoined(joined.clone()));
+        }
+        self.emit(BusEvent::Joined(joined));
+        Ok(answer)
+    }
+
+    fn open_events(
+        &mut self,
+        room: &str,
+        participant: &str,
+    ) -> Result<mpsc::Receiver<EventItem>, SfuError> {
+        let id = self.core_id(room, participant)?;
+        let (sender, receiver) = mpsc::channel(EVENT_STREAM_QUEUE.max(EVENT_BACKLOG));
+        let slot = self
+            .slots
+            .get_mut(&id)
+            .ok_or_else(|| SfuError::Internal(format!("no slot for {id}")))?;
+        for event in slot.backlog.drain(..) {
+            // The channel is at least as large as the backlog: this cannot fail.
+            let _ = sender.try_send(Ok(event));
+        }
+        // A replaced stream ends when its sender is dropped here.
+        slot.stream = Some(sender);
+        Ok(receiver)
+    }
+
+    /// Sends an event to one participant's stream, or keeps it until the stream opens.
+    fn deliver(&mut self, id: &str, event: ParticipantEvent) {
+        let Some(slot) = self.slots.get_mut(id) else {
+            return;
+        };
+        let event = SfuParticipantEvent { event: Some(event) };
+        match &slot.stream {
+            Some(stream) => match stream.try_send(Ok(event)) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.counters.stream_lagged.increment(1);
+                    tracing::warn!(%id, "event stream lagged; closing it");
+                    slot.stream = None;
+                }
+                Err(mpsc::error::TrySendError::Closed(event)) => {
+                    // The reader went away; keep events for the next stream.
+                    slot.stream = None;
+                    if let Ok(event) = event {
+                        push_backlog(&mut slot.backlog, event);
+                    }
+                }
+            },
+            None => push_backlog(&mut slot.backlog, event),
+        }
+    }
+
+    fn handle_core_event(&mut self, event: CoreEvent) {
+        match event {
+            CoreEvent::ParticipantConnected { participant, .. } => {
+                if let Some(slot) = self.slots.get(&participant) {
+                    tracing::info!(room = %slot.room, participant = %slot.participant, "participant connected");
+                }
+                self.deliver(&participant, ParticipantEvent::Connected(SfuConnected {}));
+            }
+            CoreEvent::ParticipantLeft {
+                participant,
+                reason,
+                ..
+            } => self.participant_left(&participant, reason),
+            CoreEvent::TrackPublished {
+                participant,
+                track,
+                kind,
+                ..
+            } => self.track_published(&participant, track, kind),
+            CoreEvent::TrackUnpublished { track, .. } => self.track_unpublished(&track),
+            CoreEvent::Renegotiate {
+                participant,
+                offer_sdp,
+            } => self.deliver(
+                &participant,
+                ParticipantEvent::Renegotiation(SfuRenegotiation { offer_sdp }),
+            ),
+        }
+    }
+
+    fn track_published(&mut self, publisher: &str, track: TrackId, kind: TrackKind) {
+        let Some(slot) = self.slots.get(publisher) else {
+            return;
+        };
+        let event = SfuTrackEvent {
+            node_id: self.node_id.clone(),
+            room: slot.room.clone(),
+            participant: slot.participant.clone(),
+            track_id: track.to_string(),
+            kind: media_kind(kind) as i32,
+        };
+        tracing::debug!(room = %event.room, participant = %event.participant, track = %event.track_id, "track published");
+        self.tracks.insert(
+            track,
+            Track {
+                room: event.room.clone(),
+                participant: event.participant.clone(),
+                kind: media_kind(kind),
+            },
+        );
+        for member in self.members(&event.room) {
+            self.deliver(&member, ParticipantEvent::TrackPublished(event.clone()));
+        }
+        self.emit(BusEvent::TrackPublished(event));
+    }
+
+    fn track_unpublished(&mut self, track: &TrackId) {
+        let Some(known) = self.tracks.remove(track) else {
+            return;
+        };
+        let event = SfuTrackEvent {
+            node_id: self.node_id.clone(),
+            room: known.room,
+            participant: known.participant,
+            track_id: track.to_string(),
+            kind: known.kind as i32,
+        };
+        for member in self.members(&event.room) {
+            self.deliver(&member, ParticipantEvent::TrackUnpublished(event.clone()));
+        }
+        self.emit(BusEvent::TrackUnpublished(event));
+    }
+
+    /// Forgets a participant the core removed, and tells the others. Its event stream ends.
+    fn participant_left(&mut self, id: &str, reason: LeaveReason) {
+        let Some(slot) = self.slots.remove(id) else {
+            return;
+        };
+        if let Some(members) = self.rooms.get_mut(&slot.room) {
+            members.remove(&slot.participant);
+        }
+        self.publish_count();
+        let reason = match reason {
+            LeaveReason::Left => "left",
+            LeaveReason::RoomClosed => "room closed",
+            LeaveReason::ConnectTimeout => "connect timeout",
+            LeaveReason::Disconnected => "disconnected",
+        };
+        tracing::info!(room = %slot.room, participant = %slot.participant, %reason, "participant left");
+        let left = SfuParticipantLeft {
+            node_id: self.node_id.clone(),
+            room: slot.room,
+            participant: slot.participant,
+            reason: reason.to_owned(),
+        };
+        for member in self.members(&left.room) {
+            self.deliver(&member, ParticipantEvent::ParticipantLeft(left.clone()));
+        }
+        self.emit(BusEvent::Left(left));
+    }
+
+    fn members(&self, room: &str) -> Vec<String> {
+        self.rooms
+            .get(room)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn emit(&self, event: BusEvent) {
+        if self.bus.try_send(event).is_err() {
+            tracing::warn!("event bus queue full; dropping an sfu event");
+        }
+    }
+
+    fn publish_count(&self) {
+        self.count_tx.send_replace(self.slots.len());
+    }
+
+    fn room_stats(&self, room: &str) -> Result<SfuRoomStats, SfuError> {
+        let members = self
+            .rooms
+            .get(room)
+            .ok_or_else(|| SfuError::RoomNotFound(room.to_owned()))?;
+        let core = self.core.room_stats(room);
+        let mut participant_stats: Vec<SfuParticipantStats> = members
+            .values()
+            .map(|id| self.participant_stats(id))
+            .collect();
+        participant_stats.sort_by(|a, b| a.participant.cmp(&b.participant));
+        Ok(SfuRoomStats {
+            room: room.to_owned(),
+            participants: members.len() as u32,
+            tracks: core.as_ref().map_or(0, |c| c.tracks.len() as u32),
+            bitrate_in_bps: core.as_ref().map_or(0, |c| c.bitrate_in_bps),
+            bitrate_out_bps: core.as_ref().map_or(0, |c| c.bitrate_out_bps),
+            participant_stats,
+        })
+    }
+
+    fn participant_stats(&self, id: &str) -> SfuParticipantStats {
+        let (room, participant) = self
+            .slots
+            .get(id)
+            .map(|s| (s.room.clone(), s.participant.clone()))
+            .unwrap_or_default();
+        let mut stats = SfuParticipantStats {
+            room,
+            participant,
+            ..SfuParticipantStats::default()
+        };
+        if let Some(core) = self.core.participant_stats(id) {
+            stats.connected = core.connected;
+            stats.published_tracks = core.published.iter().map(ToString::to_string).collect();
+            stats.subscribed_tracks = core
+                .subscribed
+                .iter()
+                .map(|(track, _layer)| track.to_string())
+                .collect();
+            stats.bytes_in = core.bytes_in;
+            stats.bytes_out = core.bytes_out;
+            stats.bitrate_in_bps = core.bitrate_in_bps;
+            stats.bitrate_out_bps = core.bitrate_out_bps;
+            stats.estimated_bps = core.estimate_bps.unwrap_or(0);
+            stats.rtt_ms = core.rtt_ms.map_or(0.0, |rtt| rtt as f64);
+        }
+        stats
+    }
+
+    fn load(&self) -> SfuNodeLoad {
+        let load = self.core.load();
+        SfuNodeLoad {
+            cpu_percent: 0.0,
+            rooms: self.rooms.len() as u32,
+            participants: self.slots.len() as u32,
+            tracks: load.tracks as u32,
+            bitrate_in_bps: load.bitrate_in_bps,
+            bitrate_out_bps: load.bitrate_out_bps,
+        }
+    }
+
+    /// Removes the entries of rooms closed during the last command, once their departures
+    /// have been reported.
+    fn finish_closing(&mut self) {
+        for room in std::mem::take(&mut self.closing) {
+            self.rooms.remove(&room);
+        }
+    }
+}
+
+fn push_backlog(backlog: &mut VecDeque<SfuParticipantEvent>, event: SfuParticipantEvent) {
+    if backlog.len() >= EVENT_BACKLOG {
+        backlog.pop_front();
+    }
+    backlog.push_back(event);
+}
+
+fn media_kind(kind: TrackKind) -> SfuMediaKind {
+    match kind {
+        TrackKind::Audio => SfuMediaKind::Audio,
+        TrackKind::Video => SfuMediaKind::Video,
+    }
+}
+
+/// Maps a core error to the service error; the one place core errors are interpreted. The
+/// service's names replace the core's internal participant ids.
+fn map_core_error(error: CoreError, room: &str, participant: &str) -> SfuError {
+    match error {
+        CoreError::RoomExists(_) => SfuError::RoomExists(room.to_owned()),
+        CoreError::RoomNotFound(_) => SfuError::RoomNotFound(room.to_owned()),
+        CoreError::ParticipantExists(_) => SfuError::ParticipantExists {
+            room: room.to_owned(),
+            participant: participant.to_owned(),
+        },
+        CoreError::ParticipantNotFound(_) => SfuError::ParticipantNotFound {
+            room: room.to_owned(),
+            participant: participant.to_owned(),
+        },
+        CoreError::TrackNotFound(track) => SfuError::TrackNotFound(track),
+        CoreError::InvalidId(reason) => SfuError::InvalidArgument(reason),
+        CoreError::BadSdp(reason) => SfuError::BadSdp(reason),
+        CoreError::BadCandidate(reason) => {
+            SfuError::InvalidArgument(format!("bad ice candidate: {reason}"))
+        }
+        CoreError::NoPendingOffer(_) => SfuError::FailedPrecondition(format!(
+            "no renegotiation offer is pending for participant {participant:?}"
+        )),
+        CoreError::LimitExceeded(reason) => SfuError::LimitReached(reason),
+        CoreError::Config(reason) => SfuError::Internal(reason),
+    }
+}
