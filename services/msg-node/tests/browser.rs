@@ -13,7 +13,21 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
 
-const CHROMIUM: &str = "/usr/bin/chromium";
+/// Returns the browser to run: `$CHROMIUM`, else the first of chromium, chromium-browser,
+/// google-chrome on `PATH`.
+fn chromium() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("CHROMIUM") {
+        return path.into();
+    }
+    let dirs: Vec<std::path::PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .flat_map(|name| dirs.iter().map(move |d| d.join(name)))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| "/usr/bin/chromium".into())
+}
 
 /// Headless Chromium with the DevTools protocol on a free port, killed on drop.
 struct Browser {
@@ -30,7 +44,8 @@ struct Browser {
 impl Browser {
     async fn launch() -> Result<Self> {
         let profile = tempfile::tempdir()?;
-        let mut child = tokio::process::Command::new(CHROMIUM)
+        let browser = chromium();
+        let mut child = tokio::process::Command::new(&browser)
             .args([
                 "--headless",
                 "--no-sandbox",
@@ -45,7 +60,12 @@ impl Browser {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("cannot start {CHROMIUM}"))?;
+            .with_context(|| {
+                format!(
+                    "cannot start {} (install chromium or set CHROMIUM)",
+                    browser.display()
+                )
+            })?;
         let stderr = child.stderr.take().context("no stderr")?;
         let mut lines = BufReader::new(stderr).lines();
         let url = tokio::time::timeout(common::WAIT, async {
