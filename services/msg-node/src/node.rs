@@ -573,13 +573,17 @@ impl Node {
                     code,
                     description,
                 };
-                if let Err(error) = self
-                    .bus
-                    .publish(&address::node_channel(&reply_to), encode(&ack))
-                    .await
-                {
-                    tracing::warn!(%error, "could not acknowledge a delivery");
-                }
+                // Acks need no order; publishing them off this loop lets them pipeline instead
+                // of costing one Redis round trip per delivery.
+                let bus = self.bus.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = bus
+                        .publish(&address::node_channel(&reply_to), encode(&ack))
+                        .await
+                    {
+                        tracing::warn!(%error, "could not acknowledge a delivery");
+                    }
+                });
             }
             NodeMessage::Ack {
                 seq,
