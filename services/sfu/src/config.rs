@@ -45,6 +45,13 @@ pub struct SfuConfig {
     pub max_rooms: usize,
     /// Most participants in one room.
     pub max_participants_per_room: usize,
+    /// Send-side bandwidth estimation (TWCC) towards every peer. On, the estimate picks each
+    /// subscriber's simulcast layer, but str0m (0.25) also paces every leg at 1.1 × that
+    /// estimate with no way to pace above it, so a leg whose estimate dips below the stream
+    /// it forwards queues frames for up to 2 s instead of passing them on. Off (the default):
+    /// forwarded media leaves at the publisher's rate, and layers follow the receivers' REMB
+    /// reports (a subscriber without REMB gets the top layer).
+    pub bandwidth_estimation: bool,
 }
 
 /// Redis connection.
@@ -95,6 +102,7 @@ impl Default for SfuConfig {
             drain_timeout_ms: 120_000,
             max_rooms: 10_000,
             max_participants_per_room: 1_000,
+            bandwidth_estimation: false,
         }
     }
 }
@@ -187,11 +195,16 @@ mod tests {
                 "RETHINK_REDIS__URL".to_string(),
                 "redis://127.0.0.1:1".to_string(),
             ),
+            (
+                "RETHINK_BANDWIDTH_ESTIMATION".to_string(),
+                "true".to_string(),
+            ),
         ];
         let flags = serde_json::json!({"public_ips": ["203.0.113.7"]});
         let loaded: SfuConfig = rethink_common::config::load_from_env(None, &flags, env).unwrap();
         assert_eq!(loaded.udp_addr, "127.0.0.1:9999".parse().unwrap());
         assert_eq!(loaded.redis.url.as_deref(), Some("redis://127.0.0.1:1"));
+        assert!(loaded.bandwidth_estimation);
         assert_eq!(
             loaded.public_ips,
             vec!["203.0.113.7".parse::<IpAddr>().unwrap()]

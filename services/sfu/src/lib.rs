@@ -234,6 +234,7 @@ impl Node {
             candidates: candidates.clone(),
             max_rooms: config.max_rooms,
             max_participants_per_room: config.max_participants_per_room,
+            bwe: config.bandwidth_estimation,
             ..CoreConfig::default()
         })
         .map_err(|e| SfuError::Internal(format!("media core: {e}")))?;

@@ -28,6 +28,9 @@ struct Args {
     /// HTTP listen address (ops endpoints).
     #[arg(long)]
     http_addr: Option<SocketAddr>,
+    /// Send-side bandwidth estimation (TWCC) towards peers; paces each leg at its estimate.
+    #[arg(long, value_name = "BOOL")]
+    bandwidth_estimation: Option<bool>,
 }
 
 #[tokio::main]
