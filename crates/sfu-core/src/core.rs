@@ -406,6 +406,7 @@ impl SfuCore {
         };
         if let Some(p) = self.participants.get_mut(&key) {
             p.counters.bytes_in += data.len() as u64;
+            p.counters.packets_in += 1;
             p.counters.rate_in.add(now, data.len());
             if let Err(e) = p.rtc.handle_input(input) {
                 tracing::debug!(participant = %p.id, error = %e, "datagram refused");
@@ -541,6 +542,8 @@ impl SfuCore {
             subscribed,
             bytes_in: c.bytes_in,
             bytes_out: c.bytes_out,
+            packets_in: c.packets_in,
+            packets_out: c.packets_out,
             bitrate_in_bps: c.rate_in.bps(),
             bitrate_out_bps: c.rate_out.bps(),
             frames_forwarded: c.frames_forwarded,

@@ -46,6 +46,8 @@ impl Estimate {
 pub(crate) struct Counters {
     pub(crate) bytes_in: u64,
     pub(crate) bytes_out: u64,
+    pub(crate) packets_in: u64,
+    pub(crate) packets_out: u64,
     pub(crate) rate_in: RateMeter,
     pub(crate) rate_out: RateMeter,
     pub(crate) frames_forwarded: u64,
@@ -136,6 +138,7 @@ impl Participant {
                 Ok(RtcOutput::Transmit(t)) => {
                     let contents: Vec<u8> = t.contents.into();
                     self.counters.bytes_out += contents.len() as u64;
+                    self.counters.packets_out += 1;
                     self.counters.rate_out.add(now, contents.len());
                     transmits.push(Transmit {
                         source: t.source,

@@ -66,6 +66,10 @@ pub struct ParticipantStats {
     pub bytes_in: u64,
     /// Bytes sent to the peer (all UDP payload).
     pub bytes_out: u64,
+    /// Datagrams received from the peer (STUN, DTLS, RTP, RTCP).
+    pub packets_in: u64,
+    /// Datagrams sent to the peer (STUN, DTLS, RTP, RTCP).
+    pub packets_out: u64,
     /// Bits per second received recently.
     pub bitrate_in_bps: u64,
     /// Bits per second sent recently.

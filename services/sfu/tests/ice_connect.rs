@@ -96,6 +96,10 @@ async fn peers_connect_over_udp_and_get_each_others_tracks() {
         .into_inner();
     assert!(stats.connected);
     assert!(stats.bytes_in > 0 && stats.bytes_out > 0, "{stats:?}");
+    // Every datagram is at least a few bytes, and the counters move together with the bytes.
+    assert!(stats.packets_in > 0 && stats.packets_out > 0, "{stats:?}");
+    assert!(stats.bytes_in >= 20 * stats.packets_in, "{stats:?}");
+    assert!(stats.bytes_out >= 20 * stats.packets_out, "{stats:?}");
     assert_eq!(stats.published_tracks, vec![alice_track.track_id.clone()]);
 
     // The forwarding counters are exported.

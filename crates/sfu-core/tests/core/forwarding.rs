@@ -66,6 +66,23 @@ fn video_and_audio_reach_two_subscribers_intact() {
         ),
         (1, 3, 2, 4)
     );
+    // Per-participant datagram counters add up to the node's, and each leg carried at least
+    // the media it delivered.
+    let per: Vec<_> = ["alice", "bob", "carol"]
+        .iter()
+        .map(|p| sim.core.participant_stats(p).unwrap())
+        .collect();
+    let packets_in: u64 = per.iter().map(|s| s.packets_in).sum();
+    let packets_out: u64 = per.iter().map(|s| s.packets_out).sum();
+    assert_eq!(packets_in, load.datagrams_in - load.datagrams_dropped);
+    assert_eq!(packets_out, load.datagrams_out);
+    for (s, name) in per.iter().zip(["alice", "bob", "carol"]) {
+        assert!(s.packets_in > 0 && s.packets_out > 0, "{name}: {s:?}");
+    }
+    // alice sends one packet per 2500-byte video frame at least; bob and carol get as many.
+    let video_frames = sim.peer("bob").received.len() as u64;
+    assert!(per[0].packets_in >= video_frames, "{:?}", per[0]);
+    assert!(per[1].packets_out >= video_frames, "{:?}", per[1]);
 }
 
 #[test]

@@ -680,6 +680,8 @@ impl Driver {
                 .collect();
             stats.bytes_in = core.bytes_in;
             stats.bytes_out = core.bytes_out;
+            stats.packets_in = core.packets_in;
+            stats.packets_out = core.packets_out;
             stats.bitrate_in_bps = core.bitrate_in_bps;
             stats.bitrate_out_bps = core.bitrate_out_bps;
             stats.estimated_bps = core.estimate_bps.unwrap_or(0);
