@@ -22,6 +22,9 @@ use crate::{
     session::Session,
 };
 
+/// Most hyperties one prefix listing returns.
+pub const MAX_LISTED: usize = 500;
+
 /// What the shared address map says about an address.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AddressRecord {
@@ -228,6 +231,28 @@ impl Node {
                 .collect();
             return Ok(envelope.reply_ok(json!({ "user": resource, "hyperties": list })));
         }
+        // A trailing slash lists the well-known addresses under a path, e.g. every camera:
+        // `hyperty://<domain>/camera/`.
+        if self.domain.is_hyperty(resource) && resource.ends_with('/') {
+            let probe = format!("{resource}x");
+            self.domain
+                .check_well_known(&probe)
+                .map_err(MsgNodeError::BadRequest)?;
+            let mut hyperties: Vec<AddressRecord> = self
+                .kv
+                .scan_prefix(&address::address_key(resource))
+                .await?
+                .into_iter()
+                .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+                .collect();
+            hyperties.sort_by(|a, b| a.address.cmp(&b.address));
+            hyperties.truncate(MAX_LISTED);
+            let list: Vec<Value> = hyperties
+                .into_iter()
+                .map(|r| json!({ "address": r.address, "descriptor": r.descriptor }))
+                .collect();
+            return Ok(envelope.reply_ok(json!({ "prefix": resource, "hyperties": list })));
+        }
         if self.domain.is_hyperty(resource) {
             let record = self
                 .lookup(resource)
@@ -240,7 +265,8 @@ impl Node {
             })));
         }
         Err(MsgNodeError::BadRequest(format!(
-            "registry read needs body.resource: user://{d}/<username> or hyperty://{d}/<id>",
+            "registry read needs body.resource: user://{d}/<username>, hyperty://{d}/<id> or \
+             a path such as hyperty://{d}/camera/",
             d = self.domain.name()
         )))
     }

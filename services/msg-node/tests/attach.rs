@@ -182,6 +182,27 @@ async fn a_service_registers_a_well_known_address_and_talks_with_a_browser() -> 
         ))
         .await?;
     assert_eq!(code(&next(&mut other.rx).await?), 200);
+    // Browsers list the cameras by path.
+    let cameras = alice
+        .request(
+            "read",
+            &me,
+            "domain://registry.localhost",
+            json!({"resource": "hyperty://localhost/camera/"}),
+        )
+        .await?;
+    assert_eq!(code(&cameras), 200, "{cameras}");
+    assert_eq!(
+        cameras["body"]["value"]["hyperties"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        cameras["body"]["value"]["hyperties"][0]["address"],
+        "hyperty://localhost/camera/front-door"
+    );
     Ok(())
 }
 
