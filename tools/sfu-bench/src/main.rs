@@ -189,10 +189,14 @@ async fn main() -> anyhow::Result<()> {
         let first = sent.next_frame.load(Ordering::Relaxed);
         let counters0 = Counters::read(&subscribers);
         let (cpu0, own0, t0) = (sfu.cpu_time()?, sfu::own_cpu_time()?, Instant::now());
+        let (wait0, own_wait0) = (sfu.run_queue_wait()?, sfu::own_run_queue_wait()?);
+        let (rcvbuf0, sndbuf0) = sfu::udp_buffer_errors()?;
         tokio::time::sleep(Duration::from_secs(args.window_secs)).await;
         let last = sent.next_frame.load(Ordering::Relaxed);
         let counters1 = Counters::read(&subscribers);
         let (cpu1, own1, t1) = (sfu.cpu_time()?, sfu::own_cpu_time()?, Instant::now());
+        let (wait1, own_wait1) = (sfu.run_queue_wait()?, sfu::own_run_queue_wait()?);
+        let (rcvbuf1, sndbuf1) = sfu::udp_buffer_errors()?;
         // Frames still in flight at the end of the window get a moment to arrive.
         tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -219,6 +223,13 @@ async fn main() -> anyhow::Result<()> {
             percentile_ms(&mut row.last_us, 0.50),
             percentile_ms(&mut row.last_us, 0.99),
             100.0 * own_cpu / wall,
+        );
+        eprintln!(
+            "  N={target}: run-queue wait: SFU {:.0} %, bench {:.0} % of the window; UDP buffer drops (machine): receive {}, send {}",
+            100.0 * (wait1 - wait0).as_secs_f64() / wall,
+            100.0 * (own_wait1 - own_wait0).as_secs_f64() / wall,
+            rcvbuf1 - rcvbuf0,
+            sndbuf1 - sndbuf0,
         );
         if let Some((min, mean)) = estimates {
             eprintln!(

@@ -66,6 +66,11 @@ impl SfuProcess {
         self.child.id()
     }
 
+    /// Time the process's threads spent runnable but waiting for a CPU, so far.
+    pub fn run_queue_wait(&self) -> anyhow::Result<Duration> {
+        run_queue_wait_of(&format!("/proc/{}/task", self.pid()))
+    }
+
     /// User + system CPU time of the whole process so far.
     pub fn cpu_time(&self) -> anyhow::Result<Duration> {
         cpu_time_of(&format!("/proc/{}/stat", self.pid()), self.clock_ticks)
@@ -75,6 +80,52 @@ impl SfuProcess {
 /// User + system CPU time of this process so far.
 pub fn own_cpu_time() -> anyhow::Result<Duration> {
     cpu_time_of("/proc/self/stat", 100)
+}
+
+/// Time this process's threads spent runnable but waiting for a CPU, so far.
+pub fn own_run_queue_wait() -> anyhow::Result<Duration> {
+    run_queue_wait_of("/proc/self/task")
+}
+
+/// Sums the run-queue wait (second field of `schedstat`, ns) over a process's threads. A
+/// process can be far from 100 % CPU and still late: other sessions' work may hold its core.
+fn run_queue_wait_of(task_dir: &str) -> anyhow::Result<Duration> {
+    let mut total = 0u64;
+    for entry in std::fs::read_dir(task_dir)? {
+        let path = entry?.path().join("schedstat");
+        // A thread may end between listing and reading.
+        let Ok(stat) = std::fs::read_to_string(path) else {
+            continue;
+        };
+        total += stat
+            .split_whitespace()
+            .nth(1)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(Duration::from_nanos(total))
+}
+
+/// Machine-wide UDP datagrams dropped because a socket's receive or send buffer was full
+/// (`RcvbufErrors`, `SndbufErrors` of `/proc/net/snmp`).
+pub fn udp_buffer_errors() -> anyhow::Result<(u64, u64)> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp")?;
+    let mut lines = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        anyhow::bail!("no Udp lines in /proc/net/snmp");
+    };
+    let field = |name: &str| -> anyhow::Result<u64> {
+        let at = names
+            .split_whitespace()
+            .position(|n| n == name)
+            .ok_or_else(|| anyhow::anyhow!("no {name} in /proc/net/snmp"))?;
+        Ok(values
+            .split_whitespace()
+            .nth(at)
+            .ok_or_else(|| anyhow::anyhow!("short Udp line"))?
+            .parse()?)
+    };
+    Ok((field("RcvbufErrors")?, field("SndbufErrors")?))
 }
 
 fn cpu_time_of(path: &str, clock_ticks: u64) -> anyhow::Result<Duration> {
