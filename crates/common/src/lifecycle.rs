@@ -259,13 +259,20 @@ pub fn grpc_health_and_reflection(
 /// Serves `router` on `listener` until `shutdown`, then drains open requests for at most `drain`.
 ///
 /// Handlers can extract `axum::extract::ConnectInfo<SocketAddr>`. Connections still open at the
-/// deadline are closed.
+/// deadline are closed. Nagle's algorithm is off on every connection: signaling frames are small
+/// and latency-bound, and with Nagle on each one can wait for the peer's delayed ACK (~40 ms).
 pub async fn serve_http(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: Shutdown,
     drain: Duration,
 ) -> io::Result<()> {
+    use axum::serve::ListenerExt as _;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "could not disable Nagle's algorithm");
+        }
+    });
     let server = axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
