@@ -4,7 +4,7 @@
 mod common;
 
 use anyhow::Result;
-use common::{Client, TestBed, code};
+use common::{TestBed, code};
 use rethink_proto::v1::{Envelope as PbEnvelope, envelope::Id, msg_node_client::MsgNodeClient};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -39,6 +39,27 @@ async fn attach(grpc: std::net::SocketAddr, token: &str) -> Result<Result<Servic
         rx: stream,
         runtime,
     }))
+}
+
+impl Service {
+    /// Asks the registry for the well-known `address` (request `id`); returns the response.
+    async fn claim(&mut self, id: i64, address: &str, descriptor: Option<Value>) -> Result<Value> {
+        let mut body = json!({"resource": "hyperty", "address": address});
+        if let Some(descriptor) = descriptor {
+            body["descriptor"] = descriptor;
+        }
+        let runtime = self.runtime.clone();
+        self.tx
+            .send(envelope(
+                id,
+                "create",
+                &runtime,
+                "domain://registry.localhost",
+                body,
+            ))
+            .await?;
+        next(&mut self.rx).await
+    }
 }
 
 fn envelope(id: i64, kind: &str, from: &str, to: &str, body: Value) -> PbEnvelope {
@@ -79,17 +100,13 @@ async fn a_service_registers_a_well_known_address_and_talks_with_a_browser() -> 
         .unwrap();
 
     let runtime = conference.runtime.clone();
-    conference
-        .tx
-        .send(envelope(
+    let registered = conference
+        .claim(
             1,
-            "create",
-            &runtime,
-            "domain://registry.localhost",
-            json!({"resource": "hyperty", "address": "hyperty://localhost/conference", "descriptor": {"kind": "conference"}}),
-        ))
+            "hyperty://localhost/conference",
+            Some(json!({"kind": "conference"})),
+        )
         .await?;
-    let registered = next(&mut conference.rx).await?;
     assert_eq!(code(&registered), 200, "{registered}");
     assert_eq!(
         registered["body"]["value"]["address"],
@@ -97,9 +114,7 @@ async fn a_service_registers_a_well_known_address_and_talks_with_a_browser() -> 
     );
 
     // A browser on the other replica calls the conference hyperty and gets its answer.
-    let (alice_token, _) = bed.user_token("alice");
-    let mut alice = Client::connect(&b, &alice_token).await?;
-    let me = alice.register().await?;
+    let (mut alice, me) = bed.user(&b, "alice").await?;
     alice
         .send(&json!({"id": "join-1", "type": "execute", "from": me, "to": "hyperty://localhost/conference",
                        "body": {"method": "joinRoom", "room": "r1"}}))
@@ -148,18 +163,14 @@ async fn a_service_registers_a_well_known_address_and_talks_with_a_browser() -> 
     let mut other = attach(b.grpc, &bed.service_token("impostor"))
         .await?
         .unwrap();
-    let other_runtime = other.runtime.clone();
-    other
-        .tx
-        .send(envelope(
-            1,
-            "create",
-            &other_runtime,
-            "domain://registry.localhost",
-            json!({"resource": "hyperty", "address": "hyperty://localhost/conference"}),
-        ))
-        .await?;
-    assert_eq!(code(&next(&mut other.rx).await?), 409);
+    assert_eq!(
+        code(
+            &other
+                .claim(1, "hyperty://localhost/conference", None)
+                .await?
+        ),
+        409
+    );
     let refused = alice
         .request(
             "create",
@@ -171,26 +182,16 @@ async fn a_service_registers_a_well_known_address_and_talks_with_a_browser() -> 
     assert_eq!(code(&refused), 403, "{refused}");
 
     // Cameras get well-known addresses too.
-    other
-        .tx
-        .send(envelope(
-            2,
-            "create",
-            &other_runtime,
-            "domain://registry.localhost",
-            json!({"resource": "hyperty", "address": "hyperty://localhost/camera/front-door"}),
-        ))
-        .await?;
-    assert_eq!(code(&next(&mut other.rx).await?), 200);
+    assert_eq!(
+        code(
+            &other
+                .claim(2, "hyperty://localhost/camera/front-door", None)
+                .await?
+        ),
+        200
+    );
     // Browsers list the cameras by path.
-    let cameras = alice
-        .request(
-            "read",
-            &me,
-            "domain://registry.localhost",
-            json!({"resource": "hyperty://localhost/camera/"}),
-        )
-        .await?;
+    let cameras = alice.lookup(&me, "hyperty://localhost/camera/").await?;
     assert_eq!(code(&cameras), 200, "{cameras}");
     assert_eq!(
         cameras["body"]["value"]["hyperties"]
@@ -237,18 +238,14 @@ async fn revoking_a_service_token_ends_its_stream() -> Result<()> {
         .issue("service:camera-1", "camera-1", grants, None)
         .unwrap();
     let mut camera = attach(a.grpc, &issued.token).await?.unwrap();
-    let runtime = camera.runtime.clone();
-    camera
-        .tx
-        .send(envelope(
-            1,
-            "create",
-            &runtime,
-            "domain://registry.localhost",
-            json!({"resource": "hyperty", "address": "hyperty://localhost/camera/1"}),
-        ))
-        .await?;
-    assert_eq!(code(&next(&mut camera.rx).await?), 200);
+    assert_eq!(
+        code(
+            &camera
+                .claim(1, "hyperty://localhost/camera/1", None)
+                .await?
+        ),
+        200
+    );
     bed.auth
         .revoke(&issued.claims)
         .await
@@ -258,17 +255,8 @@ async fn revoking_a_service_token_ends_its_stream() -> Result<()> {
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status}");
     assert_eq!(status.message(), "token revoked");
     // Its well-known address is released at once.
-    let (alice_token, _) = bed.user_token("alice");
-    let mut alice = Client::connect(&a, &alice_token).await?;
-    let me = alice.register().await?;
-    let gone = alice
-        .request(
-            "read",
-            &me,
-            "domain://registry.localhost",
-            json!({"resource": "hyperty://localhost/camera/1"}),
-        )
-        .await?;
+    let (mut alice, me) = bed.user(&a, "alice").await?;
+    let gone = alice.lookup(&me, "hyperty://localhost/camera/1").await?;
     assert_eq!(code(&gone), 404, "{gone}");
     Ok(())
 }

@@ -7,7 +7,7 @@ mod common;
 use std::{process::Stdio, time::Duration};
 
 use anyhow::{Context, Result, anyhow, bail};
-use common::{Client, TestBed, code};
+use common::{TestBed, code};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -192,9 +192,7 @@ async fn the_web_client_logs_in_messages_and_syncs_with_another_user() -> Result
     let app = rethink_auth::http::router(bed.auth.clone()).merge(replica.node.router());
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let (bob_token, _) = bed.user_token("bob");
-    let mut bob = Client::connect(&replica, &bob_token).await?;
-    let bob_h = bob.register().await?;
+    let (mut bob, bob_h) = bed.user(&replica, "bob").await?;
 
     let mut browser = Browser::launch().await?;
     browser.open(&format!("http://{origin}/client/")).await?;

@@ -4,7 +4,7 @@
 mod common;
 
 use anyhow::Result;
-use common::{Client, TestBed, code};
+use common::{TestBed, code};
 use serde_json::json;
 
 #[tokio::test]
@@ -12,9 +12,7 @@ async fn malformed_and_oversized_frames_are_answered_and_the_connection_stays_us
 {
     let bed = TestBed::start().await?;
     let a = bed.default_replica("node-a").await?;
-    let (token, _) = bed.user_token("alice");
-    let mut alice = Client::connect(&a, &token).await?;
-    let me = alice.register().await?;
+    let (mut alice, me) = bed.user(&a, "alice").await?;
 
     let cases: Vec<(String, u64, &str)> = vec![
         ("{not json".into(), 400, "malformed json"),

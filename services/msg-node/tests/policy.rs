@@ -4,7 +4,7 @@
 mod common;
 
 use anyhow::Result;
-use common::{Client, TestBed, code};
+use common::{TestBed, code};
 use serde_json::json;
 
 const STRICT: &str = r#"
@@ -37,12 +37,8 @@ async fn a_rule_denies_and_an_edited_file_is_reloaded() -> Result<()> {
     let mut config = bed.config("node-a");
     config.policy_file = Some(path.clone());
     let a = bed.replica(config).await?;
-    let (mallory_token, _) = bed.user_token("mallory");
-    let (alice_token, _) = bed.user_token("alice");
-    let mut mallory = Client::connect(&a, &mallory_token).await?;
-    let mut alice = Client::connect(&a, &alice_token).await?;
-    let m = mallory.register().await?;
-    let al = alice.register().await?;
+    let (mut mallory, m) = bed.user(&a, "mallory").await?;
+    let (mut alice, al) = bed.user(&a, "alice").await?;
 
     let denied = mallory
         .request("execute", &m, &al, json!({"method": "x"}))

@@ -4,7 +4,7 @@
 mod common;
 
 use anyhow::Result;
-use common::{Client, TestBed, code};
+use common::{REGISTRY, TestBed, code};
 use serde_json::json;
 
 #[tokio::test]
@@ -12,24 +12,13 @@ async fn clients_on_two_replicas_exchange_messages() -> Result<()> {
     let bed = TestBed::start().await?;
     let a = bed.default_replica("node-a").await?;
     let b = bed.default_replica("node-b").await?;
-    let (alice_token, _) = bed.user_token("alice");
-    let (bob_token, _) = bed.user_token("bob");
-    let mut alice = Client::connect(&a, &alice_token).await?;
-    let mut bob = Client::connect(&b, &bob_token).await?;
+    let (mut alice, alice_h) = bed.user(&a, "alice").await?;
+    let (mut bob, bob_h) = bed.user(&b, "bob").await?;
     assert_eq!(alice.session["node"], "node-a");
     assert_eq!(bob.session["node"], "node-b");
-    let alice_h = alice.register().await?;
-    let bob_h = bob.register().await?;
 
     // Discovery through the other replica.
-    let found = alice
-        .request(
-            "read",
-            &alice_h,
-            "domain://registry.localhost",
-            json!({"resource": "user://localhost/bob"}),
-        )
-        .await?;
+    let found = alice.lookup(&alice_h, "user://localhost/bob").await?;
     assert_eq!(code(&found), 200, "{found}");
     assert_eq!(
         found["body"]["value"]["hyperties"][0]["address"],
@@ -72,22 +61,10 @@ async fn clients_on_two_replicas_exchange_messages() -> Result<()> {
 
     // A user's hyperties disappear from discovery when they unregister.
     let deleted = bob
-        .request(
-            "delete",
-            &bob_h,
-            "domain://registry.localhost",
-            json!({"resource": bob_h}),
-        )
+        .request("delete", &bob_h, REGISTRY, json!({"resource": bob_h}))
         .await?;
     assert_eq!(code(&deleted), 200, "{deleted}");
-    let found = alice
-        .request(
-            "read",
-            &alice_h,
-            "domain://registry.localhost",
-            json!({"resource": "user://localhost/bob"}),
-        )
-        .await?;
+    let found = alice.lookup(&alice_h, "user://localhost/bob").await?;
     assert_eq!(found["body"]["value"]["hyperties"], json!([]));
     let gone = alice
         .request("execute", &alice_h, &bob_h, json!({}))
@@ -101,12 +78,8 @@ async fn spoofed_unknown_and_unreachable_addresses_are_refused() -> Result<()> {
     let bed = TestBed::start().await?;
     let a = bed.default_replica("node-a").await?;
     let b = bed.default_replica("node-b").await?;
-    let (alice_token, _) = bed.user_token("alice");
-    let (bob_token, _) = bed.user_token("bob");
-    let mut alice = Client::connect(&a, &alice_token).await?;
-    let mut bob = Client::connect(&b, &bob_token).await?;
-    let alice_h = alice.register().await?;
-    let bob_h = bob.register().await?;
+    let (mut alice, alice_h) = bed.user(&a, "alice").await?;
+    let (mut bob, bob_h) = bed.user(&b, "bob").await?;
 
     // alice pretends to be bob: 403, and bob gets nothing.
     let spoofed = alice

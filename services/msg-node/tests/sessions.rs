@@ -4,8 +4,9 @@
 mod common;
 
 use anyhow::Result;
-use common::{Client, Ended, TestBed, code};
+use common::{Client, Ended, REGISTRY, TestBed, code};
 use serde_json::json;
+use std::time::Duration;
 
 #[tokio::test]
 async fn missing_invalid_and_revoked_tokens_are_refused_before_upgrade() -> Result<()> {
@@ -38,9 +39,7 @@ async fn missing_invalid_and_revoked_tokens_are_refused_before_upgrade() -> Resu
     assert_eq!(Client::refused_status(&a.ws_url(&token)).await?, 401);
 
     // Its hyperty is gone at once (no grace period for a revoked token).
-    let (bob_token, _) = bed.user_token("bob");
-    let mut bob = Client::connect(&a, &bob_token).await?;
-    let bob_h = bob.register().await?;
+    let (mut bob, bob_h) = bed.user(&a, "bob").await?;
     let gone = bob.request("execute", &bob_h, &h, json!({})).await?;
     assert_eq!(code(&gone), 404, "{gone}");
     Ok(())
@@ -51,12 +50,10 @@ async fn resume_keeps_addresses_and_delivers_what_was_queued() -> Result<()> {
     let bed = TestBed::start().await?;
     let a = bed.default_replica("node-a").await?;
     let b = bed.default_replica("node-b").await?;
-    let (alice_token, _) = bed.user_token("alice");
-    let (bob_token, _) = bed.user_token("bob");
-    let mut alice = Client::connect(&a, &alice_token).await?;
-    let alice_h = alice.register().await?;
+    let (alice, alice_h) = bed.user(&a, "alice").await?;
     let resume_token = alice.resume_token.clone();
     let runtime = alice.runtime.clone();
+    let (bob_token, _) = bed.user_token("bob");
     let mut bob = Client::connect(&b, &bob_token).await?;
     let bob_h = bob.register().await?;
 
@@ -68,14 +65,7 @@ async fn resume_keeps_addresses_and_delivers_what_was_queued() -> Result<()> {
     }
     // Delivery is confirmed (queued), so bob gets no error: prove it with a round trip that
     // comes after the five messages on the same path.
-    let probe = bob
-        .request(
-            "read",
-            &bob_h,
-            "domain://registry.localhost",
-            json!({"resource": alice_h}),
-        )
-        .await?;
+    let probe = bob.lookup(&bob_h, &alice_h).await?;
     assert_eq!(
         code(&probe),
         200,
@@ -110,11 +100,11 @@ async fn resume_keeps_addresses_and_delivers_what_was_queued() -> Result<()> {
 
     // Someone else cannot take the session over; an unknown resume token is 410.
     assert_eq!(
-        Client::refused_status(&format!("{}&resume={resume_token}", a.ws_url(&bob_token))).await?,
+        Client::refused_status(&a.resume_url(&bob_token, &resume_token)).await?,
         403
     );
     assert_eq!(
-        Client::refused_status(&format!("{}&resume=nope", a.ws_url(&alice_token2))).await?,
+        Client::refused_status(&a.resume_url(&alice_token2, "nope")).await?,
         410
     );
 
@@ -126,12 +116,7 @@ async fn resume_keeps_addresses_and_delivers_what_was_queued() -> Result<()> {
         Ended::Closed(4009, "session resumed by another connection".into())
     );
     let bye = again
-        .request(
-            "delete",
-            &alice_h,
-            "domain://registry.localhost",
-            json!({"resource": alice_h}),
-        )
+        .request("delete", &alice_h, REGISTRY, json!({"resource": alice_h}))
         .await?;
     assert_eq!(code(&bye), 200);
     Ok(())
@@ -144,36 +129,21 @@ async fn sessions_end_after_the_grace_period() -> Result<()> {
     config.timing.grace_secs = 1;
     let a = bed.replica(config).await?;
     let (alice_token, _) = bed.user_token("alice");
-    let (bob_token, _) = bed.user_token("bob");
     let mut alice = Client::connect(&a, &alice_token).await?;
     let alice_h = alice.register().await?;
     let resume_token = alice.resume_token.clone();
-    let mut bob = Client::connect(&a, &bob_token).await?;
-    let bob_h = bob.register().await?;
+    let (mut bob, bob_h) = bed.user(&a, "bob").await?;
     alice.close().await;
     // Bounded wait for the grace period to end: the address disappears.
-    let deadline = tokio::time::Instant::now() + common::WAIT;
-    loop {
-        let r = bob
-            .request(
-                "read",
-                &bob_h,
-                "domain://registry.localhost",
-                json!({"resource": alice_h}),
-            )
-            .await?;
-        if code(&r) == 404 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "address outlived the grace period"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    bob.wait_until_gone(
+        &bob_h,
+        &alice_h,
+        Duration::from_millis(200),
+        "address outlived the grace period",
+    )
+    .await?;
     assert_eq!(
-        Client::refused_status(&format!("{}&resume={resume_token}", a.ws_url(&alice_token)))
-            .await?,
+        Client::refused_status(&a.resume_url(&alice_token, &resume_token)).await?,
         410
     );
     Ok(())
@@ -186,12 +156,10 @@ async fn a_slow_consumer_is_disconnected_with_a_reason() -> Result<()> {
     config.limits.queue_len = 8;
     let a = bed.replica(config).await?;
     let (alice_token, _) = bed.user_token("alice");
-    let (bob_token, _) = bed.user_token("bob");
     let mut alice = Client::connect(&a, &alice_token).await?;
     let alice_h = alice.register().await?;
     let resume_token = alice.resume_token.clone();
-    let mut bob = Client::connect(&a, &bob_token).await?;
-    let bob_h = bob.register().await?;
+    let (mut bob, bob_h) = bed.user(&a, "bob").await?;
 
     // alice stops reading; bob floods her with large messages until the node gives up on her.
     let filler = "x".repeat(60 * 1024);
@@ -202,9 +170,7 @@ async fn a_slow_consumer_is_disconnected_with_a_reason() -> Result<()> {
         )
         .await?;
         // Errors come back to bob as responses; check without blocking on them.
-        if let Ok(Ok(reply)) =
-            tokio::time::timeout(std::time::Duration::from_millis(5), bob.recv()).await
-        {
+        if let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_millis(5), bob.recv()).await {
             refused = Some(reply);
             break;
         }
@@ -242,12 +208,10 @@ async fn resume_on_another_replica_moves_the_session() -> Result<()> {
     let bed = TestBed::start().await?;
     let a = bed.default_replica("node-a").await?;
     let b = bed.default_replica("node-b").await?;
-    let (alice_token, _) = bed.user_token("alice");
-    let (bob_token, _) = bed.user_token("bob");
-    let mut alice = Client::connect(&a, &alice_token).await?;
-    let alice_h = alice.register().await?;
+    let (mut alice, alice_h) = bed.user(&a, "alice").await?;
     let runtime = alice.runtime.clone();
     let resume_token = alice.resume_token.clone();
+    let (bob_token, _) = bed.user_token("bob");
     let mut bob = Client::connect(&b, &bob_token).await?;
     let bob_h = bob.register().await?;
 
@@ -274,14 +238,7 @@ async fn resume_on_another_replica_moves_the_session() -> Result<()> {
         )
         .await?;
     }
-    let probe = bob
-        .request(
-            "read",
-            &bob_h,
-            "domain://registry.localhost",
-            json!({"resource": alice_h}),
-        )
-        .await?;
+    let probe = bob.lookup(&bob_h, &alice_h).await?;
     assert_eq!(code(&probe), 200);
 
     // She comes back through replica b: same session, same addresses, the queue follows.
@@ -321,7 +278,7 @@ async fn resume_on_another_replica_moves_the_session() -> Result<()> {
 
     // The token must match the session's identity on every replica.
     assert_eq!(
-        Client::refused_status(&format!("{}&resume={resume_token}", a.ws_url(&bob_token))).await?,
+        Client::refused_status(&a.resume_url(&bob_token, &resume_token)).await?,
         403
     );
     // And it can move back.
@@ -357,41 +314,18 @@ async fn a_silent_connection_is_dropped_and_its_session_expires() -> Result<()> 
     config.timing.ping_secs = 1;
     config.timing.grace_secs = 1;
     let a = bed.replica(config).await?;
-    let (alice_token, _) = bed.user_token("alice");
-    let (bob_token, _) = bed.user_token("bob");
-    let mut alice = Client::connect(&a, &alice_token).await?;
-    let alice_h = alice.register().await?;
-    let mut bob = Client::connect(&a, &bob_token).await?;
-    let bob_h = bob.register().await?;
+    let (alice, alice_h) = bed.user(&a, "alice").await?;
+    let (mut bob, bob_h) = bed.user(&a, "bob").await?;
     // alice's client stops reading (so it never answers pings); bob keeps talking, and his
     // reads answer the node's pings.
-    let deadline = tokio::time::Instant::now() + common::WAIT;
-    loop {
-        let r = bob
-            .request(
-                "read",
-                &bob_h,
-                "domain://registry.localhost",
-                json!({"resource": alice_h}),
-            )
-            .await?;
-        if code(&r) == 404 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the silent connection was never dropped"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    }
-    let me = bob
-        .request(
-            "read",
-            &bob_h,
-            "domain://registry.localhost",
-            json!({"resource": bob_h}),
-        )
-        .await?;
+    bob.wait_until_gone(
+        &bob_h,
+        &alice_h,
+        Duration::from_millis(250),
+        "the silent connection was never dropped",
+    )
+    .await?;
+    let me = bob.lookup(&bob_h, &bob_h).await?;
     assert_eq!(code(&me), 200, "the active connection must survive: {me}");
     drop(alice);
     Ok(())
@@ -407,7 +341,7 @@ async fn an_expiring_token_closes_the_connection_and_the_session_can_resume() ->
             "user:alice",
             "alice",
             rethink_common::token::Grants::user(),
-            Some(std::time::Duration::from_secs(1)),
+            Some(Duration::from_secs(1)),
         )
         .unwrap();
     let mut alice = Client::connect(&a, &short.token).await?;

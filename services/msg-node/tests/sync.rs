@@ -4,7 +4,7 @@
 mod common;
 
 use anyhow::Result;
-use common::{Client, TestBed, code};
+use common::{TestBed, code};
 use serde_json::json;
 
 #[tokio::test]
@@ -12,15 +12,9 @@ async fn observers_on_both_replicas_see_every_change_in_order() -> Result<()> {
     let bed = TestBed::start().await?;
     let a = bed.default_replica("node-a").await?;
     let b = bed.default_replica("node-b").await?;
-    let (alice_token, _) = bed.user_token("alice");
-    let (bob_token, _) = bed.user_token("bob");
-    let (carol_token, _) = bed.user_token("carol");
-    let mut alice = Client::connect(&a, &alice_token).await?;
-    let mut bob = Client::connect(&b, &bob_token).await?;
-    let mut carol = Client::connect(&a, &carol_token).await?;
-    let alice_h = alice.register().await?;
-    let bob_h = bob.register().await?;
-    let carol_h = carol.register().await?;
+    let (mut alice, alice_h) = bed.user(&a, "alice").await?;
+    let (mut bob, bob_h) = bed.user(&b, "bob").await?;
+    let (mut carol, carol_h) = bed.user(&a, "carol").await?;
 
     let created = alice
         .request(
@@ -93,12 +87,8 @@ async fn unsubscribe_stops_changes_and_objects_need_a_hyperty() -> Result<()> {
     let bed = TestBed::start().await?;
     let a = bed.default_replica("node-a").await?;
     let b = bed.default_replica("node-b").await?;
-    let (alice_token, _) = bed.user_token("alice");
-    let (bob_token, _) = bed.user_token("bob");
-    let mut alice = Client::connect(&a, &alice_token).await?;
-    let mut bob = Client::connect(&b, &bob_token).await?;
-    let alice_h = alice.register().await?;
-    let bob_h = bob.register().await?;
+    let (mut alice, alice_h) = bed.user(&a, "alice").await?;
+    let (mut bob, bob_h) = bed.user(&b, "bob").await?;
 
     let runtime = alice.runtime.clone();
     let refused = alice

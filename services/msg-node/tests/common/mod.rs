@@ -25,6 +25,9 @@ use tokio_tungstenite::{
 /// Longest any single wait in a test may take.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// The registry's address in the test domain.
+pub const REGISTRY: &str = "domain://registry.localhost";
+
 /// Redis, auth and any number of msg-node replicas.
 pub struct TestBed {
     pub redis: RedisServer,
@@ -46,6 +49,11 @@ impl Replica {
     /// Returns `ws://<http>/msg?access_token=<token>`.
     pub fn ws_url(&self, token: &str) -> String {
         format!("ws://{}/msg?access_token={token}", self.http)
+    }
+
+    /// Returns the URL that resumes the session of `resume_token` with `token`.
+    pub fn resume_url(&self, token: &str, resume_token: &str) -> String {
+        format!("{}&resume={resume_token}", self.ws_url(token))
     }
 
     /// Stops the replica (its connections are closed, its sessions end).
@@ -148,6 +156,15 @@ impl TestBed {
         (issued.token, issued.claims)
     }
 
+    /// Connects user `name` to `replica` with a fresh token and registers a hyperty; returns
+    /// the client and the hyperty's address.
+    pub async fn user(&self, replica: &Replica, name: &str) -> Result<(Client, String)> {
+        let (token, _) = self.user_token(name);
+        let mut client = Client::connect(replica, &token).await?;
+        let address = client.register().await?;
+        Ok((client, address))
+    }
+
     /// Mints a service token with the `services.attach` grant.
     pub fn service_token(&self, name: &str) -> String {
         let grants = Grants {
@@ -194,7 +211,7 @@ impl Client {
 
     /// Connects with `token`, resuming the session of `resume_token`.
     pub async fn resume(replica: &Replica, token: &str, resume_token: &str) -> Result<Self> {
-        Self::connect_url(&format!("{}&resume={resume_token}", replica.ws_url(token))).await
+        Self::connect_url(&replica.resume_url(token, resume_token)).await
     }
 
     async fn connect_url(url: &str) -> Result<Self> {
@@ -341,6 +358,32 @@ impl Client {
             .as_str()
             .map(str::to_owned)
             .ok_or_else(|| anyhow!("registration failed: {reply}"))
+    }
+
+    /// Asks the registry, as `from`, about `resource` (an address, a user or a path).
+    pub async fn lookup(&mut self, from: &str, resource: &str) -> Result<Value> {
+        self.request("read", from, REGISTRY, json!({"resource": resource}))
+            .await
+    }
+
+    /// Polls the registry, as `from`, every `every` until `address` is gone (404); panics with
+    /// `why` when it is still there after [`WAIT`].
+    pub async fn wait_until_gone(
+        &mut self,
+        from: &str,
+        address: &str,
+        every: Duration,
+        why: &str,
+    ) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let r = self.lookup(from, address).await?;
+            if code(&r) == 404 {
+                return Ok(());
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{why}");
+            tokio::time::sleep(every).await;
+        }
     }
 
     /// Closes the connection from the client side.
