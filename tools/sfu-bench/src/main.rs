@@ -5,7 +5,10 @@
 //! and send time) and ramps up lightweight str0m subscribers through the real gRPC API. At each
 //! step it measures, over a fixed window: frame loss at the subscribers, SFU CPU time per
 //! forwarded RTP packet (`/proc/<pid>/stat`), and publisher→subscriber frame latency on this
-//! process's clock. Run it pinned to the other core: `taskset -c 1 rethink-sfu-bench`.
+//! process's clock, plus the run-queue wait of both processes and the kernel's UDP buffer
+//! drops. Run it pinned to the other core, in a session of its own with a raised autogroup
+//! priority (docs/benchmarks.md has the command): the kernel shares CPU time between
+//! sessions, so a plain `nice` does not keep other sessions' work off the SFU's core.
 
 mod client;
 mod media;
