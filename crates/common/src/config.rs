@@ -200,6 +200,29 @@ impl Provider for EnvLayer {
     }
 }
 
+/// Where Redis is: the `[redis]` section every service config shares.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://host:port` (or `rediss://`); unset means the in-memory bus and store (one
+    /// instance, nothing persists).
+    pub url: Option<String>,
+}
+
+impl RedisConfig {
+    /// Checks that the URL, if set, has a Redis scheme.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return Err(ConfigError::invalid(
+                "redis.url must start with redis:// or rediss://",
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

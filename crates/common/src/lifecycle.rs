@@ -295,3 +295,103 @@ pub async fn serve_http(
         }
     }
 }
+
+/// The two addresses a service serves on, as its config names them.
+pub trait ServeAddrs {
+    /// The HTTP address (browser-facing routes and the ops endpoints).
+    fn http_addr(&self) -> SocketAddr;
+    /// The gRPC address (the service's API, health and reflection).
+    fn grpc_addr(&self) -> SocketAddr;
+}
+
+/// A service's two sockets, bound by the caller (tests bind port 0).
+#[derive(Debug)]
+pub struct Listeners {
+    /// HTTP: the service's routes and the ops endpoints.
+    pub http: tokio::net::TcpListener,
+    /// gRPC: the service's API, health and reflection.
+    pub grpc: tokio::net::TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses of `config`.
+    pub async fn bind(config: &impl ServeAddrs) -> io::Result<Self> {
+        Ok(Self {
+            http: tokio::net::TcpListener::bind(config.http_addr()).await?,
+            grpc: tokio::net::TcpListener::bind(config.grpc_addr()).await?,
+        })
+    }
+
+    /// Returns the bound HTTP address.
+    pub fn http_addr(&self) -> io::Result<SocketAddr> {
+        self.http.local_addr()
+    }
+
+    /// Returns the bound gRPC address.
+    pub fn grpc_addr(&self) -> io::Result<SocketAddr> {
+        self.grpc.local_addr()
+    }
+}
+
+/// Which server of [`serve`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The HTTP server failed.
+    #[error("http server: {0}")]
+    Http(io::Error),
+    /// The gRPC server failed.
+    #[error("grpc server: {0}")]
+    Grpc(tonic::transport::Error),
+}
+
+/// Serves `router` (plus the ops routes) and `grpc` (plus gRPC health and reflection) on
+/// `listeners` until `shutdown` resolves.
+///
+/// Readiness (`health`) is set while serving; when `shutdown` resolves it goes not-ready, `stop`
+/// is triggered (background tasks of the service watch it too) and both servers drain for at
+/// most `drain`. Returns once both have stopped.
+pub async fn serve(
+    listeners: Listeners,
+    router: Router,
+    grpc: tonic::transport::server::Router,
+    health: Health,
+    stop: Shutdown,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    drain: Duration,
+) -> Result<(), ServeError> {
+    let (grpc_health, reflection) = grpc_health_and_reflection(&health);
+    let grpc = grpc
+        .add_service(grpc_health)
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
+            stop.wait(),
+        );
+    let router = router.merge(ops_router(health.clone()));
+    let http = serve_http(listeners.http, router, stop.clone(), drain);
+    health.set_ready(true);
+    let watcher = {
+        let stop = stop.clone();
+        async move {
+            shutdown.await;
+            health.set_ready(false);
+            stop.trigger();
+        }
+    };
+    // Long-lived streams would hold a graceful gRPC shutdown open forever: bound it by the
+    // same drain deadline as HTTP.
+    let grpc = async move {
+        tokio::pin!(grpc);
+        tokio::select! {
+            result = &mut grpc => result,
+            () = async {
+                stop.wait().await;
+                tokio::time::sleep(drain).await;
+            } => Ok(()),
+        }
+    };
+    let (http, grpc, ()) = tokio::join!(http, grpc, watcher);
+    http.map_err(ServeError::Http)?;
+    grpc.map_err(ServeError::Grpc)?;
+    Ok(())
+}

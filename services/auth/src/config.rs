@@ -2,7 +2,9 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+pub use rethink_common::config::RedisConfig;
 use rethink_common::config::{ConfigError, ServiceConfig};
+use rethink_common::lifecycle::ServeAddrs;
 use serde::{Deserialize, Serialize};
 
 /// Everything the auth service can be told.
@@ -23,14 +25,6 @@ pub struct AuthConfig {
     pub throttle: ThrottleConfig,
     /// Seconds to finish in-flight requests after shutdown begins.
     pub drain_secs: u64,
-}
-
-/// Where Redis is.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RedisConfig {
-    /// `redis://host:port`; unset means the in-memory store (single instance, nothing persists).
-    pub url: Option<String>,
 }
 
 /// Tokens and signing keys.
@@ -116,6 +110,16 @@ impl Default for ThrottleConfig {
     }
 }
 
+impl ServeAddrs for AuthConfig {
+    fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+}
+
 impl TokenConfig {
     /// Returns the token lifetime.
     pub fn ttl(&self) -> Duration {
@@ -158,13 +162,7 @@ impl ServiceConfig for AuthConfig {
                 "throttle.window_secs and throttle.lockout_secs must be at least 1",
             ));
         }
-        if let Some(url) = &self.redis.url
-            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
-        {
-            return Err(ConfigError::invalid(
-                "redis.url must start with redis:// or rediss://",
-            ));
-        }
+        self.redis.validate()?;
         Ok(())
     }
 }

@@ -2,7 +2,9 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+pub use rethink_common::config::RedisConfig;
 use rethink_common::config::{ConfigError, ServiceConfig};
+use rethink_common::lifecycle::ServeAddrs;
 use serde::{Deserialize, Serialize};
 
 /// Everything the Message Node can be told.
@@ -33,14 +35,6 @@ pub struct MsgNodeConfig {
     pub timing: TimingConfig,
     /// Seconds to finish in-flight work after shutdown begins.
     pub drain_secs: u64,
-}
-
-/// Where Redis is.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RedisConfig {
-    /// `redis://host:port`; unset means in-memory (single replica, nothing persists).
-    pub url: Option<String>,
 }
 
 /// Sizes and counts that bound memory per connection.
@@ -118,6 +112,16 @@ impl Default for TimingConfig {
             address_ttl_secs: 30,
             ping_secs: 20,
         }
+    }
+}
+
+impl ServeAddrs for MsgNodeConfig {
+    fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
     }
 }
 

@@ -36,7 +36,7 @@ pub mod session;
 pub mod sync;
 pub mod ws;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use axum::{Router, response::Redirect, routing::get};
 use rethink_common::{
@@ -44,41 +44,15 @@ use rethink_common::{
     lifecycle::{self, Health, Shutdown},
     token::{HttpJwks, TokenVerifier, VerifierOptions},
 };
-use tokio::net::TcpListener;
 use tower_http::services::ServeDir;
 
 pub use config::MsgNodeConfig;
 pub use error::MsgNodeError;
 pub use node::Node;
 
-/// The sockets the service serves on, bound by the caller (tests bind port 0).
-#[derive(Debug)]
-pub struct Listeners {
-    /// `/msg`, `/client` and the ops endpoints.
-    pub http: TcpListener,
-    /// `rethink.v1.MsgNode`, gRPC health and reflection.
-    pub grpc: TcpListener,
-}
-
-impl Listeners {
-    /// Binds the addresses of `config`.
-    pub async fn bind(config: &MsgNodeConfig) -> std::io::Result<Self> {
-        Ok(Self {
-            http: TcpListener::bind(config.http_addr).await?,
-            grpc: TcpListener::bind(config.grpc_addr).await?,
-        })
-    }
-
-    /// Returns the bound HTTP address.
-    pub fn http_addr(&self) -> std::io::Result<SocketAddr> {
-        self.http.local_addr()
-    }
-
-    /// Returns the bound gRPC address.
-    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
-        self.grpc.local_addr()
-    }
-}
+/// The sockets the service serves on (HTTP: `/msg`, `/client` and the ops endpoints; gRPC:
+/// `rethink.v1.MsgNode`, health and reflection), bound by the caller (tests bind port 0).
+pub type Listeners = lifecycle::Listeners;
 
 /// A running Message Node's parts, for embedding (the all-in-one stack mounts [`MsgNode::router`]
 /// and [`MsgNode::grpc_service`] itself).
@@ -191,37 +165,23 @@ pub async fn run(
     let config_ping = config.timing.ping();
     let stop = Shutdown::new();
     let msg_node = MsgNode::start(config, backends, verifier, stop.clone()).await?;
-    let health = Health::new();
-    let http = msg_node
-        .router()
-        .merge(lifecycle::ops_router(health.clone()));
-    let (grpc_health, reflection) = lifecycle::grpc_health_and_reflection(&health);
     // HTTP/2 keepalive finds attached services whose peer vanished, as pings do for WebSockets.
     let keepalive = config_ping;
     let grpc = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(keepalive))
         .http2_keepalive_timeout(Some(keepalive))
-        .add_service(grpc_health)
-        .add_service(reflection)
-        .add_service(msg_node.grpc_service())
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
-            stop.wait(),
-        );
-    let http = lifecycle::serve_http(listeners.http, http, stop.clone(), drain);
-    health.set_ready(true);
-    let watcher = {
-        let health = health.clone();
-        let stop = stop.clone();
-        async move {
-            shutdown.await;
-            health.set_ready(false);
-            stop.trigger();
-        }
-    };
-    let (http, grpc, ()) = tokio::join!(http, grpc, watcher);
-    http.map_err(|e| MsgNodeError::Internal(format!("http server: {e}")))?;
-    grpc.map_err(|e| MsgNodeError::Internal(format!("grpc server: {e}")))?;
+        .add_service(msg_node.grpc_service());
+    lifecycle::serve(
+        listeners,
+        msg_node.router(),
+        grpc,
+        Health::new(),
+        stop,
+        shutdown,
+        drain,
+    )
+    .await
+    .map_err(|e| MsgNodeError::Internal(e.to_string()))?;
     tracing::info!("msg-node stopped");
     Ok(())
 }

@@ -2,7 +2,9 @@
 
 use std::net::SocketAddr;
 
+pub use rethink_common::config::RedisConfig;
 use rethink_common::config::{ConfigError, ServiceConfig};
+use rethink_common::lifecycle::ServeAddrs;
 use serde::{Deserialize, Serialize};
 
 /// What the stack can be told (file, `RETHINK_*` env, flags).
@@ -21,14 +23,6 @@ pub struct StackConfig {
     pub drain_secs: u64,
 }
 
-/// Where Redis is.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RedisConfig {
-    /// `redis://host:port`.
-    pub url: Option<String>,
-}
-
 impl Default for StackConfig {
     fn default() -> Self {
         Self {
@@ -41,16 +35,19 @@ impl Default for StackConfig {
     }
 }
 
+impl ServeAddrs for StackConfig {
+    fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+}
+
 impl ServiceConfig for StackConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(url) = &self.redis.url
-            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
-        {
-            return Err(ConfigError::invalid(
-                "redis.url must start with redis:// or rediss://",
-            ));
-        }
-        Ok(())
+        self.redis.validate()
     }
 }
 

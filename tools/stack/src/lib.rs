@@ -16,7 +16,6 @@ use std::{net::SocketAddr, time::Duration};
 
 use rethink_auth::AuthService;
 use rethink_common::lifecycle::{self, Health, Shutdown};
-use tokio::net::TcpListener;
 
 pub use config::StackConfig;
 pub use services::{Mount, StackContext};
@@ -40,24 +39,9 @@ pub enum StackError {
     Serve(&'static str, String),
 }
 
-/// The stack's two sockets, bound by the caller (tests bind port 0).
-#[derive(Debug)]
-pub struct StackListeners {
-    /// Browser-facing HTTP.
-    pub http: TcpListener,
-    /// gRPC of every service.
-    pub grpc: TcpListener,
-}
-
-impl StackListeners {
-    /// Binds the addresses of `config`.
-    pub async fn bind(config: &StackConfig) -> std::io::Result<Self> {
-        Ok(Self {
-            http: TcpListener::bind(config.http_addr).await?,
-            grpc: TcpListener::bind(config.grpc_addr).await?,
-        })
-    }
-}
+/// The stack's two sockets (HTTP: every browser-facing route; gRPC: every service), bound by
+/// the caller (tests bind port 0).
+pub type StackListeners = lifecycle::Listeners;
 
 /// Creates the demo users unless they exist (a Redis-backed stack keeps them across restarts).
 pub async fn create_demo_users(auth: &AuthService) -> Result<(), StackError> {
@@ -139,54 +123,22 @@ pub async fn run(
     services::mount(&ctx, &mut mount).await?;
     let text = banner(http_addr, grpc_addr, &mount, config.demo_users);
 
-    let Mount {
-        router, mut grpc, ..
-    } = mount;
-    let (grpc_health, reflection) = lifecycle::grpc_health_and_reflection(&health);
-    grpc.add_service(grpc_health).add_service(reflection);
-    let grpc = tonic::transport::Server::builder()
-        .add_routes(grpc.routes())
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
-            stop.wait(),
-        );
-    let router = router
-        .merge(lifecycle::ops_router(health.clone()))
-        .fallback(rethink_auth::http::not_found);
+    let Mount { router, grpc, .. } = mount;
+    let grpc = tonic::transport::Server::builder().add_routes(grpc.routes());
+    let router = router.fallback(rethink_auth::http::not_found);
     let drain = Duration::from_secs(config.drain_secs);
-    let http = lifecycle::serve_http(listeners.http, router, stop.clone(), drain);
     let rotation = auth.run_key_rotation(stop.wait());
-
-    health.set_ready(true);
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!("stack shutting down");
+    };
+    let serve = lifecycle::serve(listeners, router, grpc, health, stop, shutdown, drain);
     println!("{text}");
     tracing::info!(%http_addr, %grpc_addr, "stack ready");
-    let watcher = {
-        let stop = stop.clone();
-        let health = health.clone();
-        async move {
-            shutdown.await;
-            tracing::info!("stack shutting down");
-            health.set_ready(false);
-            stop.trigger();
-        }
-    };
-    // Long-lived streams would hold a graceful gRPC shutdown open forever: bound it by the
-    // same drain deadline as HTTP.
-    let grpc = {
-        let stop = stop.clone();
-        async move {
-            tokio::pin!(grpc);
-            tokio::select! {
-                result = &mut grpc => result,
-                () = async {
-                    stop.wait().await;
-                    tokio::time::sleep(drain).await;
-                } => Ok(()),
-            }
-        }
-    };
-    let (http, grpc, (), ()) = tokio::join!(http, grpc, rotation, watcher);
-    http.map_err(|e| StackError::Serve("http", e.to_string()))?;
-    grpc.map_err(|e| StackError::Serve("grpc", e.to_string()))?;
+    let (served, ()) = tokio::join!(serve, rotation);
+    served.map_err(|e| match e {
+        lifecycle::ServeError::Http(e) => StackError::Serve("http", e.to_string()),
+        lifecycle::ServeError::Grpc(e) => StackError::Serve("grpc", e.to_string()),
+    })?;
     Ok(())
 }
