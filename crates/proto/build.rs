@@ -24,9 +24,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("rethink_descriptor.bin"),
         descriptors.encode_to_vec(),
     )?;
+    // Type names (`prost::Name`) let the event bus label payloads from the type itself.
+    let mut config = tonic_prost_build::Config::new();
+    config.enable_type_names();
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_fds(descriptors)?;
+        .compile_fds_with_config(descriptors, config)?;
     Ok(())
 }

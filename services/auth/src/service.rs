@@ -6,17 +6,14 @@ use std::{sync::Arc, time::Duration};
 use async_trait::async_trait;
 use bytes::Bytes;
 use jsonwebtoken::jwk::JwkSet;
-use prost::Message;
 use rethink_common::{
-    bus::{EventBus, topics},
+    bus::{self, EventBus, topics},
     kv::KvStore,
-    telemetry::propagation,
     token::{
-        Claims, Grants, JwksSource, REVOKED_KEY_PREFIX, TOKEN_REVOKED_EVENT, TOKEN_REVOKED_PAYLOAD,
-        TokenError, TokenRevoked, TokenVerifier, VerifierOptions, unix_now,
+        Claims, Grants, JwksSource, REVOKED_KEY_PREFIX, TOKEN_REVOKED_EVENT, TokenError,
+        TokenRevoked, TokenVerifier, VerifierOptions, unix_now,
     },
 };
-use rethink_proto::v1 as pb;
 
 use crate::{
     AuthConfig, AuthError,
@@ -261,18 +258,8 @@ impl AuthService {
             jti: claims.jti.clone(),
             exp: claims.exp,
         };
-        let event = pb::Event {
-            id: uuid::Uuid::new_v4().to_string(),
-            r#type: TOKEN_REVOKED_EVENT.to_string(),
-            source: self.inner.source.clone(),
-            time: Some(prost_types_now()),
-            trace_context: propagation::current_map(),
-            payload_type: TOKEN_REVOKED_PAYLOAD.to_string(),
-            payload: payload.encode_to_vec(),
-        };
-        self.inner
-            .bus
-            .publish(topics::AUTH_REVOCATIONS, Bytes::from(event.encode_to_vec()))
+        let event = bus::new_event(TOKEN_REVOKED_EVENT, &self.inner.source, &payload);
+        bus::publish_event(&*self.inner.bus, topics::AUTH_REVOCATIONS, &event)
             .await
             .map_err(|e| AuthError::Internal(format!("publishing revocation: {e}")))?;
         metrics::counter!("rethink_auth_tokens_revoked_total").increment(1);
@@ -332,15 +319,5 @@ impl AuthService {
                 tracing::warn!(error = %e, "rotating signing key");
             }
         }
-    }
-}
-
-fn prost_types_now() -> prost_types::Timestamp {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    prost_types::Timestamp {
-        seconds: now.as_secs() as i64,
-        nanos: now.subsec_nanos() as i32,
     }
 }
