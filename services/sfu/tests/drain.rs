@@ -9,16 +9,13 @@ use std::time::Duration;
 use prost::Message;
 use rethink_common::bus::MemoryBus;
 use rethink_common::kv::{KvStore, MemoryKv};
-use rethink_proto::v1::{
-    SfuCreateRoomRequest, SfuEventsRequest, SfuGetRoomStatsRequest, SfuJoinRequest,
-    SfuLeaveRequest, SfuNode,
-};
+use rethink_proto::v1::{SfuCreateRoomRequest, SfuJoinRequest, SfuLeaveRequest, SfuNode};
 use rethink_sfu::keys;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use common::{TestSfu, WAIT, http_status, peer::TestPeer, test_config};
+use common::{TestSfu, WAIT, http_status, peer::TestPeer, stream_ends, test_config};
 
 async fn serving(sfu: &TestSfu) -> ServingStatus {
     let mut health = HealthClient::new(sfu.channel().await);
@@ -62,19 +59,9 @@ async fn start_with_member(drain_timeout_ms: u64) -> (TestSfu, Arc<dyn KvStore>)
     };
     let sfu = TestSfu::start_with(config, kv.clone(), Arc::new(MemoryBus::new())).await;
     let mut client = sfu.client().await;
-    client
-        .create_room(sfu.authed(SfuCreateRoomRequest { room: "r".into() }))
-        .await
-        .unwrap();
+    sfu.create_room(&mut client, "r").await;
     let peer = TestPeer::new().await;
-    client
-        .join(sfu.authed(SfuJoinRequest {
-            room: "r".into(),
-            participant: "alice".into(),
-            offer_sdp: peer.offer.clone(),
-        }))
-        .await
-        .unwrap();
+    sfu.join(&mut client, "r", "alice", &peer.offer).await;
     wait_serving(&sfu, ServingStatus::Serving).await;
     assert_eq!(http_status(sfu.http, "/readyz").await, 200);
     (sfu, kv)
@@ -144,11 +131,7 @@ async fn drain_refuses_new_rooms_and_ends_when_the_last_participant_leaves() {
     assert_eq!(response.status(), 200);
 
     // The existing room still works.
-    let stats = client
-        .get_room_stats(sfu.authed(SfuGetRoomStatsRequest { room: "r".into() }))
-        .await
-        .unwrap()
-        .into_inner();
+    let stats = sfu.room_stats(&mut client, "r").await;
     assert_eq!(stats.participants, 1);
 
     client
@@ -166,20 +149,9 @@ async fn drain_refuses_new_rooms_and_ends_when_the_last_participant_leaves() {
 async fn drain_deadline_closes_rooms_that_stay_busy() {
     let (mut sfu, _kv) = start_with_member(300).await;
     let mut client = sfu.client().await;
-    let mut events = client
-        .events(sfu.authed(SfuEventsRequest {
-            room: "r".into(),
-            participant: "alice".into(),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = sfu.events(&mut client, "r", "alice").await;
     sfu.begin_drain();
     sfu.stopped().await.expect("stops at the deadline");
     // The participant's stream ended with the room.
-    let end = tokio::time::timeout(WAIT, async {
-        while let Ok(Some(_)) = events.message().await {}
-    })
-    .await;
-    assert!(end.is_ok());
+    assert!(stream_ends(&mut events).await);
 }

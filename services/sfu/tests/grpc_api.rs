@@ -3,25 +3,13 @@
 
 mod common;
 
-use common::{TestSfu, authed, peer::TestPeer};
+use common::{TestSfu, authed, create, join, peer::TestPeer};
 use rethink_proto::v1::{
     SfuAddIceCandidateRequest, SfuAnswerRenegotiationRequest, SfuCloseRoomRequest,
-    SfuCreateRoomRequest, SfuEventsRequest, SfuGetParticipantStatsRequest, SfuGetRoomStatsRequest,
-    SfuJoinRequest, SfuLeaveRequest, SfuSubscribeRequest,
+    SfuEventsRequest, SfuGetParticipantStatsRequest, SfuGetRoomStatsRequest, SfuLeaveRequest,
+    SfuSubscribeRequest,
 };
 use tonic::Code;
-
-fn create(room: &str) -> SfuCreateRoomRequest {
-    SfuCreateRoomRequest { room: room.into() }
-}
-
-fn join(room: &str, participant: &str, offer: &str) -> SfuJoinRequest {
-    SfuJoinRequest {
-        room: room.into(),
-        participant: participant.into(),
-        offer_sdp: offer.into(),
-    }
-}
 
 #[tokio::test]
 async fn create_room_then_duplicate_is_already_exists() {
@@ -42,7 +30,7 @@ async fn create_room_then_duplicate_is_already_exists() {
 async fn join_with_garbage_sdp_is_invalid_argument() {
     let sfu = TestSfu::start().await;
     let mut client = sfu.client().await;
-    client.create_room(sfu.authed(create("r"))).await.unwrap();
+    sfu.create_room(&mut client, "r").await;
     for garbage in ["hello", "v=0\r\nm=nonsense\r\n", "\u{0}\u{1}\u{2}"] {
         let error = client
             .join(sfu.authed(join("r", "alice", garbage)))
@@ -94,7 +82,7 @@ async fn unknown_room_or_participant_is_not_found() {
         .unwrap_err();
     assert_eq!(error.code(), Code::NotFound);
 
-    client.create_room(sfu.authed(create("r"))).await.unwrap();
+    sfu.create_room(&mut client, "r").await;
     let error = client
         .leave(sfu.authed(SfuLeaveRequest {
             room: "r".into(),
@@ -121,10 +109,7 @@ async fn unknown_room_or_participant_is_not_found() {
     assert_eq!(error.code(), Code::NotFound);
 
     // A participant exists, but the track does not.
-    client
-        .join(sfu.authed(join("r", "alice", &peer.offer)))
-        .await
-        .unwrap();
+    sfu.join(&mut client, "r", "alice", &peer.offer).await;
     let error = client
         .subscribe(sfu.authed(SfuSubscribeRequest {
             room: "r".into(),
@@ -152,29 +137,22 @@ async fn unknown_room_or_participant_is_not_found() {
 async fn duplicate_participant_is_already_exists() {
     let sfu = TestSfu::start().await;
     let mut client = sfu.client().await;
-    client.create_room(sfu.authed(create("r"))).await.unwrap();
+    sfu.create_room(&mut client, "r").await;
     let first = TestPeer::new().await;
     let second = TestPeer::new().await;
-    client
-        .join(sfu.authed(join("r", "alice", &first.offer)))
-        .await
-        .unwrap();
+    sfu.join(&mut client, "r", "alice", &first.offer).await;
     let error = client
         .join(sfu.authed(join("r", "alice", &second.offer)))
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::AlreadyExists, "{error:?}");
     // The same name in another room is someone else.
-    client.create_room(sfu.authed(create("r2"))).await.unwrap();
+    sfu.create_room(&mut client, "r2").await;
     client
         .join(sfu.authed(join("r2", "alice", &second.offer)))
         .await
         .expect("same name, other room");
-    let stats = client
-        .get_room_stats(sfu.authed(SfuGetRoomStatsRequest { room: "r".into() }))
-        .await
-        .unwrap()
-        .into_inner();
+    let stats = sfu.room_stats(&mut client, "r").await;
     assert_eq!(stats.participants, 1);
     assert_eq!(stats.participant_stats[0].participant, "alice");
     sfu.stop().await;
@@ -242,12 +220,9 @@ async fn missing_or_bad_tokens_are_unauthenticated() {
 async fn trickled_candidates_are_parsed() {
     let sfu = TestSfu::start().await;
     let mut client = sfu.client().await;
-    client.create_room(sfu.authed(create("r"))).await.unwrap();
+    sfu.create_room(&mut client, "r").await;
     let peer = TestPeer::new().await;
-    client
-        .join(sfu.authed(join("r", "alice", &peer.offer)))
-        .await
-        .unwrap();
+    sfu.join(&mut client, "r", "alice", &peer.offer).await;
     let candidate = |line: &str| SfuAddIceCandidateRequest {
         room: "r".into(),
         participant: "alice".into(),
@@ -292,20 +267,10 @@ async fn bad_ids_are_invalid_argument() {
 async fn close_room_ends_its_participants_event_streams() {
     let sfu = TestSfu::start().await;
     let mut client = sfu.client().await;
-    client.create_room(sfu.authed(create("r"))).await.unwrap();
+    sfu.create_room(&mut client, "r").await;
     let peer = TestPeer::new().await;
-    client
-        .join(sfu.authed(join("r", "alice", &peer.offer)))
-        .await
-        .unwrap();
-    let mut events = client
-        .events(sfu.authed(SfuEventsRequest {
-            room: "r".into(),
-            participant: "alice".into(),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    sfu.join(&mut client, "r", "alice", &peer.offer).await;
+    let mut events = sfu.events(&mut client, "r", "alice").await;
     client
         .close_room(sfu.authed(SfuCloseRoomRequest { room: "r".into() }))
         .await
@@ -323,7 +288,7 @@ async fn close_room_ends_its_participants_event_streams() {
         .unwrap_err();
     assert_eq!(error.code(), Code::NotFound);
     // The name is free again.
-    client.create_room(sfu.authed(create("r"))).await.unwrap();
+    sfu.create_room(&mut client, "r").await;
     sfu.stop().await;
 }
 
@@ -343,14 +308,9 @@ async fn public_ips_are_the_advertised_candidates() {
     )
     .await;
     let mut client = sfu.client().await;
-    client.create_room(sfu.authed(create("r"))).await.unwrap();
+    sfu.create_room(&mut client, "r").await;
     let peer = TestPeer::new().await;
-    let answer = client
-        .join(sfu.authed(join("r", "alice", &peer.offer)))
-        .await
-        .unwrap()
-        .into_inner()
-        .answer_sdp;
+    let answer = sfu.join(&mut client, "r", "alice", &peer.offer).await;
     let port = sfu.udp.port();
     assert!(
         answer.contains(&format!("198.51.100.9 {port} typ host")),

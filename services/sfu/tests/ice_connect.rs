@@ -4,12 +4,11 @@
 
 mod common;
 
-use common::{TestSfu, WAIT, peer::TestPeer};
+use common::{TestSfu, WAIT, peer::TestPeer, stream_ends};
 use rethink_proto::v1::sfu_participant_event::Event;
 use rethink_proto::v1::{
-    SfuAnswerRenegotiationRequest, SfuCreateRoomRequest, SfuEventsRequest,
-    SfuGetParticipantStatsRequest, SfuGetRoomStatsRequest, SfuJoinRequest, SfuLeaveRequest,
-    SfuMediaKind, SfuOfferRequest, SfuParticipantEvent, SfuSubscribeRequest,
+    SfuAnswerRenegotiationRequest, SfuGetParticipantStatsRequest, SfuLeaveRequest, SfuMediaKind,
+    SfuOfferRequest, SfuParticipantEvent, SfuSubscribeRequest,
 };
 use tonic::Streaming;
 
@@ -38,36 +37,17 @@ async fn wait_event<T>(
 async fn peers_connect_over_udp_and_get_each_others_tracks() {
     let sfu = TestSfu::start().await;
     let mut client = sfu.client().await;
-    client
-        .create_room(sfu.authed(SfuCreateRoomRequest { room: "r".into() }))
-        .await
-        .unwrap();
+    sfu.create_room(&mut client, "r").await;
 
     // Alice joins and connects.
     let mut alice = TestPeer::new().await;
-    let answer = client
-        .join(sfu.authed(SfuJoinRequest {
-            room: "r".into(),
-            participant: "alice".into(),
-            offer_sdp: alice.offer.clone(),
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .answer_sdp;
+    let answer = sfu.join(&mut client, "r", "alice", &alice.offer).await;
     assert!(
         answer.contains(&format!("{} typ host", sfu.udp.port())),
         "the answer advertises the service's udp port: {answer}"
     );
     alice.accept_answer(&answer);
-    let mut alice_events = client
-        .events(sfu.authed(SfuEventsRequest {
-            room: "r".into(),
-            participant: "alice".into(),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut alice_events = sfu.events(&mut client, "r", "alice").await;
     assert!(
         alice
             .run_until(WAIT, |p| p.ice_connected && p.connected)
@@ -138,25 +118,9 @@ async fn peers_connect_over_udp_and_get_each_others_tracks() {
 
     // Bob joins: Alice hears of it; Bob is offered Alice's tracks.
     let mut bob = TestPeer::new().await;
-    let answer = client
-        .join(sfu.authed(SfuJoinRequest {
-            room: "r".into(),
-            participant: "bob".into(),
-            offer_sdp: bob.offer.clone(),
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .answer_sdp;
+    let answer = sfu.join(&mut client, "r", "bob", &bob.offer).await;
     bob.accept_answer(&answer);
-    let mut bob_events = client
-        .events(sfu.authed(SfuEventsRequest {
-            room: "r".into(),
-            participant: "bob".into(),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut bob_events = sfu.events(&mut client, "r", "bob").await;
     let joined = wait_event(&mut alice_events, &mut alice, |e| match e {
         Event::ParticipantJoined(j) => Some(j.participant.clone()),
         _ => None,
@@ -239,16 +203,8 @@ async fn peers_connect_over_udp_and_get_each_others_tracks() {
     .await;
     assert_eq!(left, ("alice".to_string(), "left".to_string()));
     // Alice's own stream ends.
-    let end = tokio::time::timeout(WAIT, async {
-        while let Ok(Some(_)) = alice_events.message().await {}
-    })
-    .await;
-    assert!(end.is_ok(), "alice's stream ends");
-    let room = client
-        .get_room_stats(sfu.authed(SfuGetRoomStatsRequest { room: "r".into() }))
-        .await
-        .unwrap()
-        .into_inner();
+    assert!(stream_ends(&mut alice_events).await, "alice's stream ends");
+    let room = sfu.room_stats(&mut client, "r").await;
     assert_eq!(room.participants, 1);
     assert_eq!(room.participant_stats[0].participant, "bob");
     sfu.stop().await;

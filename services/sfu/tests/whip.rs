@@ -96,13 +96,7 @@ async fn whip_publisher_connects_and_deletes_its_session() {
         .await
         .unwrap();
     assert_eq!(response.status(), 404);
-    let stats = client
-        .get_room_stats(sfu.authed(SfuGetRoomStatsRequest {
-            room: "stage".into(),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let stats = sfu.room_stats(&mut client, "stage").await;
     assert_eq!(stats.participants, 0);
     sfu.stop().await;
 }
@@ -111,19 +105,9 @@ async fn whip_publisher_connects_and_deletes_its_session() {
 async fn whip_delete_cannot_remove_conference_participants() {
     let sfu = TestSfu::start().await;
     let mut client = sfu.client().await;
-    client
-        .create_room(sfu.authed(rethink_proto::v1::SfuCreateRoomRequest { room: "r".into() }))
-        .await
-        .unwrap();
+    sfu.create_room(&mut client, "r").await;
     let peer = TestPeer::new().await;
-    client
-        .join(sfu.authed(rethink_proto::v1::SfuJoinRequest {
-            room: "r".into(),
-            participant: "alice".into(),
-            offer_sdp: peer.offer.clone(),
-        }))
-        .await
-        .unwrap();
+    sfu.join(&mut client, "r", "alice", &peer.offer).await;
     let response = reqwest::Client::new()
         .delete(format!("http://{}/whip/r/alice", sfu.http))
         .bearer_auth(&sfu.token)
@@ -131,11 +115,7 @@ async fn whip_delete_cannot_remove_conference_participants() {
         .await
         .unwrap();
     assert_eq!(response.status(), 404);
-    let stats = client
-        .get_room_stats(sfu.authed(SfuGetRoomStatsRequest { room: "r".into() }))
-        .await
-        .unwrap()
-        .into_inner();
+    let stats = sfu.room_stats(&mut client, "r").await;
     assert_eq!(stats.participants, 1);
     sfu.stop().await;
 }

@@ -18,10 +18,15 @@ use rethink_common::kv::{KvStore, MemoryKv};
 use rethink_common::lifecycle::Shutdown;
 use rethink_common::token::{TokenVerifier, VerifierOptions};
 use rethink_proto::v1::sfu_client::SfuClient;
+use rethink_proto::v1::{
+    SfuCreateRoomRequest, SfuEventsRequest, SfuGetRoomStatsRequest, SfuJoinRequest,
+    SfuParticipantEvent, SfuRoomStats,
+};
 use rethink_sfu::auth::Authorizer;
 use rethink_sfu::{Deps, Listeners, SfuConfig, SfuError};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
+use tonic::Streaming;
 use tonic::transport::Channel;
 
 /// Upper bound of every wait in these tests; reached only when something is broken.
@@ -177,6 +182,56 @@ impl TestSfu {
         authed(message, &self.token)
     }
 
+    /// Creates `room`; panics on any error.
+    pub async fn create_room(&self, client: &mut SfuClient<Channel>, room: &str) {
+        client
+            .create_room(self.authed(create(room)))
+            .await
+            .expect("create room");
+    }
+
+    /// Joins `participant` to `room` with `offer`; returns the answer SDP.
+    pub async fn join(
+        &self,
+        client: &mut SfuClient<Channel>,
+        room: &str,
+        participant: &str,
+        offer: &str,
+    ) -> String {
+        client
+            .join(self.authed(join(room, participant, offer)))
+            .await
+            .expect("join")
+            .into_inner()
+            .answer_sdp
+    }
+
+    /// Opens the event stream of `participant` in `room`.
+    pub async fn events(
+        &self,
+        client: &mut SfuClient<Channel>,
+        room: &str,
+        participant: &str,
+    ) -> Streaming<SfuParticipantEvent> {
+        client
+            .events(self.authed(SfuEventsRequest {
+                room: room.into(),
+                participant: participant.into(),
+            }))
+            .await
+            .expect("events")
+            .into_inner()
+    }
+
+    /// Returns the stats of `room`; panics on any error.
+    pub async fn room_stats(&self, client: &mut SfuClient<Channel>, room: &str) -> SfuRoomStats {
+        client
+            .get_room_stats(self.authed(SfuGetRoomStatsRequest { room: room.into() }))
+            .await
+            .expect("room stats")
+            .into_inner()
+    }
+
     /// Starts the drain (the first SIGTERM).
     pub fn begin_drain(&self) {
         self.shutdown.trigger();
@@ -202,6 +257,29 @@ impl Drop for TestSfu {
     fn drop(&mut self) {
         self.shutdown.trigger();
     }
+}
+
+/// Returns a create request for `room`.
+pub fn create(room: &str) -> SfuCreateRoomRequest {
+    SfuCreateRoomRequest { room: room.into() }
+}
+
+/// Returns a join request of `participant` to `room` with `offer`.
+pub fn join(room: &str, participant: &str, offer: &str) -> SfuJoinRequest {
+    SfuJoinRequest {
+        room: room.into(),
+        participant: participant.into(),
+        offer_sdp: offer.into(),
+    }
+}
+
+/// Returns whether `stream` ends (cleanly or with an error) within [`WAIT`].
+pub async fn stream_ends<T>(stream: &mut Streaming<T>) -> bool {
+    tokio::time::timeout(WAIT, async {
+        while let Ok(Some(_)) = stream.message().await {}
+    })
+    .await
+    .is_ok()
 }
 
 /// Wraps `message` with `authorization: Bearer <token>`.
