@@ -9,13 +9,13 @@ use std::time::Duration;
 use prost::Message;
 use rethink_common::bus::MemoryBus;
 use rethink_common::kv::{KvStore, MemoryKv};
-use rethink_proto::v1::{SfuCreateRoomRequest, SfuJoinRequest, SfuLeaveRequest, SfuNode};
+use rethink_proto::v1::SfuNode;
 use rethink_sfu::keys;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use common::{TestSfu, WAIT, http_status, peer::TestPeer, stream_ends, test_config};
+use common::{TestSfu, WAIT, create, http_status, join, peer::TestPeer, stream_ends, test_config};
 
 async fn serving(sfu: &TestSfu) -> ServingStatus {
     let mut health = HealthClient::new(sfu.channel().await);
@@ -79,18 +79,14 @@ async fn drain_refuses_new_rooms_and_ends_when_the_last_participant_leaves() {
     assert_eq!(http_status(sfu.http, "/healthz").await, 200);
 
     let error = client
-        .create_room(sfu.authed(SfuCreateRoomRequest { room: "new".into() }))
+        .create_room(sfu.authed(create("new")))
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::Unavailable, "{error:?}");
     assert!(error.message().contains("draining"), "{}", error.message());
     let peer = TestPeer::new().await;
     let error = client
-        .join(sfu.authed(SfuJoinRequest {
-            room: "new".into(),
-            participant: "bob".into(),
-            offer_sdp: peer.offer.clone(),
-        }))
+        .join(sfu.authed(join("new", "bob", &peer.offer)))
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::Unavailable, "{error:?}");
@@ -134,13 +130,7 @@ async fn drain_refuses_new_rooms_and_ends_when_the_last_participant_leaves() {
     let stats = sfu.room_stats(&mut client, "r").await;
     assert_eq!(stats.participants, 1);
 
-    client
-        .leave(sfu.authed(SfuLeaveRequest {
-            room: "r".into(),
-            participant: "alice".into(),
-        }))
-        .await
-        .unwrap();
+    sfu.leave(&mut client, "r", "alice").await;
     sfu.stopped().await.expect("stops once empty");
     assert_eq!(kv.get(&keys::node_key("sfu-test")).await.unwrap(), None);
 }

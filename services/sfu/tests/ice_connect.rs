@@ -7,8 +7,8 @@ mod common;
 use common::{TestSfu, WAIT, peer::TestPeer, stream_ends};
 use rethink_proto::v1::sfu_participant_event::Event;
 use rethink_proto::v1::{
-    SfuAnswerRenegotiationRequest, SfuGetParticipantStatsRequest, SfuLeaveRequest, SfuMediaKind,
-    SfuOfferRequest, SfuParticipantEvent, SfuSubscribeRequest,
+    SfuAnswerRenegotiationRequest, SfuGetParticipantStatsRequest, SfuMediaKind, SfuOfferRequest,
+    SfuParticipantEvent, SfuSubscribeRequest,
 };
 use tonic::Streaming;
 
@@ -175,13 +175,7 @@ async fn peers_connect_over_udp_and_get_each_others_tracks() {
         .unwrap();
 
     // Alice leaves: Bob hears it, and the room shrinks.
-    client
-        .leave(sfu.authed(SfuLeaveRequest {
-            room: "r".into(),
-            participant: "alice".into(),
-        }))
-        .await
-        .unwrap();
+    sfu.leave(&mut client, "r", "alice").await;
     let mut gone = Vec::new();
     for _ in 0..2 {
         gone.push(

@@ -12,10 +12,7 @@ use prost::Message;
 use rethink_common::bus::{EventBus, RedisBus, decode_event, topics};
 use rethink_common::kv::{KvStore, RedisKv};
 use rethink_common::testing::RedisServer;
-use rethink_proto::v1::{
-    SfuCreateRoomRequest, SfuJoinRequest, SfuLeaveRequest, SfuNode, SfuParticipantJoined,
-    SfuParticipantLeft,
-};
+use rethink_proto::v1::{SfuNode, SfuParticipantJoined, SfuParticipantLeft};
 use rethink_sfu::{keys, nodes};
 
 use common::{TestSfu, WAIT, peer::TestPeer, test_config};
@@ -77,9 +74,7 @@ async fn heartbeat_lives_in_redis_with_a_ttl_and_goes_away_on_shutdown() {
 
     // The load follows rooms created on the node.
     let mut grpc = sfu.client().await;
-    grpc.create_room(sfu.authed(SfuCreateRoomRequest { room: "r".into() }))
-        .await
-        .unwrap();
+    sfu.create_room(&mut grpc, "r").await;
     tokio::time::timeout(WAIT, async {
         loop {
             let node = SfuNode::decode(wait_for_key(kv.as_ref(), &key).await).unwrap();
@@ -112,23 +107,10 @@ async fn joins_and_departures_are_published_on_the_bus() {
         .unwrap();
     let sfu = TestSfu::start_with(test_config(), kv, bus).await;
     let mut grpc = sfu.client().await;
-    grpc.create_room(sfu.authed(SfuCreateRoomRequest { room: "r".into() }))
-        .await
-        .unwrap();
+    sfu.create_room(&mut grpc, "r").await;
     let peer = TestPeer::new().await;
-    grpc.join(sfu.authed(SfuJoinRequest {
-        room: "r".into(),
-        participant: "alice".into(),
-        offer_sdp: peer.offer.clone(),
-    }))
-    .await
-    .unwrap();
-    grpc.leave(sfu.authed(SfuLeaveRequest {
-        room: "r".into(),
-        participant: "alice".into(),
-    }))
-    .await
-    .unwrap();
+    sfu.join(&mut grpc, "r", "alice", &peer.offer).await;
+    sfu.leave(&mut grpc, "r", "alice").await;
 
     let mut next = async || {
         let message = tokio::time::timeout(WAIT, subscription.recv())

@@ -15,9 +15,8 @@ use rethink_common::bus::{Subscription, topics};
 use rethink_proto::v1::sfu_client::SfuClient;
 use rethink_proto::v1::sfu_participant_event::Event;
 use rethink_proto::v1::{
-    SfuAddIceCandidateRequest, SfuAnswerRenegotiationRequest, SfuCreateRoomRequest,
-    SfuEventsRequest, SfuGetRoomStatsRequest, SfuJoinRequest, SfuLeaveRequest, SfuParticipantLeft,
-    SfuRoomStats, SfuTrackEvent,
+    SfuAddIceCandidateRequest, SfuAnswerRenegotiationRequest, SfuEventsRequest,
+    SfuGetRoomStatsRequest, SfuLeaveRequest, SfuParticipantLeft, SfuRoomStats, SfuTrackEvent,
 };
 use rethink_rtc_peer::{Peer, PeerConfig, RemoteTrackKey};
 use rethink_sfu::keys;
@@ -44,11 +43,7 @@ async fn join(sfu: &TestSfu, name: &str) -> anyhow::Result<Participant> {
     let peer = Arc::new(Peer::new(PeerConfig::publisher(name)).await?);
     let offer = peer.create_offer().await?;
     let answer = client
-        .join(sfu.authed(SfuJoinRequest {
-            room: ROOM.into(),
-            participant: name.into(),
-            offer_sdp: offer,
-        }))
+        .join(sfu.authed(common::join(ROOM, name, &offer)))
         .await?
         .into_inner()
         .answer_sdp;
@@ -231,7 +226,7 @@ async fn three_peers_decode_each_other_and_a_leaver_is_cleaned_up() -> anyhow::R
     let mut bus = sfu.bus.subscribe(&[topics::SFU_EVENTS.to_owned()]).await?;
     sfu.client()
         .await
-        .create_room(sfu.authed(SfuCreateRoomRequest { room: ROOM.into() }))
+        .create_room(sfu.authed(common::create(ROOM)))
         .await?;
 
     let mut participants = Vec::new();

@@ -20,7 +20,7 @@ use rethink_common::token::{TokenVerifier, VerifierOptions};
 use rethink_proto::v1::sfu_client::SfuClient;
 use rethink_proto::v1::{
     SfuCreateRoomRequest, SfuEventsRequest, SfuGetRoomStatsRequest, SfuJoinRequest,
-    SfuParticipantEvent, SfuRoomStats,
+    SfuLeaveRequest, SfuParticipantEvent, SfuRoomStats,
 };
 use rethink_sfu::auth::Authorizer;
 use rethink_sfu::{Deps, Listeners, SfuConfig, SfuError};
@@ -221,6 +221,17 @@ impl TestSfu {
             .await
             .expect("events")
             .into_inner()
+    }
+
+    /// Removes `participant` from `room`; panics on any error.
+    pub async fn leave(&self, client: &mut SfuClient<Channel>, room: &str, participant: &str) {
+        client
+            .leave(self.authed(SfuLeaveRequest {
+                room: room.into(),
+                participant: participant.into(),
+            }))
+            .await
+            .expect("leave");
     }
 
     /// Returns the stats of `room`; panics on any error.
