@@ -4,6 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+pub use rethink_common::config::RedisConfig;
 use rethink_common::config::{ConfigError, ServiceConfig};
 use serde::{Deserialize, Serialize};
 
@@ -52,14 +53,6 @@ pub struct SfuConfig {
     /// forwarded media leaves at the publisher's rate, and layers follow the receivers' REMB
     /// reports (a subscriber without REMB gets the top layer).
     pub bandwidth_estimation: bool,
-}
-
-/// Redis connection.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RedisConfig {
-    /// `redis://host:port`; unset means in-memory backends.
-    pub url: Option<String>,
 }
 
 /// Token verification.
