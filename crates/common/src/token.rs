@@ -30,7 +30,6 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind, jwk::JwkSet};
-use prost::Message;
 use rethink_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -49,8 +48,6 @@ pub const JWKS_PATH: &str = "/auth/.well-known/jwks.json";
 pub const REVOKED_KEY_PREFIX: &str = "rethink:auth:revoked:";
 /// `Event.type` of a [`TokenRevoked`] event.
 pub const TOKEN_REVOKED_EVENT: &str = "auth.token.revoked";
-/// `Event.payload_type` of a [`TokenRevoked`] event.
-pub const TOKEN_REVOKED_PAYLOAD: &str = "rethink.v1.TokenRevoked";
 /// Longest token accepted; anything longer is refused before parsing.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 
@@ -849,11 +846,8 @@ impl TokenVerifier {
 
 /// Decodes a [`TokenRevoked`] from an `Event` envelope as published on the bus.
 pub fn decode_revocation(payload: &[u8]) -> Option<TokenRevoked> {
-    let event = pb::Event::decode(payload).ok()?;
-    if event.payload_type != TOKEN_REVOKED_PAYLOAD {
-        return None;
-    }
-    TokenRevoked::decode(event.payload.as_slice()).ok()
+    let event = crate::bus::decode_event(payload).ok()?;
+    crate::bus::decode_payload::<TokenRevoked>(&event)?.ok()
 }
 
 fn map_jwt_error(e: &jsonwebtoken::errors::Error) -> TokenError {

@@ -14,24 +14,13 @@ use crate::telemetry::propagation;
 ///
 /// `kind` is dotted and lowercase ("auth.token.revoked"); `source` is `"<service>/<instance>"`.
 pub fn new_event<M: Message + Name>(kind: &str, source: &str, payload: &M) -> Event {
-    new_event_named(kind, source, &M::full_name(), payload)
-}
-
-/// Like [`new_event`], for payload messages without a `prost::Name` impl: `payload_type` is the
-/// message's full protobuf name, e.g. "rethink.v1.TokenRevoked".
-pub fn new_event_named(
-    kind: &str,
-    source: &str,
-    payload_type: &str,
-    payload: &impl Message,
-) -> Event {
     Event {
         id: uuid::Uuid::new_v4().to_string(),
         r#type: kind.to_owned(),
         source: source.to_owned(),
         time: Some(prost_types::Timestamp::from(SystemTime::now())),
         trace_context: propagation::current_map(),
-        payload_type: payload_type.to_owned(),
+        payload_type: M::full_name(),
         payload: payload.encode_to_vec(),
     }
 }
@@ -53,14 +42,6 @@ pub fn decode_event(payload: &[u8]) -> Result<Event, BusError> {
 
 /// Decodes the envelope's payload as `M`; `None` when the event carries another message type.
 pub fn decode_payload<M: Message + Name + Default>(event: &Event) -> Option<Result<M, BusError>> {
-    decode_payload_named(event, &M::full_name())
-}
-
-/// Like [`decode_payload`], with the expected full protobuf name given explicitly.
-pub fn decode_payload_named<M: Message + Default>(
-    event: &Event,
-    payload_type: &str,
-) -> Option<Result<M, BusError>> {
-    (event.payload_type == payload_type)
+    (event.payload_type == M::full_name())
         .then(|| M::decode(event.payload.as_slice()).map_err(BusError::from))
 }

@@ -21,9 +21,7 @@ use bytes::Bytes;
 use futures::Stream;
 use futures::stream::BoxStream;
 
-pub use self::event::{
-    decode_event, decode_payload, decode_payload_named, new_event, new_event_named, publish_event,
-};
+pub use self::event::{decode_event, decode_payload, new_event, publish_event};
 pub use self::memory::MemoryBus;
 pub use self::redis::{RedisBus, RedisBusOptions};
 
