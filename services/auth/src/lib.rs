@@ -9,6 +9,7 @@
 //! - [`http`]: the browser-facing routes under `/auth`; [`throttle`]: the failed-login layer.
 //! - [`grpc`]: `rethink.v1.Auth` for services.
 //! - [`cli`]: the `rethink-auth` command line (serve, users, API keys, tokens).
+//! - [`local`]: [`LocalAuth`], the service inside another process on loopback (benchmarks).
 //! - [`error`]: [`AuthError`], mapped to HTTP and gRPC in one place.
 //!
 //! Contracts: tokens carry `sub`, `name`, `iat`, `nbf`, `exp`, `jti`, `aud` and `grants`
@@ -24,6 +25,7 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod keys;
+pub mod local;
 pub mod service;
 pub mod throttle;
 pub mod users;
@@ -34,6 +36,7 @@ use rethink_common::lifecycle::{self, Health, Shutdown};
 
 pub use config::AuthConfig;
 pub use error::AuthError;
+pub use local::LocalAuth;
 pub use service::AuthService;
 
 /// The sockets the service serves on (HTTP: `/auth/*` and the ops endpoints; gRPC:

@@ -7,26 +7,27 @@ use rethink_common::token::{Claims, TokenVerifier, bearer_from_metadata, bearer_
 
 use crate::error::SfuError;
 
-/// Checks the token of each call.
+/// Checks the token of each call with the auth service's keys. There is no way to turn the
+/// checks off: local tools run the auth service in process (`rethink_auth::LocalAuth`).
 #[derive(Debug, Clone)]
-pub enum Authorizer {
-    /// Verifies tokens with the auth service's keys.
-    Tokens(TokenVerifier),
-    /// Accepts every call (config `auth.insecure_disable`; local experiments only).
-    Disabled,
+pub struct Authorizer {
+    verifier: TokenVerifier,
 }
 
 impl Authorizer {
+    /// Checks tokens with `verifier`.
+    pub fn new(verifier: TokenVerifier) -> Self {
+        Self { verifier }
+    }
+
     /// Verifies the call's token and that it may manage `room` (`None`: calls about no room).
     pub async fn check(
         &self,
         metadata: &tonic::metadata::MetadataMap,
         room: Option<&str>,
     ) -> Result<(), SfuError> {
-        match self.claims(bearer_from_metadata(metadata)).await? {
-            Some(claims) => allowed(&claims, room),
-            None => Ok(()),
-        }
+        let claims = self.claims(bearer_from_metadata(metadata)).await?;
+        allowed(&claims, room)
     }
 
     /// Verifies an HTTP request's token (WHIP/WHEP) and that it may publish (`publish`) or
@@ -37,9 +38,7 @@ impl Authorizer {
         room: &str,
         publish: bool,
     ) -> Result<(), SfuError> {
-        let Some(claims) = self.claims(bearer_from_parts(parts)).await? else {
-            return Ok(());
-        };
+        let claims = self.claims(bearer_from_parts(parts)).await?;
         if allowed(&claims, Some(room)).is_ok() {
             return Ok(());
         }
@@ -60,15 +59,12 @@ impl Authorizer {
         }
     }
 
-    /// Verifies `token`; `None` when checks are disabled.
-    async fn claims(&self, token: Option<&str>) -> Result<Option<Claims>, SfuError> {
-        let Self::Tokens(verifier) = self else {
-            return Ok(None);
-        };
+    /// Verifies `token`.
+    async fn claims(&self, token: Option<&str>) -> Result<Claims, SfuError> {
         let token = token.ok_or_else(|| {
             SfuError::Unauthenticated("missing `authorization: Bearer <token>`".into())
         })?;
-        verifier.verify(token).await.map(Some).map_err(|error| {
+        self.verifier.verify(token).await.map_err(|error| {
             use rethink_common::token::TokenError;
             match error {
                 TokenError::KeysUnavailable(reason) => SfuError::AuthUnavailable(reason),

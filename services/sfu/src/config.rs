@@ -63,8 +63,6 @@ pub struct AuthConfig {
     pub url: String,
     /// The audience service tokens must carry.
     pub audience: String,
-    /// Accepts every call without a token. Only for local experiments; never in production.
-    pub insecure_disable: bool,
 }
 
 impl Default for AuthConfig {
@@ -72,7 +70,6 @@ impl Default for AuthConfig {
         Self {
             url: "http://127.0.0.1:8080".into(),
             audience: "rethink".into(),
-            insecure_disable: false,
         }
     }
 }
@@ -217,6 +214,20 @@ mod tests {
         )
         .unwrap_err();
         assert!(error.to_string().contains("udp_adr"), "{error}");
+    }
+
+    #[test]
+    fn token_checks_cannot_be_turned_off() {
+        // The removed `auth.insecure_disable` must fail at start, not be ignored: a deployment
+        // that still sets it learns that its callers now need tokens.
+        let env = [(
+            "RETHINK_AUTH__INSECURE_DISABLE".to_string(),
+            "true".to_string(),
+        )];
+        let no_flags: Option<()> = None;
+        let error =
+            rethink_common::config::load_from_env::<SfuConfig>(None, &no_flags, env).unwrap_err();
+        assert!(error.to_string().contains("insecure_disable"), "{error}");
     }
 
     #[test]

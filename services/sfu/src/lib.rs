@@ -105,30 +105,23 @@ impl Deps {
     }
 
     /// Uses the given backends (the all-in-one stack shares one in-memory pair between
-    /// services) and the token checks `config.auth` asks for.
+    /// services) and checks tokens with the keys of the auth service at `config.auth.url`.
     pub async fn with_backends(config: &SfuConfig, backends: Backends) -> Self {
         let Backends { kv, bus } = backends;
-        let auth = if config.auth.insecure_disable {
-            tracing::warn!(
-                "token checks are disabled (auth.insecure_disable); never do this in production"
-            );
-            auth::Authorizer::Disabled
-        } else {
-            let verifier = TokenVerifier::new(
-                Arc::new(HttpJwks::new(&config.auth.url)),
-                VerifierOptions {
-                    audience: config.auth.audience.clone(),
-                    ..VerifierOptions::default()
-                },
-            );
-            if let Err(error) = verifier.follow_revocations(bus.as_ref()).await {
-                tracing::warn!(%error, "cannot follow token revocations");
-            }
-            if let Err(error) = verifier.load_revocations(kv.as_ref()).await {
-                tracing::warn!(%error, "cannot load token revocations");
-            }
-            auth::Authorizer::Tokens(verifier)
-        };
+        let verifier = TokenVerifier::new(
+            Arc::new(HttpJwks::new(&config.auth.url)),
+            VerifierOptions {
+                audience: config.auth.audience.clone(),
+                ..VerifierOptions::default()
+            },
+        );
+        if let Err(error) = verifier.follow_revocations(bus.as_ref()).await {
+            tracing::warn!(%error, "cannot follow token revocations");
+        }
+        if let Err(error) = verifier.load_revocations(kv.as_ref()).await {
+            tracing::warn!(%error, "cannot load token revocations");
+        }
+        let auth = auth::Authorizer::new(verifier);
         Self { kv, bus, auth }
     }
 }
@@ -478,7 +471,7 @@ pub async fn start_in_stack(
     let deps = Deps {
         kv: backends.kv,
         bus: backends.bus,
-        auth: auth::Authorizer::Tokens(verifier),
+        auth: auth::Authorizer::new(verifier),
     };
     let grpc = grpc_url.trim_start_matches("http://").to_owned();
     let http = http_url.to_owned();

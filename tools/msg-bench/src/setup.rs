@@ -15,8 +15,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use rethink_auth::{AuthConfig, AuthService, Listeners};
-use rethink_common::lifecycle::Shutdown;
+use rethink_auth::AuthConfig;
 use tokio::process::{Child, Command};
 
 /// The policy the spawned node runs with: the built-in default policy plus an override that
@@ -60,50 +59,32 @@ to = "domain://**"
 /// The password of every bench user (they exist only in the bench's in-memory auth store).
 const PASSWORD: &str = "bench-password-not-secret";
 
-/// The auth service, run inside the bench process on loopback.
+/// The auth service, run inside the bench process on loopback, with the bench users.
 pub struct LocalAuth {
     /// `http://127.0.0.1:<port>`.
     pub url: String,
-    shutdown: Shutdown,
+    _auth: rethink_auth::LocalAuth,
 }
 
 impl LocalAuth {
     /// Starts the auth service on a free loopback port with `users` users named
     /// `<prefix><n>` (n zero-padded to three digits).
     pub async fn start(prefix: &str, users: usize) -> anyhow::Result<Self> {
-        let config = AuthConfig {
-            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            ..AuthConfig::default()
-        };
-        let backends = rethink_common::backends(None).await?;
-        let service = AuthService::new(config.clone(), backends.kv, backends.bus).await?;
+        let auth = rethink_auth::LocalAuth::start(AuthConfig::default()).await?;
         for n in 0..users {
-            service
+            auth.service()
                 .create_user(&user_name(prefix, n), PASSWORD, None, None)
                 .await?;
         }
-        let listeners = Listeners::bind(&config).await?;
-        let url = format!("http://{}", listeners.http_addr()?);
-        let shutdown = Shutdown::new();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            if let Err(error) = rethink_auth::serve(service, listeners, stop.wait()).await {
-                eprintln!("auth service failed: {error}");
-            }
-        });
-        Ok(Self { url, shutdown })
+        Ok(Self {
+            url: auth.url().to_owned(),
+            _auth: auth,
+        })
     }
 
     /// Returns the password of the bench users.
     pub fn password(&self) -> &'static str {
         PASSWORD
-    }
-}
-
-impl Drop for LocalAuth {
-    fn drop(&mut self) {
-        self.shutdown.trigger();
     }
 }
 

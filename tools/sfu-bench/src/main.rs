@@ -2,7 +2,8 @@
 //!
 //! Starts `rethink-sfu` as a separate process pinned to one core (`taskset`), joins one
 //! publisher (a pre-encoded H264 loop at the target bitrate, every frame stamped with its number
-//! and send time) and ramps up lightweight str0m subscribers through the real gRPC API. At each
+//! and send time) and ramps up lightweight str0m subscribers through the real gRPC API, every
+//! call with a real service token ([`auth`] runs the auth service in this process). At each
 //! step it measures, over a fixed window: frame loss at the subscribers, SFU CPU time per
 //! forwarded RTP packet (`/proc/<pid>/stat`), and publisher→subscriber frame latency on this
 //! process's clock, plus the run-queue wait of both processes and the kernel's UDP buffer
@@ -10,6 +11,7 @@
 //! priority (docs/benchmarks.md has the command): the kernel shares CPU time between
 //! sessions, so a plain `nice` does not keep other sessions' work off the SFU's core.
 
+mod auth;
 mod client;
 mod media;
 mod sfu;
@@ -24,8 +26,8 @@ use clap::Parser;
 use rethink_proto::v1::SfuCreateRoomRequest;
 use rethink_proto::v1::sfu_client::SfuClient;
 use str0m::media::Direction;
-use tonic::transport::Channel;
 
+use crate::auth::{Bearer, BenchAuth, Client};
 use crate::client::{Received, Sent};
 
 const ROOM: &str = "bench";
@@ -100,9 +102,15 @@ async fn main() -> anyhow::Result<()> {
         video.bitrate_bps as f64 / 1e6
     );
 
-    let sfu = sfu::SfuProcess::start(&sfu_bin, &args.sfu_cpu).await?;
-    println!("sfu: pid {} pinned to cpu {}", sfu.pid(), args.sfu_cpu);
-    let mut channels = Channels::new(sfu.grpc, args.clients_per_channel);
+    let auth = BenchAuth::start(ROOM).await?;
+    let sfu = sfu::SfuProcess::start(&sfu_bin, &args.sfu_cpu, auth.url()).await?;
+    println!(
+        "sfu: pid {} pinned to cpu {}, tokens from {}",
+        sfu.pid(),
+        args.sfu_cpu,
+        auth.url()
+    );
+    let mut channels = Channels::new(sfu.grpc, args.clients_per_channel, auth.bearer());
     channels
         .next()
         .await?
@@ -346,30 +354,32 @@ fn measure(subscribers: &[Subscriber], first: u64, last: u64) -> Row {
     row
 }
 
-/// gRPC clients, a new connection every `per_channel` clients.
+/// gRPC clients carrying the bench's token, a new connection every `per_channel` clients.
 struct Channels {
     addr: std::net::SocketAddr,
     per_channel: usize,
+    bearer: Bearer,
     handed_out: usize,
-    current: Option<SfuClient<Channel>>,
+    current: Option<Client>,
 }
 
 impl Channels {
-    fn new(addr: std::net::SocketAddr, per_channel: usize) -> Self {
+    fn new(addr: std::net::SocketAddr, per_channel: usize, bearer: Bearer) -> Self {
         Self {
             addr,
             per_channel: per_channel.max(1),
+            bearer,
             handed_out: 0,
             current: None,
         }
     }
 
-    async fn next(&mut self) -> anyhow::Result<SfuClient<Channel>> {
+    async fn next(&mut self) -> anyhow::Result<Client> {
         if self.current.is_none() || self.handed_out.is_multiple_of(self.per_channel) {
             let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))?
                 .connect()
                 .await?;
-            self.current = Some(SfuClient::new(channel));
+            self.current = Some(SfuClient::with_interceptor(channel, self.bearer.clone()));
         }
         self.handed_out += 1;
         self.current

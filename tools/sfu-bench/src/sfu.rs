@@ -15,9 +15,9 @@ pub struct SfuProcess {
 }
 
 impl SfuProcess {
-    /// Starts `binary` under `taskset -c <cpu>` on free loopback ports, with token checks off
-    /// (a local benchmark has no auth service).
-    pub async fn start(binary: &Path, cpu: &str) -> anyhow::Result<Self> {
+    /// Starts `binary` under `taskset -c <cpu>` on free loopback ports, verifying tokens with
+    /// the keys of the auth service at `auth_url`.
+    pub async fn start(binary: &Path, cpu: &str, auth_url: &str) -> anyhow::Result<Self> {
         let grpc = free_tcp()?;
         let http = free_tcp()?;
         let udp = {
@@ -31,7 +31,7 @@ impl SfuProcess {
             .args(["--grpc-addr", &grpc.to_string()])
             .args(["--http-addr", &http.to_string()])
             .args(["--udp-addr", &udp.to_string()])
-            .env("RETHINK_AUTH__INSECURE_DISABLE", "true")
+            .env("RETHINK_AUTH__URL", auth_url)
             .env(
                 "RUST_LOG",
                 std::env::var("SFU_LOG").unwrap_or_else(|_| "warn".into()),

@@ -1,16 +1,16 @@
 //! Signalling through the real gRPC API: join, then relay renegotiation offers from the
 //! `Events` stream to the client task and its answers back.
 
-use rethink_proto::v1::sfu_client::SfuClient;
 use rethink_proto::v1::sfu_participant_event::Event;
 use rethink_proto::v1::{SfuAnswerRenegotiationRequest, SfuEventsRequest, SfuJoinRequest};
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
+
+use crate::auth::Client;
 
 /// Joins `participant` with `offer`; returns the answer and the renegotiation channels (offers
 /// to the client, answers from it), relayed by two background tasks.
 pub async fn join(
-    client: &SfuClient<Channel>,
+    client: &Client,
     room: &str,
     participant: &str,
     offer: String,

@@ -141,7 +141,7 @@ impl TestSfu {
         let deps = Deps {
             kv: kv.clone(),
             bus: bus.clone(),
-            auth: Authorizer::Tokens(keys.verifier()),
+            auth: Authorizer::new(keys.verifier()),
         };
         let shutdown = Shutdown::new();
         let task = tokio::spawn(rethink_sfu::run_with(

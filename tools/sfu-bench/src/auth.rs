@@ -1,0 +1,67 @@
+//! Tokens, as in production: the bench runs the real auth service in process
+//! (`rethink_auth::LocalAuth`, in-memory store, HTTP on loopback), mints one service token with
+//! `rooms.admin` for the bench room, and every gRPC call carries it. The SFU process fetches
+//! that service's keys from its URL (`RETHINK_AUTH__URL`) and verifies each call.
+
+use rethink_auth::{AuthConfig, LocalAuth};
+use rethink_common::token::{Grants, RoomGrants};
+use rethink_proto::v1::sfu_client::SfuClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// A gRPC client of the SFU whose calls carry the bench's token.
+pub type Client = SfuClient<InterceptedService<Channel, Bearer>>;
+
+/// The in-process auth service and the bench's service token.
+pub struct BenchAuth {
+    local: LocalAuth,
+    bearer: Bearer,
+}
+
+impl BenchAuth {
+    /// Starts the auth service and mints a token that may manage `room`.
+    pub async fn start(room: &str) -> anyhow::Result<Self> {
+        let local = LocalAuth::start(AuthConfig::default()).await?;
+        let grants = Grants {
+            rooms: RoomGrants {
+                admin: true,
+                names: Some(vec![room.to_owned()]),
+                ..RoomGrants::default()
+            },
+            ..Grants::default()
+        };
+        let issued = local
+            .service()
+            .issue("service:sfu-bench", "sfu-bench", grants, None)?;
+        let bearer = Bearer(format!("Bearer {}", issued.token).parse()?);
+        Ok(Self { local, bearer })
+    }
+
+    /// Returns the auth service's base URL, for the SFU's `auth.url`.
+    pub fn url(&self) -> &str {
+        self.local.url()
+    }
+
+    /// Returns the interceptor that adds the token to a call.
+    pub fn bearer(&self) -> Bearer {
+        self.bearer.clone()
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to every request.
+#[derive(Clone)]
+pub struct Bearer(MetadataValue<Ascii>);
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
