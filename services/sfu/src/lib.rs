@@ -210,15 +210,6 @@ impl Node {
         let udp_addr = udp
             .local_addr()
             .map_err(|e| SfuError::Internal(format!("udp socket: {e}")))?;
-        let buffers = socket2::SockRef::from(&udp);
-        for result in [
-            buffers.set_recv_buffer_size(config.udp_buffer_bytes),
-            buffers.set_send_buffer_size(config.udp_buffer_bytes),
-        ] {
-            if let Err(error) = result {
-                tracing::warn!(%error, "cannot size the udp socket buffers");
-            }
-        }
         let candidates = advertised_candidates(&config.public_ips, udp_addr);
         let advertised = advertised(config.public_ips.first().copied());
         tracing::info!(%node_id, %udp_addr, ?candidates, grpc = %advertised.grpc, "sfu starting");
@@ -240,6 +231,7 @@ impl Node {
         let (driver, driver_task) = driver::spawn(driver::DriverSetup {
             core,
             socket: udp,
+            buffer_bytes: config.udp_buffer_bytes,
             candidates: candidates.clone(),
             node_id: node_id.clone(),
             limits: driver::Limits {

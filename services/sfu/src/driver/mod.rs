@@ -3,8 +3,9 @@
 //! gRPC handlers never touch the core. They send a command through a bounded channel and
 //! await a oneshot reply ([`DriverHandle`]); the driver runs each command between datagrams, so
 //! the core needs no lock. After every input (command, datagram, timeout) the driver drains
-//! `poll_output` until the core returns its next deadline: datagrams go to the socket, core
-//! events go to the participants' event streams and to the event bus.
+//! `poll_output` until the core returns its next deadline: datagrams are queued and leave in
+//! batches of `sendmmsg` ([`batch`]), core events go to the participants' event streams and to
+//! the event bus.
 //!
 //! Identities: the service speaks of (room, participant); the core of node-unique participant
 //! ids. The driver keeps the mapping and gives each participant the short core id `p<n>`,
@@ -15,7 +16,8 @@
 //! the driver turns into stream and bus events. Outputs are drained after every input, so the
 //! driver's maps agree with the core whenever the next command runs.
 //!
-//! Layout: `handle` holds the commands and [`DriverHandle`]; this module the task itself.
+//! Layout: `handle` holds the commands and [`DriverHandle`], [`batch`] the batched sends; this
+//! module the task itself.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -34,8 +36,10 @@ use tokio::sync::{mpsc, watch};
 use crate::error::SfuError;
 use crate::events::BusEvent;
 
+pub mod batch;
 mod handle;
 
+use self::batch::SendBatch;
 use self::handle::Command;
 pub use self::handle::{DriverHandle, EventItem};
 
@@ -105,6 +109,8 @@ pub struct DriverSetup {
     pub core: SfuCore,
     /// The one UDP socket.
     pub socket: UdpSocket,
+    /// Kernel send and receive buffer size to ask for, in bytes.
+    pub buffer_bytes: usize,
     /// The advertised candidates. A socket bound to 0.0.0.0 does not learn which address a
     /// datagram was sent to, so the core is told the first candidate of the sender's address
     /// family as the destination.
@@ -121,9 +127,11 @@ pub struct DriverSetup {
 pub fn spawn(setup: DriverSetup) -> (DriverHandle, tokio::task::JoinHandle<()>) {
     let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
     let (count_tx, participants) = watch::channel(0);
+    size_buffers(&setup.socket, setup.buffer_bytes);
     let driver = Driver {
         core: setup.core,
         socket: Arc::new(setup.socket),
+        batch: SendBatch::new(),
         local_v4: setup.candidates.iter().copied().find(SocketAddr::is_ipv4),
         local_v6: setup.candidates.iter().copied().find(SocketAddr::is_ipv6),
         node_id: setup.node_id,
@@ -142,9 +150,33 @@ pub fn spawn(setup: DriverSetup) -> (DriverHandle, tokio::task::JoinHandle<()>) 
     (DriverHandle::new(commands, participants), task)
 }
 
+/// Asks for `bytes` of kernel buffer in each direction and logs what the kernel granted
+/// (Linux caps the request at `net.core.rmem_max` / `wmem_max`, then doubles it for its own
+/// bookkeeping). Fan-out sends bursts of a whole frame to every subscriber at once; a small
+/// buffer turns those bursts into `EAGAIN` waits, and a small receive buffer into drops.
+fn size_buffers(socket: &UdpSocket, bytes: usize) {
+    let socket = socket2::SockRef::from(socket);
+    if let Err(error) = socket.set_recv_buffer_size(bytes) {
+        tracing::warn!(%error, bytes, "cannot size the udp receive buffer");
+    }
+    if let Err(error) = socket.set_send_buffer_size(bytes) {
+        tracing::warn!(%error, bytes, "cannot size the udp send buffer");
+    }
+    match (socket.recv_buffer_size(), socket.send_buffer_size()) {
+        (Ok(receive), Ok(send)) => {
+            tracing::info!(requested = bytes, receive, send, "udp socket buffers");
+        }
+        (Err(error), _) | (_, Err(error)) => {
+            tracing::warn!(%error, "cannot read the udp socket buffer sizes");
+        }
+    }
+}
+
 struct Driver {
     core: SfuCore,
     socket: Arc<UdpSocket>,
+    /// Datagrams of the current drain, not yet sent.
+    batch: SendBatch,
     local_v4: Option<SocketAddr>,
     local_v6: Option<SocketAddr>,
     node_id: String,
@@ -224,30 +256,34 @@ impl Driver {
             .handle_datagram(Instant::now(), source, local, data);
     }
 
-    /// Polls the core until it names its next deadline; returns that deadline.
+    /// Polls the core until it names its next deadline, sending its datagrams in batches;
+    /// returns that deadline once every datagram is sent.
     async fn drain_outputs(&mut self) -> Instant {
         loop {
             match self.core.poll_output() {
                 Output::Transmit(transmit) => {
-                    match self
-                        .socket
-                        .send_to(&transmit.contents, transmit.destination)
-                        .await
-                    {
-                        Ok(len) => {
-                            self.counters.datagrams_out.increment(1);
-                            self.counters.bytes_out.increment(len as u64);
-                        }
-                        Err(error) => {
-                            self.counters.send_errors.increment(1);
-                            tracing::debug!(%error, destination = %transmit.destination, "udp send failed");
-                        }
+                    self.batch.push(transmit.destination, transmit.contents);
+                    if self.batch.is_full() {
+                        self.send_batch().await;
                     }
                 }
                 Output::Event(event) => self.handle_core_event(event),
-                Output::Timeout(deadline) => return deadline,
+                Output::Timeout(deadline) => {
+                    self.send_batch().await;
+                    return deadline;
+                }
             }
         }
+    }
+
+    async fn send_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let sent = self.batch.send(&self.socket).await;
+        self.counters.datagrams_out.increment(sent.datagrams);
+        self.counters.bytes_out.increment(sent.bytes);
+        self.counters.send_errors.increment(sent.errors);
     }
 
     fn handle_command(&mut self, command: Command) {
