@@ -8,7 +8,8 @@
 //! - [`kv`]: the key-value store (Redis or in-memory) behind one trait.
 //! - [`token`]: access-token claims and verification against the auth service's JWKS.
 //! - [`backends()`]: one call that gives a service its bus and store (Redis or in-memory).
-//! - `testing` (feature `testing`): a real `redis-server` on a free port for tests.
+//! - `testing` (feature `testing`): a real `redis-server` on a free port and headless Chromium
+//!   over the DevTools protocol, for tests.
 //!
 //! Contracts: everything here is runtime-agnostic in its types but expects a tokio runtime;
 //! nothing that arrives from the network panics; errors are one `thiserror` enum per module.

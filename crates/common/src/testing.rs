@@ -1,7 +1,10 @@
-//! Test helpers: a real `redis-server` on a free port.
+//! Test helpers: a real `redis-server` on a free port ([`RedisServer`]) and headless Chromium
+//! over the DevTools protocol ([`chromium`]).
 //!
 //! Enabled by the `testing` feature; use it as a dev-dependency:
 //! `rethink-common = { workspace = true, features = ["testing"] }`.
+
+pub mod chromium;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
