@@ -1,0 +1,558 @@
+//! Real browsers hold a call through a real SFU on loopback. Two headless Chromium tabs and
+//! one Rust peer (`rethink-rtc-peer`) join one room over real gRPC with real tokens; media
+//! flows over real UDP. The test is the signalling server: it takes each tab's offer with the
+//! DevTools protocol, calls `Join`, sets the answer in the tab, and relays the SFU's
+//! renegotiation offers from the participant's `Events` stream (answers go back through
+//! `AnswerRenegotiation`).
+//!
+//! - `chrome-a` publishes the fake camera as VP8 with three simulcast layers (q, h, f) and the
+//!   fake microphone;
+//! - `chrome-b` publishes the fake camera as one H264 layer;
+//! - `rust` publishes its H264 test pattern and decodes H264 only.
+//!
+//! Each tab must decode 30 frames from each of the other two video publishers (inbound
+//! streams are mapped to publishers through their `a=msid`, whose track id is the SFU's track
+//! id), B must get one of A's layers and A's audio, and the Rust peer must decode B. Then A
+//! leaves and the others see it gone (events and room stats) while B and the Rust peer go on.
+//!
+//! Worked around here, not fixed: the SFU refuses a renegotiation answer that rejects an
+//! m-section the JSEP way (port 0 and only `a=mid`, which the H264-only Rust peer sends for
+//! A's Opus track). The relay then resends it with `a=inactive` in that section and counts it
+//! in [`Renegotiations::refused_for_rejected_sections`].
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use common::TestSfu;
+use rethink_common::testing::chromium::{Chromium, FAKE_MEDIA_FLAGS, Page};
+use rethink_proto::v1::sfu_client::SfuClient;
+use rethink_proto::v1::sfu_participant_event::Event;
+use rethink_proto::v1::{
+    SfuAnswerRenegotiationRequest, SfuGetParticipantStatsRequest, SfuParticipantEvent,
+    SfuParticipantStats,
+};
+use rethink_rtc_peer::{Peer, PeerConfig};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+const ROOM: &str = "chromium";
+/// Frames each receiver must decode from each video publisher.
+const FRAMES: u64 = 30;
+/// Upper bound of every media wait; reached only when something is broken.
+const MEDIA_WAIT: Duration = Duration::from_secs(20);
+/// How often a tab's statistics are read while waiting for a condition on them.
+const POLL: Duration = Duration::from_millis(200);
+/// The participant page, served from 127.0.0.1 so that getUserMedia has a secure context.
+const PAGE: &str = include_str!("assets/chromium-peer.html");
+
+/// Serves [`PAGE`] on a free loopback port; returns its address.
+async fn serve_page() -> Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::get(|| async { axum::response::Html(PAGE) }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(addr)
+}
+
+/// The side of a participant that takes the SFU's offers.
+#[derive(Clone)]
+enum Endpoint {
+    Tab(Page),
+    Rust(Arc<Peer>),
+}
+
+impl Endpoint {
+    /// Applies a server offer; returns the answer.
+    async fn answer_offer(&self, offer: &str) -> Result<String> {
+        match self {
+            Endpoint::Tab(page) => {
+                let answer = page.eval(&format!("renegotiate({})", json!(offer))).await?;
+                answer
+                    .as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| anyhow!("renegotiate returned {answer}"))
+            }
+            Endpoint::Rust(peer) => Ok(peer.apply_offer(offer).await?),
+        }
+    }
+}
+
+/// One participant: how to reach it and what its `Events` stream delivered so far.
+struct Participant {
+    name: String,
+    endpoint: Endpoint,
+    events: watch::Receiver<Vec<Event>>,
+    /// Renegotiation offers answered, or the first error met while answering one.
+    renegotiations: Arc<Mutex<Renegotiations>>,
+}
+
+impl Participant {
+    /// Opens the `Events` stream and relays its renegotiation offers to `endpoint`.
+    async fn follow(sfu: &TestSfu, name: &str, endpoint: Endpoint) -> Self {
+        let mut client = sfu.client().await;
+        let stream = sfu.events(&mut client, ROOM, name).await;
+        let (events_tx, events) = watch::channel(Vec::new());
+        let renegotiations = Arc::new(Mutex::new(Renegotiations::default()));
+        tokio::spawn(relay(
+            stream,
+            endpoint.clone(),
+            client,
+            sfu.token.clone(),
+            name.to_owned(),
+            events_tx,
+            Arc::clone(&renegotiations),
+        ));
+        Self {
+            name: name.to_owned(),
+            endpoint,
+            events,
+            renegotiations,
+        }
+    }
+
+    fn page(&self) -> &Page {
+        match &self.endpoint {
+            Endpoint::Tab(page) => page,
+            Endpoint::Rust(_) => panic!("{} is not a tab", self.name),
+        }
+    }
+
+    fn peer(&self) -> &Arc<Peer> {
+        match &self.endpoint {
+            Endpoint::Rust(peer) => peer,
+            Endpoint::Tab(_) => panic!("{} is not a Rust peer", self.name),
+        }
+    }
+
+    fn renegotiation_outcome(&self) -> Renegotiations {
+        self.renegotiations.lock().unwrap().clone()
+    }
+
+    /// Waits until an event matching `want` arrived; returns it.
+    async fn wait_event(&self, what: &str, mut want: impl FnMut(&Event) -> bool) -> Result<Event> {
+        let mut rx = self.events.clone();
+        let found = tokio::time::timeout(MEDIA_WAIT, rx.wait_for(|all| all.iter().any(&mut want)))
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "{}: no {what} event; events: {:?}",
+                    self.name,
+                    self.events.borrow()
+                )
+            })??;
+        Ok(found.iter().find(|e| want(e)).cloned().expect("matched"))
+    }
+
+    /// Waits until `count` events matching `want` arrived.
+    async fn wait_events(
+        &self,
+        what: &str,
+        mut want: impl FnMut(&Event) -> bool,
+        count: usize,
+    ) -> Result<()> {
+        let mut rx = self.events.clone();
+        tokio::time::timeout(
+            MEDIA_WAIT,
+            rx.wait_for(|all| all.iter().filter(|e| want(e)).count() >= count),
+        )
+        .await
+        .map_err(|_| {
+            anyhow!(
+                "{}: no {what}; events: {:?}",
+                self.name,
+                self.events.borrow()
+            )
+        })??;
+        Ok(())
+    }
+
+    /// Returns the ids of the tracks `publisher` published, as announced to this participant.
+    fn tracks_of(&self, publisher: &str) -> HashSet<String> {
+        self.events
+            .borrow()
+            .iter()
+            .filter_map(|e| match e {
+                Event::TrackPublished(t) if t.participant == publisher => Some(t.track_id.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Reads the tab's statistics until `done` holds for them; returns them. On timeout the
+    /// error shows the last statistics and the renegotiation outcome.
+    async fn wait_stats(&self, what: &str, mut done: impl FnMut(&Value) -> bool) -> Result<Value> {
+        let deadline = Instant::now() + MEDIA_WAIT;
+        loop {
+            let stats = self.page().eval("stats()").await?;
+            if done(&stats) {
+                return Ok(stats);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{}: {what} not reached in {MEDIA_WAIT:?}; renegotiations: {:?}; stats: {stats:#}",
+                    self.name,
+                    self.renegotiation_outcome()
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+/// Relays every renegotiation offer of `stream` to `endpoint` and its answer to the SFU;
+/// records every event.
+async fn relay(
+    mut stream: tonic::Streaming<SfuParticipantEvent>,
+    endpoint: Endpoint,
+    client: SfuClient<Channel>,
+    token: String,
+    name: String,
+    events: watch::Sender<Vec<Event>>,
+    renegotiations: Arc<Mutex<Renegotiations>>,
+) {
+    while let Ok(Some(message)) = stream.message().await {
+        let Some(event) = message.event else { continue };
+        if let Event::Renegotiation(offer) = &event {
+            let outcome = match endpoint.answer_offer(&offer.offer_sdp).await {
+                Ok(answer) => {
+                    let send = |answer_sdp: String| {
+                        let request = common::authed(
+                            SfuAnswerRenegotiationRequest {
+                                room: ROOM.into(),
+                                participant: name.clone(),
+                                answer_sdp,
+                            },
+                            &token,
+                        );
+                        let mut client = client.clone();
+                        async move { client.answer_renegotiation(request).await }
+                    };
+                    match send(answer.clone()).await {
+                        Ok(_) => Ok(false),
+                        // SFU bug, worked around here and reported by the test: a rejected
+                        // m-section (port 0, only `a=mid`, as JSEP answers it) makes the whole
+                        // answer unparsable for the SFU ("Expected exactly one of a=sendrecv,
+                        // ..."). The Rust peer rejects the Opus m-line it cannot receive.
+                        Err(status) if status.message().contains("Expected exactly one of a=") => {
+                            send(with_rejected_sections_inactive(&answer))
+                                .await
+                                .map(|_| true)
+                                .map_err(|status| {
+                                    format!("AnswerRenegotiation (retried): {status}")
+                                })
+                        }
+                        Err(status) => Err(format!("AnswerRenegotiation: {status}")),
+                    }
+                }
+                Err(error) => Err(format!("applying the offer: {error}")),
+            };
+            let mut r = renegotiations.lock().unwrap();
+            match outcome {
+                Ok(refused) => {
+                    r.answered += 1;
+                    r.refused_for_rejected_sections += u32::from(refused);
+                }
+                Err(error) => {
+                    r.error.get_or_insert(error);
+                }
+            }
+        }
+        events.send_modify(|all| all.push(event));
+    }
+}
+
+/// Renegotiations of one participant.
+#[derive(Debug, Default, Clone)]
+struct Renegotiations {
+    /// Offers answered and accepted.
+    answered: u32,
+    /// Answers the SFU refused only because they rejected an m-section; accepted once that
+    /// m-section carried `a=inactive`.
+    refused_for_rejected_sections: u32,
+    /// The first error met.
+    error: Option<String>,
+}
+
+/// Adds `a=inactive` to every rejected m-section (port 0) that has no direction attribute.
+fn with_rejected_sections_inactive(sdp: &str) -> String {
+    let mut out = String::with_capacity(sdp.len() + 64);
+    let mut sections = sdp.split("\r\nm=");
+    out.push_str(sections.next().unwrap_or_default());
+    for section in sections {
+        out.push_str("\r\nm=");
+        let rejected = section.split_whitespace().nth(1) == Some("0");
+        let directed = ["a=sendrecv", "a=sendonly", "a=recvonly", "a=inactive"]
+            .iter()
+            .any(|d| section.contains(d));
+        if rejected && !directed {
+            // Only the last section still ends with its line break.
+            let body = section.trim_end_matches("\r\n");
+            out.push_str(body);
+            out.push_str("\r\na=inactive");
+            out.push_str(&section[body.len()..]);
+        } else {
+            out.push_str(section);
+        }
+    }
+    out
+}
+
+/// Opens a tab, makes its offer with `options` (see `start` in the page), joins it and sets
+/// the SFU's answer.
+async fn join_tab(
+    sfu: &TestSfu,
+    browser: &Chromium,
+    origin: SocketAddr,
+    name: &str,
+    options: Value,
+) -> Result<Participant> {
+    let page = browser.open(&format!("http://{origin}/")).await?;
+    let offer = page.eval(&format!("start({options})")).await?;
+    let offer = offer.as_str().context("start() returned no offer")?;
+    let answer = sfu.join(&mut sfu.client().await, ROOM, name, offer).await;
+    page.eval(&format!("answer({})", json!(answer))).await?;
+    Ok(Participant::follow(sfu, name, Endpoint::Tab(page)).await)
+}
+
+/// Joins a Rust peer that publishes the H264 test pattern.
+async fn join_rust(sfu: &TestSfu, name: &str) -> Result<Participant> {
+    let peer = Arc::new(Peer::new(PeerConfig::publisher(name)).await?);
+    let offer = peer.create_offer_gathered(MEDIA_WAIT).await?;
+    let answer = sfu.join(&mut sfu.client().await, ROOM, name, &offer).await;
+    peer.apply_answer(&answer).await?;
+    Ok(Participant::follow(sfu, name, Endpoint::Rust(peer)).await)
+}
+
+/// Returns the inbound streams of `kind` in a tab's statistics whose msid track is one of
+/// `tracks`.
+fn inbound_from<'a>(stats: &'a Value, kind: &str, tracks: &HashSet<String>) -> Vec<&'a Value> {
+    stats["inbound"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["kind"] == kind)
+        .filter(|s| {
+            s["msid"]["track"]
+                .as_str()
+                .is_some_and(|t| tracks.contains(t))
+        })
+        .collect()
+}
+
+/// Returns the most frames decoded on one video stream from `tracks`.
+fn frames_from(stats: &Value, tracks: &HashSet<String>) -> u64 {
+    inbound_from(stats, "video", tracks)
+        .iter()
+        .filter_map(|s| s["framesDecoded"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
+async fn participant_stats(sfu: &TestSfu, name: &str) -> Result<SfuParticipantStats> {
+    Ok(sfu
+        .client()
+        .await
+        .get_participant_stats(sfu.authed(SfuGetParticipantStatsRequest {
+            room: ROOM.into(),
+            participant: name.into(),
+        }))
+        .await?
+        .into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_chromium_tabs_and_a_rust_peer_hold_a_call() -> Result<()> {
+    let started = Instant::now();
+    // `RUST_LOG=str0m=trace` shows the RTCP feedback each session handles, for diagnosis.
+    let _logs = std::env::var_os("RUST_LOG")
+        .map(|_| rethink_common::telemetry::init("sfu-chromium-test", false))
+        .transpose()?;
+    let sfu = TestSfu::start().await;
+    let origin = serve_page().await?;
+    let mut client = sfu.client().await;
+    sfu.create_room(&mut client, ROOM).await;
+    let browser = Chromium::launch_with_args(FAKE_MEDIA_FLAGS).await?;
+
+    let a = join_tab(
+        &sfu,
+        &browser,
+        origin,
+        "chrome-a",
+        json!({"simulcast": true, "codec": "VP8", "audio": true}),
+    )
+    .await?;
+    let b = join_tab(
+        &sfu,
+        &browser,
+        origin,
+        "chrome-b",
+        json!({"simulcast": false, "codec": "H264", "fmtp": "packetization-mode=1;profile-level-id=42e01f", "audio": false}),
+    )
+    .await?;
+    let rust = join_rust(&sfu, "rust").await?;
+    let tabs = [&a, &b];
+    let everyone = [&a, &b, &rust];
+
+    // Each publisher hears of its own tracks (A: video and audio); together these events map
+    // the SFU's track ids, which subscribers see as msid track ids, to publishers. (Tracks
+    // published before a participant joined are not announced to it on `Events`; it learns of
+    // them only from the renegotiation offer.)
+    let mut tracks_of: HashMap<&str, HashSet<String>> = HashMap::new();
+    for (p, count) in [(&a, 2), (&b, 1), (&rust, 1)] {
+        p.wait_events(
+            &format!("{count} own tracks published"),
+            |e| matches!(e, Event::TrackPublished(t) if t.participant == p.name),
+            count,
+        )
+        .await?;
+        tracks_of.insert(&p.name, p.tracks_of(&p.name));
+    }
+
+    // Each tab decodes both other video publishers.
+    for tab in tabs {
+        for publisher in ["chrome-a", "chrome-b", "rust"]
+            .into_iter()
+            .filter(|n| *n != tab.name)
+        {
+            let tracks = &tracks_of[publisher];
+            tab.wait_stats(&format!("{FRAMES} frames from {publisher}"), |s| {
+                frames_from(s, tracks) >= FRAMES
+            })
+            .await?;
+        }
+    }
+
+    // B gets one of A's simulcast layers (A sends all three) and A's audio.
+    let a_tracks = &tracks_of["chrome-a"];
+    let b_stats = b
+        .wait_stats("audio from chrome-a", |s| {
+            inbound_from(s, "audio", a_tracks)
+                .iter()
+                .any(|s| s["packetsReceived"].as_u64() > Some(0))
+        })
+        .await?;
+    let a_video = inbound_from(&b_stats, "video", a_tracks);
+    let width = a_video
+        .first()
+        .and_then(|s| s["frameWidth"].as_u64())
+        .unwrap_or(0);
+    assert!(
+        [320, 640, 1280].contains(&width),
+        "B decodes A at {width} px wide: {b_stats:#}"
+    );
+    // A sends all three layers once its send-side estimate allows it (the SFU's transport-wide
+    // feedback feeds that estimate).
+    let a_stats = a
+        .wait_stats("three simulcast layers sent", |s| {
+            s["outbound"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|s| s["kind"] == "video" && s["framesEncoded"].as_u64() > Some(0))
+                .count()
+                == 3
+        })
+        .await?;
+
+    // The msid stream id groups a publisher's tracks: A's audio and video share one.
+    let a_streams: HashSet<&str> = inbound_from(&b_stats, "audio", a_tracks)
+        .into_iter()
+        .chain(a_video.iter().copied())
+        .filter_map(|s| s["msid"]["stream"].as_str())
+        .collect();
+    assert_eq!(
+        a_streams.len(),
+        1,
+        "A's tracks arrive in streams {a_streams:?}"
+    );
+
+    // The Rust peer decodes B's H264.
+    let b_track = &tracks_of["chrome-b"];
+    rust.peer()
+        .wait_tracks(MEDIA_WAIT, "frames from chrome-b", |tracks| {
+            tracks
+                .iter()
+                .any(|(k, c)| b_track.contains(&k.track_id) && c.frames_decoded >= FRAMES)
+        })
+        .await
+        .map_err(|e| anyhow!("{e}; renegotiations: {:?}", rust.renegotiation_outcome()))?;
+
+    for p in everyone {
+        let outcome = p.renegotiation_outcome();
+        assert!(
+            outcome.answered >= 1 && outcome.error.is_none(),
+            "{}: renegotiations {:?}",
+            p.name,
+            p.renegotiation_outcome()
+        );
+    }
+    let stats = sfu.room_stats(&mut client, ROOM).await;
+    assert_eq!(stats.participants, 3, "{stats:?}");
+    assert_eq!(stats.tracks, 4, "{stats:?}");
+    for name in ["chrome-a", "chrome-b"] {
+        let ps = participant_stats(&sfu, name).await?;
+        eprintln!(
+            "{name}: estimated {} bps, rtt {} ms, in {} bps, out {} bps",
+            ps.estimated_bps, ps.rtt_ms, ps.bitrate_in_bps, ps.bitrate_out_bps
+        );
+    }
+    let layers: Vec<String> = a_stats["outbound"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["kind"] == "video")
+        .map(|s| format!("{}={}px", s["rid"], s["frameWidth"]))
+        .collect();
+    eprintln!(
+        "A sends {layers:?}, B decodes A at {width}px; Rust peer answers refused for a rejected \
+         m-section: {}; call checked after {:?}",
+        rust.renegotiation_outcome().refused_for_rejected_sections,
+        started.elapsed()
+    );
+
+    // A leaves.
+    sfu.leave(&mut client, ROOM, "chrome-a").await;
+    a.page().eval("leave()").await?;
+    for p in [&b, &rust] {
+        p.wait_event(
+            "participant_left chrome-a",
+            |e| matches!(e, Event::ParticipantLeft(l) if l.participant == "chrome-a"),
+        )
+        .await?;
+        p.wait_events(
+            "A's two tracks unpublished",
+            |e| matches!(e, Event::TrackUnpublished(t) if t.participant == "chrome-a"),
+            2,
+        )
+        .await?;
+    }
+    let stats = sfu.room_stats(&mut client, ROOM).await;
+    assert_eq!(stats.participants, 2, "{stats:?}");
+    assert_eq!(stats.tracks, 2, "{stats:?}");
+    for ps in &stats.participant_stats {
+        assert_ne!(ps.participant, "chrome-a");
+        assert_eq!(ps.subscribed_tracks.len(), 1, "{ps:?}");
+    }
+    // B's call with the Rust peer goes on.
+    let rust_tracks = &tracks_of["rust"];
+    let before = frames_from(&b.page().eval("stats()").await?, rust_tracks);
+    b.wait_stats("30 more frames from rust after A left", |s| {
+        frames_from(s, rust_tracks) >= before + FRAMES
+    })
+    .await?;
+    eprintln!("done after {:?}", started.elapsed());
+
+    rust.peer().close().await?;
+    browser.close().await;
+    sfu.stop().await;
+    Ok(())
+}
