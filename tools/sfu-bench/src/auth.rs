@@ -21,9 +21,12 @@ pub struct BenchAuth {
 }
 
 impl BenchAuth {
-    /// Starts the auth service and mints a token that may manage `room`.
+    /// Starts the auth service and mints a token that may manage `room`, valid for a day (the
+    /// default hour could end inside a long ramp).
     pub async fn start(room: &str) -> anyhow::Result<Self> {
-        let local = LocalAuth::start(AuthConfig::default()).await?;
+        let mut config = AuthConfig::default();
+        config.tokens.ttl_secs = 24 * 3600;
+        let local = LocalAuth::start(config).await?;
         let grants = Grants {
             rooms: RoomGrants {
                 admin: true,
