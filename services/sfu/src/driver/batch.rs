@@ -105,6 +105,8 @@ impl SendBatch {
                         .sum::<u64>();
                     start += count;
                 }
+                // A signal arrived before anything was sent: nothing is lost, try again.
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(error) => {
                     tracing::debug!(%error, destination = %pending[0].0, "udp send failed");
                     sent.errors += 1;
