@@ -12,10 +12,10 @@ pub struct CoreConfig {
     /// Minimum time between two keyframe requests sent to the same publisher layer. Requests
     /// from many subscribers inside this window collapse into one.
     pub keyframe_min_interval: Duration,
-    /// Runs send-side bandwidth estimation (TWCC) on every leg. The estimate picks simulcast
-    /// layers, but str0m also paces each leg at 1.1 × the estimate, so a leg whose estimate
-    /// falls below a single-layer stream's bitrate queues (up to 2 s) instead of dropping.
-    /// Without it legs are not paced and layers follow the receivers' REMB reports only.
+    /// Also runs str0m's delay-based send-side estimator on every leg. Its estimate caps the
+    /// layer budget, but str0m then paces each leg at 1.1 × the estimate, so a leg whose
+    /// estimate falls below a single-layer stream's bitrate queues (up to 2 s) instead of
+    /// dropping. Without it the budget comes from TWCC-reported loss and REMB, unpaced.
     pub bwe: bool,
     /// Starting point of the bandwidth estimate on subscriber legs, in bits per second.
     pub bwe_initial_bps: u64,

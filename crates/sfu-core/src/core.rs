@@ -15,6 +15,7 @@ use str0m::{Candidate, Input, Rtc};
 
 use crate::config::CoreConfig;
 use crate::error::CoreError;
+use crate::estimate::Estimate;
 use crate::event::{CoreEvent, LeaveReason, Output, TrackId, Transmit};
 use crate::forwarding::{OutState, OutTrack, PublishedTrack};
 use crate::participant::{PKey, Participant};
@@ -205,7 +206,8 @@ impl SfuCore {
 
         let key = PKey(self.next_key);
         self.next_key += 1;
-        let p = Participant::new(key, participant, room_id.clone(), rtc, now);
+        let estimate = Estimate::new(self.config.bwe_initial_bps);
+        let p = Participant::new(key, participant, room_id.clone(), rtc, estimate, now);
         self.by_name.insert(p.id.clone(), key);
         self.participants.insert(key, p);
         if let Some(r) = self.rooms.get_mut(&room_id) {
@@ -412,8 +414,11 @@ impl SfuCore {
                 tracing::debug!(participant = %p.id, error = %e, "datagram refused");
             }
         }
-        self.mark_dirty(key);
-        self.drive(now);
+        // Only the receiving session is drained now (str0m holds one received RTP packet
+        // at a time). The subscribers it wrote to are drained by the next `poll_output`, so a
+        // driver that feeds several queued datagrams first pays each subscriber's drain once
+        // for all of them.
+        self.poll_participant(key, now);
     }
 
     /// Advances time: sessions whose deadline passed run their timers, and the core does its
@@ -450,6 +455,9 @@ impl SfuCore {
     /// Returns the next output. Drain after every call above until it returns
     /// [`Output::Timeout`].
     pub fn poll_output(&mut self) -> Output {
+        if self.queue.is_empty() {
+            self.drive(self.last_now);
+        }
         if let Some(o) = self.queue.pop_front() {
             if let Output::Transmit(t) = &o {
                 self.load.datagrams_out += 1;
@@ -547,7 +555,7 @@ impl SfuCore {
             bitrate_in_bps: c.rate_in.bps(),
             bitrate_out_bps: c.rate_out.bps(),
             frames_forwarded: c.frames_forwarded,
-            estimate_bps: p.estimate.available(self.last_now),
+            estimate_bps: Some(p.estimate.available(self.last_now)),
             rtt_ms: c.rtt_ms,
             ingress_loss: c.ingress_loss,
             egress_loss: c.egress_loss,
@@ -583,6 +591,8 @@ impl SfuCore {
             .set_crypto_provider(self.crypto.clone())
             .set_dtls_cert(self.cert.clone())
             .set_ice_lite(true)
+            // Forward RTP packets as they come instead of assembling and re-packetizing frames.
+            .set_rtp_mode(true)
             .clear_codecs()
             .enable_opus(true, false)
             .enable_vp8(true)
@@ -649,24 +659,7 @@ impl SfuCore {
     pub(crate) fn drive(&mut self, now: Instant) {
         loop {
             while let Some(key) = self.poll_list.pop() {
-                let Some(p) = self.participants.get_mut(&key) else {
-                    continue;
-                };
-                p.dirty = false;
-                let events = p.poll(now, &mut self.scratch);
-                if p.armed_at != Some(p.next_timeout) {
-                    p.armed_at = Some(p.next_timeout);
-                    self.timers.push(Reverse((p.next_timeout, key)));
-                }
-                let gone = p.gone.is_some();
-                self.queue
-                    .extend(self.scratch.drain(..).map(Output::Transmit));
-                for ev in events {
-                    self.on_rtc_event(key, ev, now);
-                }
-                if gone {
-                    self.gone_list.push(key);
-                }
+                self.poll_participant(key, now);
             }
             if let Some(key) = self.gone_list.pop() {
                 let reason = self
@@ -682,6 +675,29 @@ impl SfuCore {
                 continue;
             }
             break;
+        }
+    }
+
+    /// Drains one session: its datagrams join the output queue, its events are acted on
+    /// (which may mark other sessions dirty) and its deadline is armed.
+    fn poll_participant(&mut self, key: PKey, now: Instant) {
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        p.dirty = false;
+        let events = p.poll(now, &mut self.scratch);
+        if p.armed_at != Some(p.next_timeout) {
+            p.armed_at = Some(p.next_timeout);
+            self.timers.push(Reverse((p.next_timeout, key)));
+        }
+        let gone = p.gone.is_some();
+        self.queue
+            .extend(self.scratch.drain(..).map(Output::Transmit));
+        for ev in events {
+            self.on_rtc_event(key, ev, now);
+        }
+        if gone {
+            self.gone_list.push(key);
         }
     }
 

@@ -2,21 +2,27 @@
 //!
 //! A published track lives in the core's track table and lists its subscribers. Each
 //! subscriber holds an [`OutTrack`] for it: the m-line we negotiate towards the subscriber
-//! (its lifecycle is [`OutState`]), the simulcast layer it receives and its outgoing timeline.
-//! Frames are written into the subscriber's `Rtc` with the frame API, so str0m packetizes,
-//! numbers, paces and retransmits (RTX) per leg.
+//! (its lifecycle is [`OutState`]), the simulcast layer it receives and the rewriting of its
+//! outgoing stream.
+//!
+//! Packets are forwarded as RTP (str0m's RTP mode): the payload of an incoming packet is
+//! shared, not copied, by every subscriber's send queue, and nothing is depacketized or
+//! packetized again. Each leg still has its own SSRC, sequence numbers, SRTP context and RTX
+//! cache, so NACKs are answered per subscriber.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use str0m::Rtc;
 use str0m::format::PayloadParams;
-use str0m::media::{MediaData, MediaKind, Mid, Pt, Rid};
+use str0m::media::{MediaKind, Mid, Pt, Rid};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 
 use crate::event::{TrackId, TrackKind};
 use crate::keyframe::KeyframeGate;
 use crate::participant::PKey;
-use crate::simulcast::{LayerInfo, LayerSwitch, Timeline, Verdict};
+use crate::rewrite::{SeqMap, Timeline};
+use crate::simulcast::{LayerInfo, LayerSwitch, Verdict};
 use crate::stats::{LayerStats, RateMeter, TrackStats};
 
 /// One simulcast layer (or the only stream) of a published track.
@@ -101,12 +107,15 @@ impl PublishedTrack {
         &mut self.layers[idx]
     }
 
-    /// Accounts an incoming frame.
-    pub(crate) fn on_frame(&mut self, now: Instant, data: &MediaData, keyframe: bool) {
-        self.frames_in += 1;
-        let layer = self.layer_mut(data.rid);
-        layer.meter.add(now, data.data.len());
-        if keyframe {
+    /// Accounts an incoming packet. A frame is counted at its last packet (the marker bit);
+    /// every audio packet is a frame of its own.
+    pub(crate) fn on_packet(&mut self, now: Instant, incoming: &Incoming, len: usize) {
+        if incoming.marker || self.kind.is_audio() {
+            self.frames_in += 1;
+        }
+        let layer = self.layer_mut(incoming.rid);
+        layer.meter.add(now, len);
+        if incoming.keyframe_start {
             layer.gate.on_keyframe();
         }
     }
@@ -178,9 +187,11 @@ pub(crate) struct OutTrack {
     pub(crate) kind: MediaKind,
     /// msid stream id: the publisher, so the subscriber can group a participant's tracks.
     pub(crate) stream_id: Arc<str>,
-    /// Incoming payload params and the subscriber's matching payload type.
-    pub(crate) pt: Option<(PayloadParams, Pt)>,
+    /// Incoming payload type and the subscriber's matching one (`None`: the subscriber did
+    /// not negotiate that codec).
+    pub(crate) pt: Option<(Pt, Option<Pt>)>,
     pub(crate) layer: LayerSwitch,
+    pub(crate) seq: SeqMap,
     pub(crate) timeline: Timeline,
     pub(crate) frames: u64,
 }
@@ -199,6 +210,7 @@ impl OutTrack {
             stream_id: track.publisher_id.clone(),
             pt: None,
             layer,
+            seq: SeqMap::default(),
             timeline: Timeline::default(),
             frames: 0,
         }
@@ -212,45 +224,86 @@ impl OutTrack {
     }
 }
 
-/// Writes one incoming frame into a subscriber's session if the subscriber should get it.
+/// What the core learned about an incoming packet before handing it to the subscribers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Incoming {
+    /// Simulcast layer of the packet's stream.
+    pub(crate) rid: Option<Rid>,
+    /// The publisher's codec for the packet's payload type.
+    pub(crate) params: PayloadParams,
+    /// First packet of a keyframe.
+    pub(crate) keyframe_start: bool,
+    /// Last packet of a frame.
+    pub(crate) marker: bool,
+}
+
+/// Writes one incoming packet into a subscriber's session if the subscriber should get it.
 /// Returns true when something was written (the subscriber's `Rtc` then needs polling).
-pub(crate) fn forward_frame(
+pub(crate) fn forward_packet(
     rtc: &mut Rtc,
     out: &mut OutTrack,
-    data: &MediaData,
-    keyframe: bool,
+    packet: &RtpPacket,
+    incoming: &Incoming,
 ) -> bool {
     let Some(mid) = out.open_mid() else {
         return false;
     };
-    let switched = match out.layer.decide(data.rid, keyframe) {
+    let switched = match out.layer.decide(incoming.rid, incoming.keyframe_start) {
         Verdict::Drop => return false,
         Verdict::Forward { switched } => switched,
     };
-    let Some(writer) = rtc.writer(mid) else {
-        return false;
-    };
+    let in_pt = packet.header.payload_type;
     let pt = match out.pt {
-        Some((params, pt)) if params == data.params => pt,
+        Some((known, pt)) if known == in_pt => pt,
         _ => {
-            // The subscriber did not negotiate this codec: nothing we can send it.
-            let Some(pt) = writer.match_params(data.params) else {
+            let pt = rtc
+                .codec_config()
+                .match_params(incoming.params)
+                .map(|p| p.pt());
+            if pt.is_none() {
                 tracing::debug!(?mid, "subscriber lacks the publisher's codec");
-                return false;
-            };
-            out.pt = Some((data.params, pt));
+            }
+            out.pt = Some((in_pt, pt));
             pt
         }
     };
-    let time = out.timeline.map(data.time, data.network_time, switched);
-    match writer.write(pt, data.network_time, time, data.data.clone()) {
-        Ok(()) => {
-            out.frames += 1;
-            true
-        }
-        Err(e) => {
-            tracing::debug!(?mid, error = %e, "forwarding write refused");
-            false
-        }
+    let Some(pt) = pt else {
+        return false;
+    };
+    let Some(seq) = out.seq.map(*packet.seq_no, switched) else {
+        return false;
+    };
+    let time = out.timeline.map(packet.time, packet.timestamp, switched);
+    let mut api = rtc.direct_api();
+    let Some(stream) = api.stream_tx_by_mid(mid, None) else {
+        return false;
+    };
+    let video = out.kind.is_video();
+    let write = RtpWrite::new(
+        pt,
+        seq.into(),
+        // RTP carries the low 32 bits; the extended value only keeps the mapping monotonic.
+        time.numer() as u32,
+        packet.timestamp,
+        packet.payload.clone(),
+    )
+    .marker(packet.header.marker)
+    .nackable(video)
+    .ext_vals(forwarded_extensions(&packet.header.ext_vals));
+    stream.write_rtp(write);
+    if incoming.marker || !video {
+        out.frames += 1;
+    }
+    true
+}
+
+/// Header extensions that describe the media itself and so travel with it; transport ones
+/// (mid, rid, transport-cc, send time) are the leg's own and str0m sets them.
+fn forwarded_extensions(ext: &ExtensionValues) -> ExtensionValues {
+    ExtensionValues {
+        audio_level: ext.audio_level,
+        voice_activity: ext.voice_activity,
+        video_orientation: ext.video_orientation,
+        ..ExtensionValues::default()
     }
 }

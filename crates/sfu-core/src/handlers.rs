@@ -5,11 +5,13 @@ use std::time::Instant;
 use str0m::Event;
 use str0m::IceConnectionState;
 use str0m::bwe::{Bitrate, BweKind};
-use str0m::media::{KeyframeRequestKind, MediaAdded, MediaData, Mid, Rid};
+use str0m::media::{KeyframeRequestKind, MediaAdded, Mid, Rid};
+use str0m::rtp::RtpPacket;
 
+use crate::codec::starts_keyframe;
 use crate::core::SfuCore;
 use crate::event::{CoreEvent, Output, TrackId};
-use crate::forwarding::{PublishedTrack, forward_frame, track_kind};
+use crate::forwarding::{Incoming, PublishedTrack, forward_packet, track_kind};
 use crate::participant::PKey;
 use crate::simulcast::choose_layer;
 
@@ -19,7 +21,7 @@ const AUDIO_BUDGET_BPS: u64 = 50_000;
 impl SfuCore {
     pub(crate) fn on_rtc_event(&mut self, key: PKey, event: Event, now: Instant) {
         match event {
-            Event::MediaData(data) => self.on_media_data(key, data, now),
+            Event::RtpPacket(packet) => self.on_rtp_packet(key, packet, now),
             Event::KeyframeRequest(req) => self.on_subscriber_keyframe_request(key, req.mid, now),
             Event::Connected => {
                 let Some(p) = self.participants.get_mut(&key) else {
@@ -72,10 +74,19 @@ impl SfuCore {
                 self.select_layers(key, now);
             }
             Event::PeerStats(s) => {
-                if let Some(p) = self.participants.get_mut(&key) {
-                    p.counters.rtt_ms = s.rtt.map(|d| d.as_millis() as u64);
-                    p.counters.ingress_loss = s.ingress_loss_fraction;
-                    p.counters.egress_loss = s.egress_loss_fraction;
+                let Some(p) = self.participants.get_mut(&key) else {
+                    return;
+                };
+                p.counters.rtt_ms = s.rtt.map(|d| d.as_millis() as u64);
+                p.counters.ingress_loss = s.ingress_loss_fraction;
+                p.counters.egress_loss = s.egress_loss_fraction;
+                // Loss is only known for what we send, so only subscribers get a loss report.
+                if let Some(loss) = s.egress_loss_fraction
+                    && !p.subs.is_empty()
+                {
+                    let sent_bps = p.counters.rate_out.bps();
+                    p.estimate.on_loss(loss, sent_bps);
+                    self.select_layers(key, now);
                 }
             }
             Event::MediaIngressStats(s) => {
@@ -199,22 +210,54 @@ impl SfuCore {
             }));
     }
 
-    /// A frame (or audio sample) from a publisher: account it and hand it to every subscriber.
-    fn on_media_data(&mut self, key: PKey, data: MediaData, now: Instant) {
-        let Some(tid) = self
-            .participants
-            .get(&key)
-            .and_then(|p| p.published.get(&data.mid))
-            .cloned()
+    /// An RTP packet from a publisher: account it and hand it to every subscriber.
+    fn on_rtp_packet(&mut self, key: PKey, packet: RtpPacket, now: Instant) {
+        // Padding-only packets carry nothing to forward (str0m already drops empty ones).
+        if packet.payload.is_empty() {
+            return;
+        }
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        let ssrc = packet.header.ssrc;
+        let (mid, rid) = match p.rx_routes.get(&ssrc) {
+            Some(route) => *route,
+            None => {
+                let mut api = p.rtc.direct_api();
+                let Some(stream) = api.stream_rx(&ssrc) else {
+                    return;
+                };
+                let route = (stream.mid(), stream.rid());
+                p.rx_routes.insert(ssrc, route);
+                route
+            }
+        };
+        let Some(tid) = p.published.get(&mid).cloned() else {
+            return;
+        };
+        let pt = packet.header.payload_type;
+        let Some(params) = p
+            .rtc
+            .codec_config()
+            .params()
+            .iter()
+            .find(|c| c.pt() == pt)
+            .copied()
         else {
+            tracing::debug!(%pt, "packet with a payload type the publisher did not negotiate");
             return;
         };
         let Some(track) = self.tracks.get_mut(&tid) else {
             return;
         };
-        let keyframe = data.is_keyframe();
-        track.on_frame(now, &data, keyframe);
-        let is_video = track.kind.is_video();
+        let incoming = Incoming {
+            rid,
+            params,
+            keyframe_start: track.kind.is_video()
+                && starts_keyframe(params.spec().codec, &packet.payload),
+            marker: packet.header.marker,
+        };
+        track.on_packet(now, &incoming, packet.payload.len());
         for sub in &track.subscribers {
             let Some(sp) = self.participants.get_mut(sub) else {
                 continue;
@@ -222,17 +265,15 @@ impl SfuCore {
             let Some(out) = sp.subs.get_mut(&tid) else {
                 continue;
             };
-            if forward_frame(&mut sp.rtc, out, &data, keyframe) {
-                sp.counters.frames_forwarded += 1;
+            if forward_packet(&mut sp.rtc, out, &packet, &incoming) {
+                if incoming.marker || out.kind.is_audio() {
+                    sp.counters.frames_forwarded += 1;
+                }
                 if !sp.dirty {
                     sp.dirty = true;
                     self.poll_list.push(*sub);
                 }
             }
-        }
-        // Upstream loss the NACKs could not repair: only a keyframe heals the picture.
-        if is_video && !data.contiguous {
-            self.request_keyframe(&tid, data.rid, now);
         }
     }
 
@@ -271,21 +312,16 @@ impl SfuCore {
         }
     }
 
+    /// Asks the publisher for a keyframe with a PLI (every browser supports it; FIR is the
+    /// older, heavier request).
     fn send_keyframe_request(&mut self, publisher: PKey, mid: Mid, rid: Option<Rid>) {
         let Some(p) = self.participants.get_mut(&publisher) else {
             return;
         };
-        let Some(mut writer) = p.rtc.writer(mid) else {
-            return;
-        };
-        let kind = if writer.is_request_keyframe_possible(KeyframeRequestKind::Pli) {
-            KeyframeRequestKind::Pli
-        } else {
-            KeyframeRequestKind::Fir
-        };
-        if let Err(e) = writer.request_keyframe(rid, kind) {
+        match p.rtc.direct_api().stream_rx_by_mid(mid, rid) {
+            Some(stream) => stream.request_keyframe(KeyframeRequestKind::Pli),
             // No stream for this layer yet (nothing received): the retry loop asks again.
-            tracing::debug!(%mid, ?rid, error = %e, "keyframe request not sent");
+            None => tracing::debug!(%mid, ?rid, "keyframe request not sent: no stream yet"),
         }
         self.mark_dirty(publisher);
     }
@@ -371,7 +407,8 @@ impl SfuCore {
                 desired += bps;
             }
         }
-        let budget = available.map(|a| a.saturating_sub(fixed) / simulcast_tracks.max(1));
+        p.estimate.wanted_bps = desired;
+        let budget = Some(available.saturating_sub(fixed) / simulcast_tracks.max(1));
         let mut wanted = Vec::new();
         for (tid, out) in p.subs.iter_mut() {
             let Some(t) = self.tracks.get(tid) else {

@@ -20,37 +20,47 @@
 //! subscriptions ([`SfuCore::set_subscribed`]). A forwarded track is a send-only m-line the
 //! server adds to the subscriber's session by renegotiation: the core emits
 //! [`CoreEvent::Renegotiate`] with an offer and expects the answer through
-//! [`SfuCore::accept_answer`]. Frames go through str0m's frame API, so each leg has its own
-//! sequence numbers, NACK handling and RTX retransmission.
+//! [`SfuCore::accept_answer`]. Packets are forwarded as RTP (str0m's RTP mode): an incoming
+//! packet's payload is shared by every subscriber's send queue, never depacketized or
+//! re-packetized; each leg has its own SSRC, sequence numbers, SRTP and RTX cache, so NACKs
+//! are answered per subscriber. The core finds keyframes itself (`codec`) because new
+//! subscribers and simulcast switches can only start at one.
 //!
 //! Layout:
 //! - `core`: the public [`SfuCore`] API and the drive loop.
 //! - `handlers`: reactions to session events (publish, forward, feedback, estimates).
 //! - `participant`: one peer's session and negotiation state.
 //! - `room`: members and tracks of a room.
-//! - `forwarding`: published tracks, subscriptions, writing frames to subscribers.
+//! - `forwarding`: published tracks, subscriptions, writing packets to subscribers.
+//! - `codec`: keyframe detection in VP8 and H264 payloads.
+//! - `rewrite`: per-subscriber sequence numbers and timestamps, continuous across switches.
 //! - `simulcast`: layer choice from the bandwidth estimate, keyframe-gated switching.
+//! - `estimate`: the budget towards each subscriber (TWCC-reported loss, REMB, optionally
+//!   str0m's delay-based estimator).
 //! - `keyframe`: keyframe request throttling.
 //! - `stats`: snapshots and load counters.
 //!
 //! Timing: the core keeps every session's deadline in a timer heap; `poll_output` ends with
 //! the earliest one and `handle_timeout` runs only the sessions that are due, so an idle
-//! participant costs nothing per packet. With [`CoreConfig::bwe`] each leg runs str0m's
-//! send-side estimator (TWCC) and pacer; the estimate (capped by the receiver's REMB) sets
-//! the simulcast layer per subscriber.
+//! participant costs nothing per packet. Each subscriber's budget comes from the loss its
+//! TWCC feedback reports and from REMB; with [`CoreConfig::bwe`] str0m's delay-based estimator
+//! (which also paces the leg) caps it too. The budget picks the simulcast layer per subscriber.
 //!
 //! Contracts: nothing from the network can panic the core; bad input is a [`CoreError`].
 //! Participant ids are unique per node (the service may prefix them with the room). The core
 //! is `Send` (one task owns it) and never blocks.
 
+mod codec;
 mod config;
 mod core;
 mod error;
+mod estimate;
 mod event;
 mod forwarding;
 mod handlers;
 mod keyframe;
 mod participant;
+mod rewrite;
 mod room;
 mod simulcast;
 mod stats;

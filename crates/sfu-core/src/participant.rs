@@ -2,12 +2,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use str0m::change::{SdpAnswer, SdpPendingOffer};
-use str0m::media::{Direction, Mid};
-use str0m::{Event, Output as RtcOutput, Rtc};
+use str0m::media::{Direction, Mid, Rid};
+use str0m::rtp::Ssrc;
+use str0m::{Event, Input, Output as RtcOutput, Rtc};
 
+use crate::estimate::Estimate;
 use crate::event::{LeaveReason, TrackId, Transmit};
 use crate::forwarding::{OutState, OutTrack};
 use crate::stats::RateMeter;
@@ -16,30 +18,8 @@ use crate::stats::RateMeter;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct PKey(pub(crate) u64);
 
-/// How long a REMB value from the peer stays authoritative without being repeated.
-const REMB_TTL: Duration = Duration::from_secs(5);
-
-/// The bandwidth we may use towards the participant.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct Estimate {
-    /// Transport-wide (TWCC) estimate of our sender.
-    pub(crate) twcc: Option<u64>,
-    /// The receiver's own cap (REMB), with the time it arrived.
-    pub(crate) remb: Option<(u64, Instant)>,
-}
-
-impl Estimate {
-    pub(crate) fn available(&self, now: Instant) -> Option<u64> {
-        let remb = self
-            .remb
-            .filter(|(_, at)| now.saturating_duration_since(*at) < REMB_TTL)
-            .map(|(bps, _)| bps);
-        match (self.twcc, remb) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-}
+/// Due timeouts one `poll` runs itself before it hands the session back to the timer heap.
+const MAX_INLINE_TIMEOUTS: usize = 4;
 
 /// Counters kept per participant (the stack's own RTT/loss arrive with its stats events).
 #[derive(Debug, Default, Clone)]
@@ -76,6 +56,8 @@ pub(crate) struct Participant {
     pub(crate) dirty: bool,
     /// Tracks this participant publishes, by its m-line.
     pub(crate) published: HashMap<Mid, TrackId>,
+    /// The m-line and simulcast layer of each incoming SSRC, learned from the session once.
+    pub(crate) rx_routes: HashMap<Ssrc, (Mid, Option<Rid>)>,
     /// Tracks forwarded to this participant.
     pub(crate) subs: HashMap<TrackId, OutTrack>,
     /// Reverse map of `subs` for feedback arriving on our m-lines.
@@ -95,7 +77,14 @@ pub(crate) struct Participant {
 }
 
 impl Participant {
-    pub(crate) fn new(key: PKey, id: &str, room: Arc<str>, rtc: Rtc, now: Instant) -> Self {
+    pub(crate) fn new(
+        key: PKey,
+        id: &str,
+        room: Arc<str>,
+        rtc: Rtc,
+        estimate: Estimate,
+        now: Instant,
+    ) -> Self {
         Participant {
             key,
             id: id.into(),
@@ -108,12 +97,13 @@ impl Participant {
             armed_at: None,
             dirty: false,
             published: HashMap::new(),
+            rx_routes: HashMap::new(),
             subs: HashMap::new(),
             out_mids: HashMap::new(),
             excluded: HashSet::new(),
             pending: None,
             offered_at: None,
-            estimate: Estimate::default(),
+            estimate,
             bwe_desired: 0,
             counters: Counters::default(),
             gone: None,
@@ -124,6 +114,7 @@ impl Participant {
     /// returned for the core to act on (they may touch other participants).
     pub(crate) fn poll(&mut self, now: Instant, transmits: &mut Vec<Transmit>) -> Vec<Event> {
         let mut events = Vec::new();
+        let mut due_timeouts = 0;
         loop {
             if !self.rtc.is_alive() {
                 self.gone.get_or_insert(LeaveReason::Disconnected);
@@ -131,6 +122,16 @@ impl Participant {
                 return events;
             }
             match self.rtc.poll_output() {
+                // Forwarded packets make the session ask for an immediate timeout before it
+                // sends them; running it here saves a round through the core's timer heap
+                // and the driver for every packet. Bounded, so a session that keeps asking
+                // still yields to the others.
+                Ok(RtcOutput::Timeout(t)) if t <= now && due_timeouts < MAX_INLINE_TIMEOUTS => {
+                    due_timeouts += 1;
+                    if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
+                        tracing::debug!(participant = %self.id, error = %e, "timeout refused");
+                    }
+                }
                 Ok(RtcOutput::Timeout(t)) => {
                     self.next_timeout = t;
                     return events;

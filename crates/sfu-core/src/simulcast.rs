@@ -5,12 +5,10 @@
 //! from a delta frame of a stream it has never seen. Until that keyframe arrives the old layer
 //! keeps flowing, so a switch never leaves a gap.
 //!
-//! Layers are separate RTP streams whose timestamps need not share a base, so the outgoing
-//! timeline is rebased at a switch when the new layer's timestamps do not continue the old ones.
+//! Layers are separate RTP streams; `rewrite` keeps the subscriber's outgoing sequence numbers
+//! and timestamps continuous across a switch.
 
-use std::time::Instant;
-
-use str0m::media::{MediaTime, Rid};
+use str0m::media::Rid;
 
 /// Share of the budget a layer may use before we step up to it; keeps us from oscillating
 /// around a layer whose bitrate is close to the estimate.
@@ -103,40 +101,8 @@ impl LayerSwitch {
     }
 }
 
-/// Keeps the outgoing RTP timeline continuous across layer switches.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Timeline {
-    offset: i128,
-    last: Option<(u64, Instant)>,
-}
-
-/// Largest forward step (in seconds) that still counts as "the new layer continues the old
-/// timeline": layers sharing a timestamp base keep their exact timestamps.
-const CONTINUOUS_SECS: i128 = 5;
-
-impl Timeline {
-    pub(crate) fn map(&mut self, time: MediaTime, wallclock: Instant, switched: bool) -> MediaTime {
-        let freq = time.frequency();
-        let rate = i128::from(freq.get());
-        let input = i128::from(time.numer());
-        if switched && let Some((last, last_wall)) = self.last {
-            let last = i128::from(last);
-            let step = input + self.offset - last;
-            if step <= 0 || step > CONTINUOUS_SECS * rate {
-                let gap = wallclock.saturating_duration_since(last_wall);
-                let gap_ticks = (gap.as_micros() as i128 * rate / 1_000_000).max(1);
-                self.offset = last + gap_ticks - input;
-            }
-        }
-        let out = (input + self.offset).clamp(0, i128::from(u64::MAX)) as u64;
-        self.last = Some((out, wallclock));
-        MediaTime::new(out, freq)
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use super::*;
 
@@ -200,39 +166,5 @@ mod tests {
         assert_eq!(s.decide(q, true), Verdict::Forward { switched: true });
         assert_eq!(s.decide(f, false), Verdict::Drop);
         assert!(!s.wants_keyframe());
-    }
-
-    #[test]
-    fn timeline_rebases_unrelated_layer_and_keeps_shared_base() {
-        let t0 = Instant::now();
-        let mut tl = Timeline::default();
-        let a = tl.map(MediaTime::from_90khz(1_000_000), t0, true);
-        assert_eq!(a.numer(), 1_000_000);
-        let b = tl.map(
-            MediaTime::from_90khz(1_003_000),
-            t0 + Duration::from_millis(33),
-            false,
-        );
-        assert_eq!(b.numer(), 1_003_000);
-        // A layer with an unrelated base: continue 33 ms (2970 ticks) after the last frame.
-        let c = tl.map(
-            MediaTime::from_90khz(42),
-            t0 + Duration::from_millis(66),
-            true,
-        );
-        assert_eq!(c.numer(), 1_003_000 + 2970);
-        let d = tl.map(
-            MediaTime::from_90khz(42 + 3000),
-            t0 + Duration::from_millis(99),
-            false,
-        );
-        assert_eq!(d.numer(), 1_003_000 + 2970 + 3000);
-        // Switching to a layer that continues the current timeline keeps its timestamps.
-        let e = tl.map(
-            MediaTime::from_90khz(42 + 6000),
-            t0 + Duration::from_millis(133),
-            true,
-        );
-        assert_eq!(e.numer(), d.numer() + 3000);
     }
 }

@@ -132,3 +132,51 @@ fn a_paused_layer_is_left_for_the_next_one() {
     let first_h = frames.iter().position(|f| f.layer() == 1).unwrap();
     assert!(frames[first_h].keyframe);
 }
+
+#[test]
+fn downlink_loss_lowers_the_layer_and_a_clean_link_brings_it_back() {
+    // Loss reports five times a second so the test needs seconds, not tens of seconds, of
+    // virtual time; no delay-based estimator and no REMB, so loss alone drives the layer.
+    let mut sim = Sim::with_config(6, |c| {
+        c.bwe = false;
+        c.stats_interval = Duration::from_millis(200);
+    });
+    sim.core.create_room("r").unwrap();
+    let alice = sim.add_peer("alice", &[SourceSpec::simulcast(&LAYERS)]);
+    let bob = sim.add_peer("bob", &[]);
+    sim.join(alice, "r").unwrap();
+    sim.join(bob, "r").unwrap();
+    sim.connect_all();
+    sim.run_for(Duration::from_secs(2));
+    let track = sim.tracks_of("alice")[0].clone();
+    assert_eq!(layer_of_last_frame(&sim, "bob", &track), Some(2));
+    let clean_estimate = sim.core.participant_stats("bob").unwrap().estimate_bps;
+
+    // A third of what we send to Bob is lost: the layer steps down.
+    let bob_addr = sim.peer("bob").addr;
+    sim.net.loss_to.insert(bob_addr, 0.3);
+    let end = sim.now + Duration::from_secs(3);
+    assert!(
+        sim.run_until(end, |s| layer_of_last_frame(s, "bob", &track) == Some(0)),
+        "layer stayed at {:?}",
+        layer_of_last_frame(&sim, "bob", &track)
+    );
+    let lossy_estimate = sim.core.participant_stats("bob").unwrap().estimate_bps;
+    assert!(
+        lossy_estimate < clean_estimate,
+        "{lossy_estimate:?} vs {clean_estimate:?}"
+    );
+
+    // The link heals: the estimate grows back and the top layer returns, on a keyframe.
+    sim.net.loss_to.insert(bob_addr, 0.0);
+    let end = sim.now + Duration::from_secs(8);
+    assert!(
+        sim.run_until(end, |s| layer_of_last_frame(s, "bob", &track) == Some(2)),
+        "layer stayed at {:?}",
+        layer_of_last_frame(&sim, "bob", &track)
+    );
+    let mid = sim.peer("bob").mid_of(&track).unwrap();
+    let frames = sim.peer("bob").frames_from(mid);
+    let back = frames.iter().rposition(|f| f.layer() != 2).unwrap() + 1;
+    assert!(frames[back].keyframe);
+}
