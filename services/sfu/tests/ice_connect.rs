@@ -203,3 +203,39 @@ async fn peers_connect_over_udp_and_get_each_others_tracks() {
     assert_eq!(room.participant_stats[0].participant, "bob");
     sfu.stop().await;
 }
+
+#[tokio::test]
+async fn a_late_joiner_hears_of_everyone_already_there() {
+    let sfu = TestSfu::start().await;
+    let mut client = sfu.client().await;
+    sfu.create_room(&mut client, "r").await;
+    // Alice connects and publishes a video track before Bob arrives.
+    let mut alice = TestPeer::new().await;
+    let answer = sfu.join(&mut client, "r", "alice", &alice.offer).await;
+    alice.accept_answer(&answer);
+    let mut alice_events = sfu.events(&mut client, "r", "alice").await;
+    let published = wait_event(&mut alice_events, &mut alice, |e| match e {
+        Event::TrackPublished(t) => Some(t.track_id.clone()),
+        _ => None,
+    })
+    .await;
+
+    let mut bob = TestPeer::new().await;
+    sfu.join(&mut client, "r", "bob", &bob.offer).await;
+    let mut bob_events = sfu.events(&mut client, "r", "bob").await;
+    let joined = wait_event(&mut bob_events, &mut bob, |e| match e {
+        Event::ParticipantJoined(j) => Some(j.participant.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(joined, "alice");
+    let track = wait_event(&mut bob_events, &mut bob, |e| match e {
+        Event::TrackPublished(t) => Some(t.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(track.participant, "alice");
+    assert_eq!(track.track_id, published);
+    assert_eq!(track.kind, SfuMediaKind::Video as i32);
+    assert_eq!(track.room, "r");
+}

@@ -484,11 +484,12 @@ impl Driver {
             .map_err(|e| map_core_error(e, &room, &participant))?;
         self.next_id += 1;
         let others: Vec<String> = members.values().cloned().collect();
+        let present: Vec<String> = members.keys().cloned().collect();
         if let Some(members) = self.rooms.get_mut(&room) {
             members.insert(participant.clone(), id.clone());
         }
         self.slots.insert(
-            id,
+            id.clone(),
             Slot {
                 room: room.clone(),
                 participant: participant.clone(),
@@ -496,6 +497,7 @@ impl Driver {
                 backlog: VecDeque::new(),
             },
         );
+        self.tell_who_is_here(&id, &room, present);
         self.publish_count();
         tracing::info!(%room, %participant, "participant joined");
         let joined = SfuParticipantJoined {
@@ -508,6 +510,35 @@ impl Driver {
         }
         self.emit(BusEvent::Joined(joined));
         Ok(answer)
+    }
+
+    /// A late joiner hears of everyone already in the room and of every track they publish,
+    /// as if it had watched them arrive: its client needs the names to label the media that
+    /// the following renegotiation brings.
+    fn tell_who_is_here(&mut self, id: &str, room: &str, present: Vec<String>) {
+        for participant in present {
+            let joined = SfuParticipantJoined {
+                node_id: self.node_id.clone(),
+                room: room.to_string(),
+                participant,
+            };
+            self.deliver(id, ParticipantEvent::ParticipantJoined(joined));
+        }
+        let tracks: Vec<SfuTrackEvent> = self
+            .tracks
+            .iter()
+            .filter(|(_, t)| t.room == room)
+            .map(|(track, t)| SfuTrackEvent {
+                node_id: self.node_id.clone(),
+                room: t.room.clone(),
+                participant: t.participant.clone(),
+                track_id: track.to_string(),
+                kind: t.kind as i32,
+            })
+            .collect();
+        for event in tracks {
+            self.deliver(id, ParticipantEvent::TrackPublished(event));
+        }
     }
 
     fn open_events(
