@@ -63,3 +63,31 @@ impl Drop for LocalAuth {
         self.shutdown.trigger();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rethink_common::token::{Grants, HttpJwks, TokenVerifier, VerifierOptions};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn its_tokens_verify_against_the_keys_it_serves() {
+        let auth = LocalAuth::start(AuthConfig::default()).await.unwrap();
+        let grants: Grants = "rooms.admin".parse().unwrap();
+        let token = auth
+            .service()
+            .issue("service:test", "test", grants, None)
+            .unwrap()
+            .token;
+        // The way another process checks it: the JWK set over HTTP at `url`.
+        let verifier = TokenVerifier::new(
+            Arc::new(HttpJwks::new(auth.url())),
+            VerifierOptions::default(),
+        );
+        let claims = verifier.verify(&token).await.unwrap();
+        assert!(claims.grants.rooms.admin);
+        assert_eq!(claims.sub, "service:test");
+    }
+}
