@@ -20,6 +20,7 @@ use crate::event::{CoreEvent, LeaveReason, Output, TrackId, Transmit};
 use crate::forwarding::{OutState, OutTrack, PublishedTrack};
 use crate::participant::{PKey, Participant};
 use crate::room::Room;
+use crate::sdp::mark_rejected_sections_inactive;
 use crate::stats::{NodeLoad, ParticipantStats, RateMeter, RoomStats};
 
 /// Longest room or participant id accepted.
@@ -195,7 +196,7 @@ impl SfuCore {
             )));
         }
         let room_id = room_entry.id.clone();
-        let offer = SdpOffer::from_sdp_string(offer_sdp)
+        let offer = SdpOffer::from_sdp_string(&mark_rejected_sections_inactive(offer_sdp))
             .map_err(|e| CoreError::BadSdp(format!("offer does not parse: {e}")))?;
         self.last_now = now;
         let mut rtc = self.new_rtc(now);
@@ -228,7 +229,7 @@ impl SfuCore {
     ) -> Result<(), CoreError> {
         self.check_sdp_size(answer_sdp)?;
         let key = self.key(participant)?;
-        let answer = SdpAnswer::from_sdp_string(answer_sdp)
+        let answer = SdpAnswer::from_sdp_string(&mark_rejected_sections_inactive(answer_sdp))
             .map_err(|e| CoreError::BadSdp(format!("answer does not parse: {e}")))?;
         self.last_now = now;
         let p = self
@@ -265,7 +266,7 @@ impl SfuCore {
     ) -> Result<String, CoreError> {
         self.check_sdp_size(offer_sdp)?;
         let key = self.key(participant)?;
-        let offer = SdpOffer::from_sdp_string(offer_sdp)
+        let offer = SdpOffer::from_sdp_string(&mark_rejected_sections_inactive(offer_sdp))
             .map_err(|e| CoreError::BadSdp(format!("offer does not parse: {e}")))?;
         self.last_now = now;
         let p = self

@@ -31,6 +31,7 @@
 //! - `handlers`: reactions to session events (publish, forward, feedback, estimates).
 //! - `participant`: one peer's session and negotiation state.
 //! - `room`: members and tracks of a room.
+//! - `sdp`: repairs of peer SDP that str0m would refuse (rejected m-sections).
 //! - `forwarding`: published tracks, subscriptions, writing packets to subscribers.
 //! - `codec`: keyframe detection in VP8 and H264 payloads.
 //! - `rewrite`: per-subscriber sequence numbers and timestamps, continuous across switches.
@@ -62,6 +63,7 @@ mod keyframe;
 mod participant;
 mod rewrite;
 mod room;
+mod sdp;
 mod simulcast;
 mod stats;
 

@@ -15,10 +15,8 @@
 //! id), B must get one of A's layers and A's audio, and the Rust peer must decode B. Then A
 //! leaves and the others see it gone (events and room stats) while B and the Rust peer go on.
 //!
-//! Worked around here, not fixed: the SFU refuses a renegotiation answer that rejects an
-//! m-section the JSEP way (port 0 and only `a=mid`, which the H264-only Rust peer sends for
-//! A's Opus track). The relay then resends it with `a=inactive` in that section and counts it
-//! in [`Renegotiations::refused_for_rejected_sections`].
+//! The H264-only Rust peer rejects A's Opus m-line the JSEP way (port 0 and only `a=mid`); the
+//! SFU must accept such an answer as it is.
 
 mod common;
 
@@ -236,31 +234,16 @@ async fn relay(
                         let mut client = client.clone();
                         async move { client.answer_renegotiation(request).await }
                     };
-                    match send(answer.clone()).await {
-                        Ok(_) => Ok(false),
-                        // SFU bug, worked around here and reported by the test: a rejected
-                        // m-section (port 0, only `a=mid`, as JSEP answers it) makes the whole
-                        // answer unparsable for the SFU ("Expected exactly one of a=sendrecv,
-                        // ..."). The Rust peer rejects the Opus m-line it cannot receive.
-                        Err(status) if status.message().contains("Expected exactly one of a=") => {
-                            send(with_rejected_sections_inactive(&answer))
-                                .await
-                                .map(|_| true)
-                                .map_err(|status| {
-                                    format!("AnswerRenegotiation (retried): {status}")
-                                })
-                        }
-                        Err(status) => Err(format!("AnswerRenegotiation: {status}")),
-                    }
+                    send(answer)
+                        .await
+                        .map(|_| ())
+                        .map_err(|status| format!("AnswerRenegotiation: {status}"))
                 }
                 Err(error) => Err(format!("applying the offer: {error}")),
             };
             let mut r = renegotiations.lock().unwrap();
             match outcome {
-                Ok(refused) => {
-                    r.answered += 1;
-                    r.refused_for_rejected_sections += u32::from(refused);
-                }
+                Ok(()) => r.answered += 1,
                 Err(error) => {
                     r.error.get_or_insert(error);
                 }
@@ -275,35 +258,8 @@ async fn relay(
 struct Renegotiations {
     /// Offers answered and accepted.
     answered: u32,
-    /// Answers the SFU refused only because they rejected an m-section; accepted once that
-    /// m-section carried `a=inactive`.
-    refused_for_rejected_sections: u32,
     /// The first error met.
     error: Option<String>,
-}
-
-/// Adds `a=inactive` to every rejected m-section (port 0) that has no direction attribute.
-fn with_rejected_sections_inactive(sdp: &str) -> String {
-    let mut out = String::with_capacity(sdp.len() + 64);
-    let mut sections = sdp.split("\r\nm=");
-    out.push_str(sections.next().unwrap_or_default());
-    for section in sections {
-        out.push_str("\r\nm=");
-        let rejected = section.split_whitespace().nth(1) == Some("0");
-        let directed = ["a=sendrecv", "a=sendonly", "a=recvonly", "a=inactive"]
-            .iter()
-            .any(|d| section.contains(d));
-        if rejected && !directed {
-            // Only the last section still ends with its line break.
-            let body = section.trim_end_matches("\r\n");
-            out.push_str(body);
-            out.push_str("\r\na=inactive");
-            out.push_str(&section[body.len()..]);
-        } else {
-            out.push_str(section);
-        }
-    }
-    out
 }
 
 /// Opens a tab, makes its offer with `options` (see `start` in the page), joins it and sets
@@ -513,9 +469,7 @@ async fn two_chromium_tabs_and_a_rust_peer_hold_a_call() -> Result<()> {
         .map(|s| format!("{}={}px", s["rid"], s["frameWidth"]))
         .collect();
     eprintln!(
-        "A sends {layers:?}, B decodes A at {width}px; Rust peer answers refused for a rejected \
-         m-section: {}; call checked after {:?}",
-        rust.renegotiation_outcome().refused_for_rejected_sections,
+        "A sends {layers:?}, B decodes A at {width}px; call checked after {:?}",
         started.elapsed()
     );
 
