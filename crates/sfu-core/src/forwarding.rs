@@ -261,7 +261,13 @@ pub(crate) fn forward_packet(
                 .match_params(incoming.params)
                 .map(|p| p.pt());
             if pt.is_none() {
-                tracing::debug!(?mid, "subscriber lacks the publisher's codec");
+                // Once per payload type change, not per packet: the SFU does not transcode,
+                // so this subscriber gets nothing of the track until the publisher switches.
+                tracing::warn!(
+                    %mid,
+                    codec = ?incoming.params.spec(),
+                    "subscriber did not negotiate the publisher's codec; track not forwarded"
+                );
             }
             out.pt = Some((in_pt, pt));
             pt
