@@ -456,9 +456,7 @@ impl SfuCore {
     /// Returns the next output. Drain after every call above until it returns
     /// [`Output::Timeout`].
     pub fn poll_output(&mut self) -> Output {
-        if self.queue.is_empty() {
-            self.drive(self.last_now);
-        }
+        while self.queue.is_empty() && self.drive_step(self.last_now) {}
         if let Some(o) = self.queue.pop_front() {
             if let Output::Transmit(t) = &o {
                 self.load.datagrams_out += 1;
@@ -658,25 +656,29 @@ impl SfuCore {
     /// departed participant is removed. Events of one session can touch others (forwarding,
     /// keyframe requests), which queues them in turn.
     pub(crate) fn drive(&mut self, now: Instant) {
-        loop {
-            while let Some(key) = self.poll_list.pop() {
-                self.poll_participant(key, now);
-            }
-            if let Some(key) = self.gone_list.pop() {
-                let reason = self
-                    .participants
-                    .get(&key)
-                    .and_then(|p| p.gone)
-                    .unwrap_or(LeaveReason::Disconnected);
-                self.remove_participant(key, reason, now);
-                continue;
-            }
-            if let Some(key) = self.negotiate_list.pop() {
-                self.negotiate(key);
-                continue;
-            }
-            break;
+        while self.drive_step(now) {}
+    }
+
+    /// Does one unit of the drive: drains one session, or removes one departed participant,
+    /// or makes one offer. Returns false when there was nothing to do. `poll_output` drives
+    /// step by step, so a driver can send the first subscribers' packets while the others'
+    /// sessions are still to be drained.
+    fn drive_step(&mut self, now: Instant) -> bool {
+        if let Some(key) = self.poll_list.pop() {
+            self.poll_participant(key, now);
+        } else if let Some(key) = self.gone_list.pop() {
+            let reason = self
+                .participants
+                .get(&key)
+                .and_then(|p| p.gone)
+                .unwrap_or(LeaveReason::Disconnected);
+            self.remove_participant(key, reason, now);
+        } else if let Some(key) = self.negotiate_list.pop() {
+            self.negotiate(key);
+        } else {
+            return false;
         }
+        true
     }
 
     /// Drains one session: its datagrams join the output queue, its events are acted on
