@@ -16,6 +16,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::media::{self, VideoLoop};
+use crate::pacing::{self, Pacer, SendLog};
 
 /// A client before its first answer: the offer to send with `Join`.
 pub struct Pending {
@@ -32,8 +33,8 @@ pub struct Pending {
 #[derive(Default)]
 pub struct Received {
     /// One record per frame whose stamped packet arrived: (frame number, latency of the
-    /// stamped first packet in µs, latency of the frame's last packet in µs or `u32::MAX`
-    /// when the marker packet never came).
+    /// stamped first packet in µs, latency of the frame's last packet from the moment the
+    /// publisher's pacer sent it, in µs, or `u32::MAX` when the marker packet never came).
     pub frames: Mutex<Vec<(u64, u32, u32)>>,
     /// Set once the first media packet arrived.
     pub first_packet: AtomicBool,
@@ -54,6 +55,10 @@ pub struct Sent {
     pub connected: AtomicBool,
     /// Keyframe requests received.
     pub keyframe_requests: AtomicU64,
+    /// When each recent frame's first packet left the publisher.
+    pub first_packets: SendLog,
+    /// When each recent frame's last packet left the publisher.
+    pub last_packets: SendLog,
 }
 
 /// Builds a client with one video m-line in `direction`, bound on loopback. In RTP mode the
@@ -128,6 +133,26 @@ impl Session {
         }
     }
 
+    /// Like `flush`, but RTP goes through the pacer; STUN, DTLS and RTCP leave at once.
+    async fn flush_paced(
+        &mut self,
+        pacer: &mut Pacer,
+        mut on_event: impl FnMut(Event),
+    ) -> anyhow::Result<Instant> {
+        loop {
+            match self.rtc.poll_output()? {
+                Output::Transmit(t) if pacing::is_rtp(&t.contents) => {
+                    pacer.push(t.destination, t.contents.into());
+                }
+                Output::Transmit(t) => {
+                    let _ = self.socket.send_to(&t.contents, t.destination).await;
+                }
+                Output::Event(event) => on_event(event),
+                Output::Timeout(t) => return Ok(t),
+            }
+        }
+    }
+
     fn receive(&mut self, buf: &[u8], source: SocketAddr) {
         if let Ok(receive) = Receive::new(Protocol::Udp, source, self.local, buf) {
             let _ = self
@@ -156,6 +181,7 @@ pub async fn run_subscriber(
     offers: mpsc::UnboundedReceiver<String>,
     answers: mpsc::UnboundedSender<String>,
     received: Arc<Received>,
+    sent_log: Arc<Sent>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
     let (mut session, _mid) = pending.accept(&answer, offers, answers)?;
@@ -176,7 +202,10 @@ pub async fn run_subscriber(
                     .fetch_max(*packet.seq_no, Ordering::Relaxed);
                 let rtp_time = packet.header.timestamp;
                 if let Some((seq, sent)) = media::read_stamp(&packet.payload) {
-                    let first_us = (arrived.saturating_sub(sent) / 1_000) as u32;
+                    // From when the packet left the publisher's pacer, not when the frame was
+                    // made: a frame queued behind a large keyframe is not the SFU's delay.
+                    let left = sent_log.first_packets.sent_at(rtp_time).unwrap_or(sent);
+                    let first_us = (arrived.saturating_sub(left) / 1_000) as u32;
                     open_frames.push_back((rtp_time, seq, sent, first_us));
                     // A frame whose marker packet never came is recorded without its end.
                     if open_frames.len() > 8
@@ -191,7 +220,10 @@ pub async fn run_subscriber(
                     && let Some((_, seq, sent, first_us)) = open_frames.remove(at)
                     && let Ok(mut frames) = received.frames.lock()
                 {
-                    let last_us = (arrived.saturating_sub(sent) / 1_000) as u32;
+                    // Measured from when the last packet itself left the publisher, so the
+                    // publisher's pacing is not counted as the SFU's.
+                    let left = sent_log.last_packets.sent_at(rtp_time).unwrap_or(sent);
+                    let last_us = (arrived.saturating_sub(left) / 1_000) as u32;
                     frames.push((seq, first_us, last_us));
                 }
             })
@@ -227,10 +259,13 @@ pub async fn run_publisher(
     answers: mpsc::UnboundedSender<String>,
     video: Arc<VideoLoop>,
     fps: u32,
+    pacing_bps: u64,
     sent: Arc<Sent>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
     let (mut session, mid) = pending.accept(&answer, offers, answers)?;
+    let mut pacer = Pacer::new(pacing_bps);
+    let mut last_rtp_time = None;
     let mut buf = vec![0u8; 2048];
     let frame_interval = Duration::from_secs(1) / fps;
     let mut ticker = tokio::time::interval(frame_interval);
@@ -240,7 +275,7 @@ pub async fn run_publisher(
     let mut connected = false;
     while !stop.load(Ordering::Relaxed) {
         let timeout = session
-            .flush(|event| match event {
+            .flush_paced(&mut pacer, |event| match event {
                 Event::Connected => connected = true,
                 Event::KeyframeRequest(_) => {
                     sent.keyframe_requests.fetch_add(1, Ordering::Relaxed);
@@ -249,10 +284,26 @@ pub async fn run_publisher(
                 _ => {}
             })
             .await?;
+        while let Some((destination, datagram)) = pacer.pop_due(Instant::now()) {
+            if let Some((rtp_time, marker)) = pacing::rtp_time_and_marker(&datagram) {
+                let now = media::now_nanos();
+                if last_rtp_time != Some(rtp_time) {
+                    last_rtp_time = Some(rtp_time);
+                    sent.first_packets.record(rtp_time, now);
+                }
+                if marker {
+                    sent.last_packets.record(rtp_time, now);
+                }
+            }
+            let _ = session.socket.send_to(&datagram, destination).await;
+        }
         if connected {
             sent.connected.store(true, Ordering::Relaxed);
         }
-        let wake = tokio::time::Instant::from_std(timeout);
+        let mut wake = tokio::time::Instant::from_std(timeout);
+        if let Some(due) = pacer.deadline() {
+            wake = wake.min(tokio::time::Instant::from_std(due));
+        }
         tokio::select! {
             got = session.socket.recv_from(&mut buf) => {
                 if let Ok((len, source)) = got {
