@@ -10,6 +10,7 @@ use str0m::bwe::Bitrate;
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::config::DtlsCert;
 use str0m::crypto::CryptoProvider;
+use str0m::media::{MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Input, Rtc};
 
@@ -21,6 +22,7 @@ use crate::forwarding::{OutState, OutTrack, PublishedTrack};
 use crate::participant::{PKey, Participant};
 use crate::room::Room;
 use crate::sdp::mark_rejected_sections_inactive;
+use crate::sdpfrag::{self, IceFragment, IceUpdate};
 use crate::stats::{NodeLoad, ParticipantStats, RateMeter, RoomStats};
 
 /// Longest room or participant id accepted.
@@ -31,6 +33,32 @@ const MAX_CANDIDATE_BYTES: usize = 1024;
 const HOUSEKEEPING: Duration = Duration::from_millis(250);
 /// Deadline reported when nothing at all is scheduled.
 const IDLE: Duration = Duration::from_secs(3600);
+
+/// How a participant's session is negotiated after [`SfuCore::join_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JoinMode {
+    /// Conference participants: they publish what their offer sends, and the server adds and
+    /// removes forwarded tracks by renegotiation ([`CoreEvent::Renegotiate`], answered through
+    /// [`SfuCore::accept_answer`]).
+    #[default]
+    Renegotiated,
+    /// Ingest (WHIP): the participant publishes what its offer sends and receives nothing.
+    /// The core never makes it an offer.
+    Publish,
+    /// Playback (WHEP): the offer may only receive (`recvonly`/`inactive` audio and video).
+    /// Each m-line it offered to receive on carries one room track of its kind, assigned at
+    /// the join and whenever an m-line is free (a track ends) or a track is published. Tracks
+    /// that find no free m-line are not sent ([`crate::ParticipantStats::unsent`]). The core
+    /// never makes it an offer: a WHEP client cannot take one.
+    View,
+}
+
+impl JoinMode {
+    /// True for sessions whose m-lines are fixed by the joining offer.
+    pub fn is_fixed(self) -> bool {
+        self != JoinMode::Renegotiated
+    }
+}
 
 /// Every room and participant of one node. See the crate docs for the driving contract.
 pub struct SfuCore {
@@ -179,6 +207,19 @@ impl SfuCore {
         offer_sdp: &str,
         now: Instant,
     ) -> Result<String, CoreError> {
+        self.join_with(room, participant, offer_sdp, JoinMode::Renegotiated, now)
+    }
+
+    /// Like [`SfuCore::join`], for the negotiation `mode` of the participant (WHIP ingest,
+    /// WHEP playback or a conference participant).
+    pub fn join_with(
+        &mut self,
+        room: &str,
+        participant: &str,
+        offer_sdp: &str,
+        mode: JoinMode,
+        now: Instant,
+    ) -> Result<String, CoreError> {
         check_id("room", room)?;
         check_id("participant", participant)?;
         self.check_sdp_size(offer_sdp)?;
@@ -198,6 +239,9 @@ impl SfuCore {
         let room_id = room_entry.id.clone();
         let offer = SdpOffer::from_sdp_string(&mark_rejected_sections_inactive(offer_sdp))
             .map_err(|e| CoreError::BadSdp(format!("offer does not parse: {e}")))?;
+        if mode == JoinMode::View {
+            sdpfrag::check_receive_only(offer_sdp)?;
+        }
         self.last_now = now;
         let mut rtc = self.new_rtc(now);
         let answer = rtc
@@ -208,7 +252,11 @@ impl SfuCore {
         let key = PKey(self.next_key);
         self.next_key += 1;
         let estimate = Estimate::new(self.config.bwe_initial_bps);
-        let p = Participant::new(key, participant, room_id.clone(), rtc, estimate, now);
+        let mut p = Participant::new(key, participant, room_id.clone(), rtc, estimate, mode, now);
+        p.remote_ufrag = sdpfrag::ice_ufrag(offer_sdp).map(str::to_string);
+        if mode.is_fixed() {
+            p.remote_offer = Some(offer_sdp.to_string());
+        }
         self.by_name.insert(p.id.clone(), key);
         self.participants.insert(key, p);
         if let Some(r) = self.rooms.get_mut(&room_id) {
@@ -276,13 +324,104 @@ impl SfuCore {
         if p.pending.is_some() {
             p.rollback_offer();
         }
-        let result = p.rtc.sdp_api().accept_offer(offer);
+        let result = self.apply_peer_offer(key, offer, offer_sdp);
         self.negotiate_list.push(key);
         self.mark_dirty(key);
         self.drive(now);
         result
-            .map(|a| a.to_sdp_string())
-            .map_err(|e| CoreError::BadSdp(e.to_string()))
+    }
+
+    /// Applies an offer of the peer to its session and returns the answer. New ICE
+    /// credentials in it restart ICE (str0m answers with new ones of ours and keeps DTLS):
+    /// the peer's old addresses stop routing to it, its new ones are learnt from its checks.
+    fn apply_peer_offer(
+        &mut self,
+        key: PKey,
+        offer: SdpOffer,
+        offer_sdp: &str,
+    ) -> Result<String, CoreError> {
+        let p = self
+            .participants
+            .get_mut(&key)
+            .ok_or_else(|| CoreError::ParticipantNotFound(String::new()))?;
+        let before = p.rtc.direct_api().local_ice_credentials();
+        let answer = p
+            .rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| CoreError::BadSdp(e.to_string()))?;
+        p.remote_ufrag = sdpfrag::ice_ufrag(offer_sdp).map(str::to_string);
+        if p.mode.is_fixed() {
+            p.remote_offer = Some(offer_sdp.to_string());
+        }
+        if p.rtc.direct_api().local_ice_credentials() != before {
+            tracing::info!(participant = %p.id, "ice restarted by the peer");
+            self.by_addr.retain(|_, k| *k != key);
+        }
+        Ok(answer.to_sdp_string())
+    }
+
+    /// Applies a trickle-ICE SDP fragment (RFC 8840, the body of a WHIP/WHEP `PATCH`). With
+    /// the session's current credentials (or none) its candidates are added. With new
+    /// credentials ICE restarts (RFC 9725 §4.3): only for sessions without renegotiation
+    /// ([`JoinMode::Publish`], [`JoinMode::View`]), whose last offer is replayed with the new
+    /// credentials; others restart through a full offer ([`SfuCore::accept_offer`]).
+    pub fn patch_ice(
+        &mut self,
+        participant: &str,
+        fragment: &str,
+        now: Instant,
+    ) -> Result<IceUpdate, CoreError> {
+        self.check_sdp_size(fragment)?;
+        let key = self.key(participant)?;
+        let frag = IceFragment::parse(fragment)?;
+        let candidates = frag
+            .candidates
+            .iter()
+            .map(|c| {
+                Candidate::from_sdp_string(c)
+                    .map_err(|e| CoreError::BadCandidate(format!("{c:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.last_now = now;
+        let p = self
+            .participants
+            .get_mut(&key)
+            .ok_or_else(|| not_found(participant))?;
+        let restart = frag
+            .ufrag
+            .as_deref()
+            .is_some_and(|u| Some(u) != p.remote_ufrag.as_deref());
+        if !restart {
+            for c in candidates {
+                p.rtc.add_remote_candidate(c);
+            }
+            self.mark_dirty(key);
+            self.drive(now);
+            return Ok(IceUpdate::Trickled);
+        }
+        let (Some(ufrag), Some(pwd)) = (frag.ufrag.as_deref(), frag.pwd.as_deref()) else {
+            return Err(CoreError::BadSdp(
+                "an ice restart needs both a=ice-ufrag and a=ice-pwd".into(),
+            ));
+        };
+        let Some(last_offer) = p.remote_offer.as_deref() else {
+            return Err(CoreError::BadSdp(
+                "new ice credentials in a fragment: this session renegotiates, so restart \
+                 ice with a new offer instead"
+                    .into(),
+            ));
+        };
+        let offer_sdp = sdpfrag::restart_offer(last_offer, ufrag, pwd, &frag.candidates);
+        let offer = SdpOffer::from_sdp_string(&mark_rejected_sections_inactive(&offer_sdp))
+            .map_err(|e| CoreError::BadSdp(format!("restart offer does not parse: {e}")))?;
+        let result = self.apply_peer_offer(key, offer, &offer_sdp);
+        self.mark_dirty(key);
+        self.drive(now);
+        let answer = result?;
+        let (fragment, ufrag) = sdpfrag::answer_fragment(&answer)
+            .ok_or_else(|| CoreError::BadSdp("the answer holds no ice credentials".into()))?;
+        Ok(IceUpdate::Restarted { fragment, ufrag })
     }
 
     /// Adds a trickled ICE candidate of the participant (`candidate:...`, with or without the
@@ -540,6 +679,7 @@ impl SfuCore {
             })
             .collect();
         subscribed.sort();
+        let unsent = self.unsent_tracks(p);
         let c = &p.counters;
         Some(ParticipantStats {
             participant: p.id.to_string(),
@@ -561,7 +701,24 @@ impl SfuCore {
             nacks_received: c.nacks_received.values().sum(),
             nacks_sent: c.nacks_sent.values().sum(),
             keyframe_requests_received: c.keyframe_requests_received,
+            unsent,
         })
+    }
+
+    /// Tracks of the room a viewer does not receive because no m-line of their kind is free.
+    fn unsent_tracks(&self, p: &Participant) -> Vec<TrackId> {
+        if p.mode != JoinMode::View {
+            return Vec::new();
+        }
+        let Some(room) = self.rooms.get(&p.room) else {
+            return Vec::new();
+        };
+        room.tracks
+            .iter()
+            .filter(|tid| !p.subs.contains_key(*tid) && !p.excluded.contains(*tid))
+            .filter(|tid| self.tracks.get(*tid).is_some_and(|t| t.publisher != p.key))
+            .cloned()
+            .collect()
     }
 
     /// Returns the node's load for the heartbeat.
@@ -708,6 +865,16 @@ impl SfuCore {
         let Some(p) = self.participants.get_mut(&key) else {
             return;
         };
+        if p.mode.is_fixed() {
+            let opened = p.settle_fixed();
+            // Freed m-lines take tracks that found none so far.
+            self.sync_subscriptions(key);
+            if !opened.is_empty() {
+                self.on_tracks_opened(key, &opened, self.last_now);
+            }
+            self.mark_dirty(key);
+            return;
+        }
         if let Some(offer_sdp) = p.negotiate(self.last_now) {
             let participant = p.id.to_string();
             self.queue.push_back(Output::Event(CoreEvent::Renegotiate {
@@ -716,6 +883,19 @@ impl SfuCore {
             }));
         }
         self.mark_dirty(key);
+    }
+
+    /// An m-line on which we send to the peer appeared in its session. For a viewer
+    /// ([`JoinMode::View`]) it is a slot a room track can fill.
+    pub(crate) fn add_receive_slot(&mut self, key: PKey, mid: Mid, kind: MediaKind) {
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        if p.mode != JoinMode::View || p.slots.iter().any(|(m, _)| *m == mid) {
+            return;
+        }
+        p.slots.push((mid, kind));
+        self.sync_subscriptions(key);
     }
 
     /// Makes sure `key` has a subscription entry for every track in its room it has not
@@ -727,6 +907,9 @@ impl SfuCore {
         let Some(room) = self.rooms.get(&p.room) else {
             return;
         };
+        if p.mode == JoinMode::Publish {
+            return;
+        }
         let mut added = false;
         for tid in &room.tracks {
             let Some(t) = self.tracks.get_mut(tid) else {
@@ -735,7 +918,20 @@ impl SfuCore {
             if t.publisher == key || p.excluded.contains(tid) || p.subs.contains_key(tid) {
                 continue;
             }
-            p.subs.insert(tid.clone(), OutTrack::new(t));
+            let mut out = OutTrack::new(t);
+            if p.mode == JoinMode::View {
+                // No renegotiation: the track needs a free m-line the peer offered.
+                let Some(mid) = p.free_slot(t.kind) else {
+                    continue;
+                };
+                out.state = OutState::Offered { mid, cancel: false };
+                if let Some((seq, timeline)) = p.slot_rewrite.remove(&mid) {
+                    out.seq = seq;
+                    out.timeline = timeline;
+                }
+                p.out_mids.insert(mid, tid.clone());
+            }
+            p.subs.insert(tid.clone(), out);
             if !t.subscribers.contains(&key) {
                 t.subscribers.push(key);
             }

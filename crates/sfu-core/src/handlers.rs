@@ -9,7 +9,7 @@ use str0m::media::{KeyframeRequestKind, MediaAdded, Mid, Rid};
 use str0m::rtp::RtpPacket;
 
 use crate::codec::starts_keyframe;
-use crate::core::SfuCore;
+use crate::core::{JoinMode, SfuCore};
 use crate::event::{CoreEvent, Output, TrackId};
 use crate::forwarding::{Incoming, PublishedTrack, forward_packet, track_kind};
 use crate::participant::PKey;
@@ -110,8 +110,12 @@ impl SfuCore {
         }
     }
 
-    /// A new m-line from the peer: if it sends to us, it is a published track.
+    /// A new m-line from the peer: if it sends to us, it is a published track; if it receives
+    /// from us, a viewer's slot for a room track.
     fn on_media_added(&mut self, key: PKey, added: MediaAdded) {
+        if added.direction.is_sending() {
+            self.add_receive_slot(key, added.mid, added.kind);
+        }
         if !added.direction.is_receiving() {
             return;
         }
@@ -120,6 +124,10 @@ impl SfuCore {
             return;
         };
         if p.published.contains_key(&added.mid) {
+            return;
+        }
+        if p.mode == JoinMode::View {
+            tracing::warn!(participant = %p.id, mid = %added.mid, "a viewer cannot publish; m-line ignored");
             return;
         }
         if p.published.len() >= limit {

@@ -26,6 +26,14 @@
 //! are answered per subscriber. The core finds keyframes itself (`codec`) because new
 //! subscribers and simulcast switches can only start at one.
 //!
+//! Sessions that cannot take a server offer join with a [`JoinMode`]: WHIP publishers
+//! ([`JoinMode::Publish`]) publish and receive nothing; WHEP viewers ([`JoinMode::View`]) get
+//! the room's tracks in the receive-only m-lines of their own offer, matched by kind, and never
+//! a [`CoreEvent::Renegotiate`]. A peer's offer with new ICE credentials restarts ICE (str0m
+//! answers with new ones of ours and keeps DTLS); datagrams are routed by the new ufrag and
+//! address from then on. Fixed sessions restart with a trickle-ICE fragment instead
+//! ([`SfuCore::patch_ice`]).
+//!
 //! Layout:
 //! - `core`: the public [`SfuCore`] API and the drive loop.
 //! - `handlers`: reactions to session events (publish, forward, feedback, estimates).
@@ -40,6 +48,7 @@
 //!   str0m's delay-based estimator).
 //! - `keyframe`: keyframe request throttling.
 //! - `stats`: snapshots and load counters.
+//! - `sdpfrag`: trickle-ICE SDP fragments and ICE restarts of sessions without renegotiation.
 //!
 //! Timing: the core keeps every session's deadline in a timer heap; `poll_output` ends with
 //! the earliest one and `handle_timeout` runs only the sessions that are due, so an idle
@@ -64,13 +73,15 @@ mod participant;
 mod rewrite;
 mod room;
 mod sdp;
+mod sdpfrag;
 mod simulcast;
 mod stats;
 
 pub use crate::config::CoreConfig;
-pub use crate::core::SfuCore;
+pub use crate::core::{JoinMode, SfuCore};
 pub use crate::error::CoreError;
 pub use crate::event::{CoreEvent, LeaveReason, Output, TrackId, TrackKind, Transmit};
+pub use crate::sdpfrag::IceUpdate;
 pub use crate::stats::{LayerStats, NodeLoad, ParticipantStats, RoomStats, TrackStats};
 
 #[cfg(test)]

@@ -5,13 +5,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use str0m::change::{SdpAnswer, SdpPendingOffer};
-use str0m::media::{Direction, Mid, Rid};
+use str0m::media::{Direction, MediaKind, Mid, Rid};
 use str0m::rtp::Ssrc;
 use str0m::{Event, Input, Output as RtcOutput, Rtc};
 
+use crate::core::JoinMode;
 use crate::estimate::Estimate;
 use crate::event::{LeaveReason, TrackId, Transmit};
 use crate::forwarding::{OutState, OutTrack};
+use crate::rewrite::{SeqMap, Timeline};
 use crate::stats::RateMeter;
 
 /// Key of a participant inside the core (ids are strings; keys are cheap to copy and hash).
@@ -74,6 +76,20 @@ pub(crate) struct Participant {
     pub(crate) counters: Counters,
     /// Set when the participant must be removed at the end of the current drive.
     pub(crate) gone: Option<LeaveReason>,
+    /// How the session is negotiated after the join.
+    pub(crate) mode: JoinMode,
+    /// [`JoinMode::View`]: the m-lines the peer offered to receive on, in offer order. A slot
+    /// is taken while `out_mids` maps its mid to a track.
+    pub(crate) slots: Vec<(Mid, MediaKind)>,
+    /// [`JoinMode::View`]: the outgoing numbering of freed m-lines. The m-line keeps its SSRC
+    /// when the next track takes it, so that track continues the sequence numbers and
+    /// timestamps (a restart would read as old packets and be dropped).
+    pub(crate) slot_rewrite: HashMap<Mid, (SeqMap, Timeline)>,
+    /// The peer's latest offer, kept for sessions without renegotiation: an ICE restart by
+    /// SDP fragment replays it with the new credentials.
+    pub(crate) remote_offer: Option<String>,
+    /// The peer's current ICE username fragment, to tell a restart from a trickle.
+    pub(crate) remote_ufrag: Option<String>,
 }
 
 impl Participant {
@@ -83,6 +99,7 @@ impl Participant {
         room: Arc<str>,
         rtc: Rtc,
         estimate: Estimate,
+        mode: JoinMode,
         now: Instant,
     ) -> Self {
         Participant {
@@ -107,6 +124,11 @@ impl Participant {
             bwe_desired: 0,
             counters: Counters::default(),
             gone: None,
+            mode,
+            slots: Vec::new(),
+            slot_rewrite: HashMap::new(),
+            remote_offer: None,
+            remote_ufrag: None,
         }
     }
 
@@ -294,5 +316,46 @@ impl Participant {
             .values()
             .filter(|o| o.open_mid().is_some())
             .count()
+    }
+
+    /// [`JoinMode::View`]: returns the first m-line of `kind` no track is assigned to.
+    pub(crate) fn free_slot(&self, kind: MediaKind) -> Option<Mid> {
+        self.slots
+            .iter()
+            .find(|(mid, k)| *k == kind && !self.out_mids.contains_key(mid))
+            .map(|(mid, _)| *mid)
+    }
+
+    /// Sessions without renegotiation: a track assigned to an m-line (held as `Offered`, as
+    /// if our offer carried it) opens once the peer is connected, so its first keyframe is
+    /// requested when the peer can receive it; a stopped or cancelled track frees its m-line
+    /// at once (the m-line stays negotiated and silent until another track takes it). Returns
+    /// the tracks that opened.
+    pub(crate) fn settle_fixed(&mut self) -> Vec<TrackId> {
+        let mut opened = Vec::new();
+        let connected = self.connected && self.gone.is_none();
+        let out_mids = &mut self.out_mids;
+        let slot_rewrite = &mut self.slot_rewrite;
+        self.subs.retain(|tid, out| match out.state {
+            OutState::Offered { mid, cancel: true }
+            | OutState::Stop(mid)
+            | OutState::StopOffered(mid) => {
+                out_mids.remove(&mid);
+                let numbering = (
+                    std::mem::take(&mut out.seq),
+                    std::mem::take(&mut out.timeline),
+                );
+                slot_rewrite.insert(mid, numbering);
+                false
+            }
+            OutState::Offered { mid, cancel: false } if connected => {
+                out.state = OutState::Open(mid);
+                opened.push(tid.clone());
+                true
+            }
+            _ => true,
+        });
+        opened.sort();
+        opened
     }
 }

@@ -90,6 +90,9 @@ pub struct ParticipantStats {
     pub nacks_sent: u64,
     /// Keyframe requests (PLI/FIR) received from the peer.
     pub keyframe_requests_received: u64,
+    /// Tracks of the room a viewer (WHEP) does not receive because its session has no free
+    /// m-line of their kind; always empty for other participants.
+    pub unsent: Vec<TrackId>,
 }
 
 /// Load of the whole node, for the heartbeat.

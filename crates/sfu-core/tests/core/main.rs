@@ -10,3 +10,4 @@ mod keyframes;
 mod lifecycle;
 mod nack;
 mod simulcast;
+mod whep;
