@@ -8,7 +8,9 @@
 //! Signalling is the caller's: [`Peer::create_offer`] / [`Peer::apply_answer`] for the first
 //! negotiation, [`Peer::apply_offer`] for offers from the other side (an SFU's
 //! renegotiations), [`Peer::take_local_candidates`] / [`Peer::add_remote_candidate`] for
-//! trickle ICE. Waits ([`Peer::wait_connected`], [`Peer::wait_decoded`],
+//! trickle ICE, [`Peer::restart_ice_offer`] for an ICE restart (from new sockets with
+//! [`PeerConfig::rebind_on_ice_restart`], as after a network change). Waits
+//! ([`Peer::wait_connected`], [`Peer::wait_decoded`],
 //! [`Peer::wait_tracks`]) are event driven and bounded by a timeout.
 //!
 //! Layout: `peer` (the connection and its handler), `publish` (local track and pacing),

@@ -38,6 +38,9 @@ pub struct PeerConfig {
     /// Add a receive-only video transceiver to the first offer, for peers that publish nothing
     /// but must still offer video.
     pub recv_only_video: bool,
+    /// Bind new UDP sockets (on `bind`, so a new port for port 0) at an ICE restart, as a
+    /// device whose network changed would: the old address goes silent.
+    pub rebind_on_ice_restart: bool,
 }
 
 impl PeerConfig {
@@ -48,6 +51,7 @@ impl PeerConfig {
             stream_id: stream_id.to_owned(),
             publish: Some(VideoConfig::default()),
             recv_only_video: false,
+            rebind_on_ice_restart: false,
         }
     }
 
@@ -56,6 +60,15 @@ impl PeerConfig {
         Self {
             publish: None,
             ..Self::publisher(stream_id)
+        }
+    }
+
+    /// A loopback peer that only receives and offers one receive-only video m-line, as a
+    /// WHEP player does.
+    pub fn viewer(stream_id: &str) -> Self {
+        Self {
+            recv_only_video: true,
+            ..Self::receiver(stream_id)
         }
     }
 }
@@ -129,6 +142,7 @@ impl Peer {
         let settings = SettingEngineBuilder::new()
             .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
             .with_include_loopback_candidate(true)
+            .with_discard_local_candidates_during_ice_restart(config.rebind_on_ice_restart)
             .build();
 
         let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
@@ -219,6 +233,15 @@ impl Peer {
         self.pc.set_local_description(offer).await?;
         self.wait_gathering_complete(wait).await?;
         self.local_sdp().await
+    }
+
+    /// Restarts ICE and returns the offer carrying the new credentials, applied locally (the
+    /// W3C `restartIce()` then `createOffer()`). New local candidates follow through
+    /// [`Peer::take_local_candidates`]; with [`PeerConfig::rebind_on_ice_restart`] they name
+    /// new sockets. The answer goes to [`Peer::apply_answer`].
+    pub async fn restart_ice_offer(&self) -> Result<String, PeerError> {
+        self.pc.restart_ice().await?;
+        self.create_offer().await
     }
 
     /// Applies the remote answer to our last offer.

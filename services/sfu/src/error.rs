@@ -15,6 +15,9 @@ pub enum SfuError {
     /// The SDP offer or answer could not be used.
     #[error("bad sdp: {0}")]
     BadSdp(String),
+    /// An HTTP body over its size limit.
+    #[error("too large: {0}")]
+    TooLarge(String),
     /// CreateRoom for a room that exists.
     #[error("room {0:?} already exists")]
     RoomExists(String),
@@ -71,9 +74,10 @@ impl SfuError {
     pub fn grpc_code(&self) -> tonic::Code {
         use tonic::Code;
         match self {
-            Self::InvalidArgument(_) | Self::BadSdp(_) | Self::UnsupportedMediaType(_) => {
-                Code::InvalidArgument
-            }
+            Self::InvalidArgument(_)
+            | Self::BadSdp(_)
+            | Self::UnsupportedMediaType(_)
+            | Self::TooLarge(_) => Code::InvalidArgument,
             Self::RoomExists(_) | Self::ParticipantExists { .. } => Code::AlreadyExists,
             Self::RoomNotFound(_) | Self::ParticipantNotFound { .. } | Self::TrackNotFound(_) => {
                 Code::NotFound
@@ -92,6 +96,7 @@ impl SfuError {
         match self {
             Self::InvalidArgument(_) | Self::BadSdp(_) => StatusCode::BAD_REQUEST,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RoomExists(_) | Self::ParticipantExists { .. } => StatusCode::CONFLICT,
             Self::RoomNotFound(_) | Self::ParticipantNotFound { .. } | Self::TrackNotFound(_) => {
                 StatusCode::NOT_FOUND

@@ -1,20 +1,40 @@
 //! The node's HTTP routes besides the ops endpoints (`/healthz`, `/readyz`, `/metrics` come from
-//! `rethink_common::lifecycle::ops_router`): WHIP ingest.
+//! `rethink_common::lifecycle::ops_router`): WHIP ingest (RFC 9725) and WHEP playback
+//! (draft-ietf-wish-whep), two directions of one protocol served by one code path.
 //!
-//! WHIP (RFC 9725): `POST /whip/<room>` with an SDP offer (`application/sdp`) joins a new
-//! publisher `whip-<random>` to the room (created if missing, unless the node drains) and
-//! answers `201 Created` with the SDP answer and `Location: /whip/<room>/<publisher>`;
-//! `DELETE` on that location ends the session. Trickle ICE (`PATCH`) is not offered: the node
-//! is ICE-lite and learns the client's address from its checks, so the answer is complete.
-//! The token is a service token or a user token with `rooms.publish` for the room.
+//! | request | WHIP (`/whip/...`) | WHEP (`/whep/...`) |
+//! |---|---|---|
+//! | `POST /<p>/<room>`, `application/sdp` offer | publisher `whip-<id>`; room created if missing (unless draining) | viewer `whep-<id>`; room must exist (404) |
+//! | `PATCH /<p>/<room>/<id>`, `application/trickle-ice-sdpfrag` | trickle → 204; new ICE credentials → ICE restart, 200 with our fragment | same |
+//! | `DELETE /<p>/<room>/<id>` | ends the session, 200 | same |
+//!
+//! `POST` answers `201 Created` with the SDP answer, `Location: /<p>/<room>/<id>`, an `ETag`
+//! naming the ICE session (our ICE ufrag) and `Accept-Patch: application/trickle-ice-sdpfrag`.
+//! The node is ICE-lite and learns the client's address from its checks, so the answer is
+//! complete and trickling is optional. A `PATCH` whose fragment carries new
+//! `a=ice-ufrag`/`a=ice-pwd` restarts ICE (RFC 9725 §4.3.2): the answer is `200 OK` with our
+//! new credentials and candidates as a fragment and a new `ETag`; the client keeps the rest of
+//! its session and applies them to its remote description. `If-Match` is not required.
+//!
+//! A WHIP publisher publishes what its offer sends and receives nothing. A WHEP viewer's offer
+//! must only receive (`recvonly` audio/video m-lines, else 400); the room's current tracks
+//! fill its m-lines by kind, tracks published later fill m-lines that are free then, and the
+//! rest are listed as `unsent_tracks` in its participant stats. Neither ever gets an offer
+//! from the server (the protocols have no way to carry one).
+//!
+//! Tokens: `Authorization: Bearer`; a service token (`rooms.admin`) or a user token with
+//! `rooms.publish` (WHIP) / `rooms.subscribe` (WHEP) covering the room. Errors: 401 no or bad
+//! token, 403 missing grant, 404 unknown room or session, 400 bad SDP or fragment, 413 body
+//! over [`MAX_SDP_LEN`], 415 wrong content type, 503 draining; the body says what was wrong.
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, post};
+use axum::routing::post;
 use http::StatusCode;
-use http::header::{CONTENT_TYPE, LOCATION};
+use http::header::{CONTENT_TYPE, ETAG, LOCATION};
+use rethink_sfu_core::{IceUpdate, JoinMode};
 
 use crate::auth::Authorizer;
 use crate::driver::DriverHandle;
@@ -23,6 +43,48 @@ use crate::service::{MAX_SDP_LEN, check_id, check_sdp};
 
 /// Prefix of the participant ids WHIP sessions get.
 pub const WHIP_PARTICIPANT_PREFIX: &str = "whip-";
+/// Prefix of the participant ids WHEP sessions get.
+pub const WHEP_PARTICIPANT_PREFIX: &str = "whep-";
+
+const SDP: &str = "application/sdp";
+/// RFC 5789 §3.1; not among `http`'s constants.
+const ACCEPT_PATCH: http::HeaderName = http::HeaderName::from_static("accept-patch");
+const SDP_FRAGMENT: &str = "application/trickle-ice-sdpfrag";
+
+/// The two protocols: the same exchange in opposite media directions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Whip,
+    Whep,
+}
+
+impl Protocol {
+    fn path(self) -> &'static str {
+        match self {
+            Protocol::Whip => "whip",
+            Protocol::Whep => "whep",
+        }
+    }
+
+    fn prefix(self) -> &'static str {
+        match self {
+            Protocol::Whip => WHIP_PARTICIPANT_PREFIX,
+            Protocol::Whep => WHEP_PARTICIPANT_PREFIX,
+        }
+    }
+
+    /// Whether the token needs `rooms.publish` (else `rooms.subscribe`).
+    fn publishes(self) -> bool {
+        self == Protocol::Whip
+    }
+
+    fn mode(self) -> JoinMode {
+        match self {
+            Protocol::Whip => JoinMode::Publish,
+            Protocol::Whep => JoinMode::View,
+        }
+    }
+}
 
 #[derive(Clone)]
 struct MediaState {
@@ -33,79 +95,240 @@ struct MediaState {
 /// Returns the node's own routes.
 pub fn routes(driver: DriverHandle, auth: Authorizer) -> Router {
     Router::new()
-        .route("/whip/{room}", post(whip_publish))
-        .route("/whip/{room}/{participant}", delete(whip_stop))
-        .layer(DefaultBodyLimit::max(MAX_SDP_LEN))
+        .route("/whip/{room}", post(whip_start))
+        .route(
+            "/whip/{room}/{participant}",
+            axum::routing::delete(whip_stop).patch(whip_patch),
+        )
+        .route("/whep/{room}", post(whep_start))
+        .route(
+            "/whep/{room}/{participant}",
+            axum::routing::delete(whep_stop).patch(whep_patch),
+        )
+        // Bodies are read with their own limit (and a 413); this one only has to let them in.
+        .layer(DefaultBodyLimit::max(MAX_SDP_LEN + 1))
         .with_state(MediaState { driver, auth })
 }
 
-async fn whip_publish(
+async fn whip_start(
+    state: State<MediaState>,
+    room: Path<String>,
+    request: Request,
+) -> Result<Response, SfuError> {
+    start(Protocol::Whip, state, room, request).await
+}
+
+async fn whep_start(
+    state: State<MediaState>,
+    room: Path<String>,
+    request: Request,
+) -> Result<Response, SfuError> {
+    start(Protocol::Whep, state, room, request).await
+}
+
+async fn whip_patch(
+    state: State<MediaState>,
+    path: Path<(String, String)>,
+    request: Request,
+) -> Result<Response, SfuError> {
+    patch(Protocol::Whip, state, path, request).await
+}
+
+async fn whep_patch(
+    state: State<MediaState>,
+    path: Path<(String, String)>,
+    request: Request,
+) -> Result<Response, SfuError> {
+    patch(Protocol::Whep, state, path, request).await
+}
+
+async fn whip_stop(
+    state: State<MediaState>,
+    path: Path<(String, String)>,
+    request: Request,
+) -> Result<Response, SfuError> {
+    stop(Protocol::Whip, state, path, request).await
+}
+
+async fn whep_stop(
+    state: State<MediaState>,
+    path: Path<(String, String)>,
+    request: Request,
+) -> Result<Response, SfuError> {
+    stop(Protocol::Whep, state, path, request).await
+}
+
+/// `POST`: a new session from an SDP offer.
+async fn start(
+    protocol: Protocol,
     State(state): State<MediaState>,
     Path(room): Path<String>,
     request: Request,
 ) -> Result<Response, SfuError> {
     let (parts, body) = request.into_parts();
-    state.auth.check_media(&parts, &room, true).await?;
+    state
+        .auth
+        .check_media(&parts, &room, protocol.publishes())
+        .await?;
     check_id("room", &room)?;
-    let offer = read_sdp(&parts.headers, body).await?;
-    match state.driver.create_room(room.clone()).await {
-        Ok(()) | Err(SfuError::RoomExists(_)) => {}
-        Err(error) => return Err(error),
+    check_content_type(&parts.headers, SDP)?;
+    let offer = read_body(body, "offer").await?;
+    check_sdp("offer", &offer)?;
+    if protocol == Protocol::Whip {
+        match state.driver.create_room(room.clone()).await {
+            Ok(()) | Err(SfuError::RoomExists(_)) => {}
+            Err(error) => return Err(error),
+        }
     }
     let participant = format!(
-        "{WHIP_PARTICIPANT_PREFIX}{}",
+        "{}{}",
+        protocol.prefix(),
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     );
     let answer = state
         .driver
-        .join(room.clone(), participant.clone(), offer)
+        .join_with(room.clone(), participant.clone(), offer, protocol.mode())
         .await?;
-    Ok((
+    let mut response = (
         StatusCode::CREATED,
         [
-            (CONTENT_TYPE, "application/sdp".to_string()),
-            (LOCATION, format!("/whip/{room}/{participant}")),
+            (CONTENT_TYPE, SDP.to_string()),
+            (
+                LOCATION,
+                format!("/{}/{room}/{participant}", protocol.path()),
+            ),
+            (ACCEPT_PATCH, SDP_FRAGMENT.to_string()),
         ],
-        answer,
+        answer.clone(),
     )
-        .into_response())
+        .into_response();
+    if let Some(etag) = ice_etag(&answer) {
+        response.headers_mut().insert(ETAG, etag);
+    }
+    Ok(response)
 }
 
-async fn whip_stop(
+/// `PATCH`: trickled candidates or an ICE restart.
+async fn patch(
+    protocol: Protocol,
+    State(state): State<MediaState>,
+    Path((room, participant)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response, SfuError> {
+    let (parts, body) = request.into_parts();
+    state
+        .auth
+        .check_media(&parts, &room, protocol.publishes())
+        .await?;
+    check_session(protocol, &room, &participant)?;
+    check_content_type(&parts.headers, SDP_FRAGMENT)?;
+    let fragment = read_body(body, "fragment").await?;
+    match state.driver.patch_ice(room, participant, fragment).await? {
+        IceUpdate::Trickled => Ok(StatusCode::NO_CONTENT.into_response()),
+        IceUpdate::Restarted { fragment, ufrag } => {
+            let mut response = (
+                StatusCode::OK,
+                [(CONTENT_TYPE, SDP_FRAGMENT.to_string())],
+                fragment,
+            )
+                .into_response();
+            if let Ok(etag) = http::HeaderValue::from_str(&format!("\"{ufrag}\"")) {
+                response.headers_mut().insert(ETAG, etag);
+            }
+            Ok(response)
+        }
+    }
+}
+
+/// `DELETE`: ends the session.
+async fn stop(
+    protocol: Protocol,
     State(state): State<MediaState>,
     Path((room, participant)): Path<(String, String)>,
     request: Request,
 ) -> Result<Response, SfuError> {
     let (parts, _) = request.into_parts();
-    state.auth.check_media(&parts, &room, true).await?;
-    check_id("room", &room)?;
-    check_id("participant", &participant)?;
-    // Only WHIP sessions end through WHIP; conference participants leave through their service.
-    if !participant.starts_with(WHIP_PARTICIPANT_PREFIX) {
-        return Err(SfuError::ParticipantNotFound { room, participant });
-    }
+    state
+        .auth
+        .check_media(&parts, &room, protocol.publishes())
+        .await?;
+    check_session(protocol, &room, &participant)?;
     state.driver.leave(room, participant).await?;
     Ok(StatusCode::OK.into_response())
 }
 
-async fn read_sdp(headers: &http::HeaderMap, body: Body) -> Result<String, SfuError> {
+/// Only sessions of this protocol are reachable through its resource URLs; conference
+/// participants are managed by their service, and a WHEP token cannot end a WHIP session.
+fn check_session(protocol: Protocol, room: &str, participant: &str) -> Result<(), SfuError> {
+    check_id("room", room)?;
+    check_id("participant", participant)?;
+    if !participant.starts_with(protocol.prefix()) {
+        return Err(SfuError::ParticipantNotFound {
+            room: room.to_owned(),
+            participant: participant.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+fn check_content_type(headers: &http::HeaderMap, expected: &str) -> Result<(), SfuError> {
     let content_type = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    if !content_type
-        .to_ascii_lowercase()
-        .starts_with("application/sdp")
-    {
-        return Err(SfuError::UnsupportedMediaType(format!(
-            "content-type must be application/sdp, not {content_type:?}"
-        )));
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    if essence.eq_ignore_ascii_case(expected) {
+        Ok(())
+    } else {
+        Err(SfuError::UnsupportedMediaType(format!(
+            "content-type must be {expected}, not {content_type:?}"
+        )))
     }
-    let bytes = axum::body::to_bytes(body, MAX_SDP_LEN)
-        .await
-        .map_err(|_| SfuError::BadSdp(format!("offer is larger than {MAX_SDP_LEN} bytes")))?;
-    let offer = String::from_utf8(bytes.to_vec())
-        .map_err(|_| SfuError::BadSdp("offer is not utf-8".into()))?;
-    check_sdp("offer", &offer)?;
-    Ok(offer)
+}
+
+async fn read_body(body: Body, what: &str) -> Result<String, SfuError> {
+    let bytes = axum::body::to_bytes(body, MAX_SDP_LEN).await.map_err(|_| {
+        SfuError::TooLarge(format!("the {what} is larger than {MAX_SDP_LEN} bytes"))
+    })?;
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| SfuError::BadSdp(format!("the {what} is not utf-8")))
+}
+
+/// The `ETag` of a session: our ICE ufrag, which changes with every ICE restart.
+fn ice_etag(answer: &str) -> Option<http::HeaderValue> {
+    let ufrag = answer
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))?;
+    http::HeaderValue::from_str(&format!("\"{}\"", ufrag.trim())).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_types_are_matched_by_essence() {
+        let mut headers = http::HeaderMap::new();
+        assert!(check_content_type(&headers, SDP).is_err());
+        headers.insert(
+            CONTENT_TYPE,
+            "Application/SDP; charset=utf-8".parse().unwrap(),
+        );
+        assert!(check_content_type(&headers, SDP).is_ok());
+        assert!(check_content_type(&headers, SDP_FRAGMENT).is_err());
+    }
+
+    #[test]
+    fn sessions_of_the_other_protocol_are_not_found() {
+        assert!(check_session(Protocol::Whep, "r", "whep-abc").is_ok());
+        assert!(check_session(Protocol::Whep, "r", "whip-abc").is_err());
+        assert!(check_session(Protocol::Whip, "r", "alice").is_err());
+    }
+
+    #[test]
+    fn etag_is_the_ice_ufrag() {
+        let etag = ice_etag("v=0\r\na=ice-ufrag:Ab12\r\n").unwrap();
+        assert_eq!(etag, "\"Ab12\"");
+        assert!(ice_etag("v=0\r\n").is_none());
+    }
 }

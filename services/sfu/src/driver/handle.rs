@@ -4,6 +4,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use rethink_proto::v1::{SfuNodeLoad, SfuParticipantEvent, SfuParticipantStats, SfuRoomStats};
 
+use rethink_sfu_core::{IceUpdate, JoinMode};
+
 use crate::error::SfuError;
 
 /// Items of a participant's event stream, as tonic wants them.
@@ -26,7 +28,14 @@ pub(super) enum Command {
         room: String,
         participant: String,
         offer: String,
+        mode: JoinMode,
         reply: Reply<String>,
+    },
+    PatchIce {
+        room: String,
+        participant: String,
+        fragment: String,
+        reply: Reply<IceUpdate>,
     },
     AddCandidate {
         room: String,
@@ -126,10 +135,39 @@ impl DriverHandle {
         participant: String,
         offer: String,
     ) -> Result<String, SfuError> {
+        self.join_with(room, participant, offer, JoinMode::Renegotiated)
+            .await
+    }
+
+    /// Joins a participant that negotiates in `mode` (WHIP, WHEP); returns the SDP answer.
+    pub async fn join_with(
+        &self,
+        room: String,
+        participant: String,
+        offer: String,
+        mode: JoinMode,
+    ) -> Result<String, SfuError> {
         self.call(|reply| Command::Join {
             room,
             participant,
             offer,
+            mode,
+            reply,
+        })
+        .await
+    }
+
+    /// Applies a trickle-ICE SDP fragment (candidates, or an ICE restart).
+    pub async fn patch_ice(
+        &self,
+        room: String,
+        participant: String,
+        fragment: String,
+    ) -> Result<IceUpdate, SfuError> {
+        self.call(|reply| Command::PatchIce {
+            room,
+            participant,
+            fragment,
             reply,
         })
         .await

@@ -29,7 +29,9 @@ use rethink_proto::v1::{
     SfuParticipantLeft, SfuParticipantStats, SfuRenegotiation, SfuRoomStats, SfuTrackEvent,
     sfu_participant_event::Event as ParticipantEvent,
 };
-use rethink_sfu_core::{CoreError, CoreEvent, LeaveReason, Output, SfuCore, TrackId, TrackKind};
+use rethink_sfu_core::{
+    CoreError, CoreEvent, JoinMode, LeaveReason, Output, SfuCore, TrackId, TrackKind,
+};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
@@ -299,9 +301,23 @@ impl Driver {
                 room,
                 participant,
                 offer,
+                mode,
                 reply,
             } => {
-                let _ = reply.send(self.join(room, participant, &offer, now));
+                let _ = reply.send(self.join(room, participant, &offer, mode, now));
+            }
+            Command::PatchIce {
+                room,
+                participant,
+                fragment,
+                reply,
+            } => {
+                let result = self.core_id(&room, &participant).and_then(|id| {
+                    self.core
+                        .patch_ice(&id, &fragment, now)
+                        .map_err(|e| map_core_error(e, &room, &participant))
+                });
+                let _ = reply.send(result);
             }
             Command::AddCandidate {
                 room,
@@ -459,6 +475,7 @@ impl Driver {
         room: String,
         participant: String,
         offer: &str,
+        mode: JoinMode,
         now: Instant,
     ) -> Result<String, SfuError> {
         let Some(members) = self.rooms.get(&room) else {
@@ -480,7 +497,7 @@ impl Driver {
         let id = format!("p{}", self.next_id);
         let answer = self
             .core
-            .join(&room, &id, offer, now)
+            .join_with(&room, &id, offer, mode, now)
             .map_err(|e| map_core_error(e, &room, &participant))?;
         self.next_id += 1;
         let others: Vec<String> = members.values().cloned().collect();
@@ -753,6 +770,7 @@ impl Driver {
             stats.bitrate_out_bps = core.bitrate_out_bps;
             stats.estimated_bps = core.estimate_bps.unwrap_or(0);
             stats.rtt_ms = core.rtt_ms.map_or(0.0, |rtt| rtt as f64);
+            stats.unsent_tracks = core.unsent.iter().map(ToString::to_string).collect();
         }
         stats
     }

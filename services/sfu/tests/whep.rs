@@ -1,0 +1,600 @@
+//! WHEP playback and ICE restarts over real HTTP, gRPC and UDP on loopback, with real tokens:
+//! an H264 publisher (webrtc-rs, `rethink-rtc-peer`) joins over gRPC, a WHEP viewer (webrtc-rs,
+//! receive-only) POSTs its offer and decodes the video; viewers and conference participants
+//! restart ICE from new sockets mid-call (PATCH with an SDP fragment, gRPC `Offer`) and keep
+//! decoding; DELETE ends a viewer; bad requests get the WHEP statuses.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{TestSfu, WAIT};
+use rethink_proto::v1::sfu_client::SfuClient;
+use rethink_proto::v1::sfu_participant_event::Event;
+use rethink_proto::v1::{SfuAnswerRenegotiationRequest, SfuOfferRequest, SfuRoomStats};
+use rethink_rtc_peer::{Peer, PeerConfig, RTCPeerConnectionState};
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+
+const ROOM: &str = "stage";
+/// Frames the viewer must decode (before and after an ICE restart).
+const FRAMES: u64 = 30;
+/// Upper bound of media waits; debug builds encode and decode in software.
+const MEDIA_WAIT: Duration = Duration::from_secs(30);
+
+/// A publisher of the H264 test pattern, joined over gRPC.
+async fn publish(sfu: &TestSfu, client: &mut SfuClient<Channel>, name: &str) -> Peer {
+    let peer = Peer::new(PeerConfig::publisher(name)).await.unwrap();
+    let offer = peer.create_offer_gathered(WAIT).await.unwrap();
+    let answer = sfu.join(client, ROOM, name, &offer).await;
+    peer.apply_answer(&answer).await.unwrap();
+    peer.wait_connected(WAIT).await.unwrap();
+    peer
+}
+
+fn viewer_token(sfu: &TestSfu) -> String {
+    sfu.keys
+        .mint(serde_json::json!({"rooms": {"subscribe": true, "names": [ROOM]}}))
+}
+
+/// A WHEP session as the client sees it.
+struct Whep {
+    location: String,
+    etag: String,
+    answer: String,
+}
+
+async fn whep_post(
+    http: &reqwest::Client,
+    sfu: &TestSfu,
+    token: &str,
+    offer: &str,
+) -> reqwest::Response {
+    http.post(format!("http://{}/whep/{ROOM}", sfu.http))
+        .header("content-type", "application/sdp")
+        .bearer_auth(token)
+        .body(offer.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn whep_start(http: &reqwest::Client, sfu: &TestSfu, token: &str, offer: &str) -> Whep {
+    let response = whep_post(http, sfu, token, offer).await;
+    assert_eq!(response.status(), 201, "{:?}", response.text().await);
+    let header = |name: &str| {
+        response.headers()[name]
+            .to_str()
+            .expect("ascii header")
+            .to_string()
+    };
+    assert_eq!(header("content-type"), "application/sdp");
+    assert_eq!(header("accept-patch"), "application/trickle-ice-sdpfrag");
+    let location = header("location");
+    let etag = header("etag");
+    let answer = response.text().await.unwrap();
+    Whep {
+        location,
+        etag,
+        answer,
+    }
+}
+
+/// Returns the first `a=ice-ufrag` / `a=ice-pwd` values of an SDP or fragment.
+fn ice_creds(sdp: &str) -> (String, String) {
+    let find = |key: &str| {
+        sdp.lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in {sdp}"))
+            .to_string()
+    };
+    (find("a=ice-ufrag:"), find("a=ice-pwd:"))
+}
+
+/// Returns `sdp` with the ICE credentials and candidates of `fragment`: how a WHEP client
+/// completes an ICE restart (RFC 9725 §4.3.2) from the answer fragment.
+fn with_fragment(sdp: &str, fragment: &str) -> String {
+    let (ufrag, pwd) = ice_creds(fragment);
+    let mut lines: Vec<String> = sdp
+        .lines()
+        .filter(|l| !l.starts_with("a=candidate:") && *l != "a=end-of-candidates")
+        .map(|l| {
+            if l.starts_with("a=ice-ufrag:") {
+                format!("a=ice-ufrag:{ufrag}")
+            } else if l.starts_with("a=ice-pwd:") {
+                format!("a=ice-pwd:{pwd}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    lines.extend(
+        fragment
+            .lines()
+            .filter(|l| l.starts_with("a=candidate:"))
+            .map(str::to_string),
+    );
+    lines.join("\r\n") + "\r\n"
+}
+
+/// The port of a `candidate:` line.
+fn candidate_port(candidate: &str) -> u16 {
+    candidate
+        .trim_start_matches("a=")
+        .split_whitespace()
+        .nth(5)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {candidate:?}"))
+}
+
+/// Waits for a local candidate on a port other than `old`.
+async fn candidate_on_new_port(
+    candidates: &mut mpsc::UnboundedReceiver<String>,
+    old: u16,
+) -> String {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let c = candidates.recv().await.expect("candidate stream open");
+            if !c.is_empty() && candidate_port(&c) != old {
+                return c;
+            }
+        }
+    })
+    .await
+    .expect("a candidate on a new socket")
+}
+
+fn decoded(peer: &Peer) -> u64 {
+    peer.remote_tracks()
+        .iter()
+        .filter(|(_, c)| c.video)
+        .map(|(_, c)| c.frames_decoded)
+        .max()
+        .unwrap_or(0)
+}
+
+fn participant<'a>(
+    stats: &'a SfuRoomStats,
+    name: &str,
+) -> &'a rethink_proto::v1::SfuParticipantStats {
+    stats
+        .participant_stats
+        .iter()
+        .find(|p| p.participant == name)
+        .unwrap_or_else(|| panic!("{name} in {stats:?}"))
+}
+
+#[tokio::test]
+async fn whep_viewer_decodes_the_room_and_delete_ends_it() {
+    let sfu = TestSfu::start().await;
+    let mut client = sfu.client().await;
+    sfu.create_room(&mut client, ROOM).await;
+    let alice = publish(&sfu, &mut client, "alice").await;
+    let http = reqwest::Client::new();
+    let token = viewer_token(&sfu);
+
+    let viewer = Peer::new(PeerConfig::viewer("viewer")).await.unwrap();
+    let offer = viewer.create_offer_gathered(WAIT).await.unwrap();
+    let session = whep_start(&http, &sfu, &token, &offer).await;
+    assert!(
+        session.location.starts_with("/whep/stage/whep-"),
+        "{}",
+        session.location
+    );
+    let (ufrag, _) = ice_creds(&session.answer);
+    assert_eq!(session.etag, format!("\"{ufrag}\""));
+    viewer.apply_answer(&session.answer).await.unwrap();
+    viewer.wait_connected(WAIT).await.unwrap();
+    let tracks = viewer.wait_decoded(1, FRAMES, MEDIA_WAIT).await.unwrap();
+    let (_, counters) = tracks.iter().find(|(_, c)| c.video).unwrap();
+    let pattern = rethink_rtc_peer::VideoConfig::default();
+    assert_eq!(
+        counters.last_size,
+        Some((pattern.width, pattern.height)),
+        "alice's test pattern"
+    );
+
+    let name = session.location.rsplit('/').next().unwrap().to_string();
+    let stats = sfu.room_stats(&mut client, ROOM).await;
+    let alice_track = participant(&stats, "alice").published_tracks.clone();
+    let seen = participant(&stats, &name);
+    assert!(seen.connected);
+    assert_eq!(seen.subscribed_tracks, alice_track);
+    assert!(seen.unsent_tracks.is_empty());
+    assert!(seen.published_tracks.is_empty());
+    assert!(alice.frames_sent() > 0);
+
+    // DELETE needs the token; then the session is gone, and only once.
+    let url = format!("http://{}{}", sfu.http, session.location);
+    assert_eq!(http.delete(&url).send().await.unwrap().status(), 401);
+    let response = http.delete(&url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let stats = sfu.room_stats(&mut client, ROOM).await;
+    assert_eq!(stats.participants, 1);
+    assert!(
+        stats
+            .participant_stats
+            .iter()
+            .all(|p| p.participant != name)
+    );
+    let response = http.delete(&url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+    // The server said goodbye (DTLS close_notify): the viewer's connection ends.
+    let state = viewer
+        .wait_state(WAIT, |s| *s != RTCPeerConnectionState::Connected)
+        .await
+        .unwrap();
+    assert_ne!(state, RTCPeerConnectionState::Connected);
+    viewer.close().await.unwrap();
+    alice.close().await.unwrap();
+    sfu.stop().await;
+}
+
+#[tokio::test]
+async fn whep_requests_get_clear_statuses() {
+    let sfu = TestSfu::start().await;
+    let mut client = sfu.client().await;
+    sfu.create_room(&mut client, ROOM).await;
+    let http = reqwest::Client::new();
+    let token = viewer_token(&sfu);
+    let viewer = Peer::new(PeerConfig::viewer("viewer")).await.unwrap();
+    let offer = viewer.create_offer_gathered(WAIT).await.unwrap();
+    let post = |path: &str, token: Option<&str>, content_type: &str, body: String| {
+        let mut request = http
+            .post(format!("http://{}{path}", sfu.http))
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    let status_and_text = |response: reqwest::Response| async move {
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
+    };
+
+    let (status, text) = status_and_text(
+        post(
+            "/whep/nowhere",
+            Some(&token),
+            "application/sdp",
+            offer.clone(),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 403, "the token covers {ROOM} only: {text}");
+    let admin = sfu.token.clone();
+    let (status, text) = status_and_text(
+        post(
+            "/whep/nowhere",
+            Some(&admin),
+            "application/sdp",
+            offer.clone(),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 404, "{text}");
+    assert!(text.contains("\"nowhere\" not found"), "{text}");
+    let (status, _) = status_and_text(
+        post("/whep/stage", None, "application/sdp", offer.clone())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, _) = status_and_text(
+        post(
+            "/whep/stage",
+            Some("not-a-token"),
+            "application/sdp",
+            offer.clone(),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let publisher_only = sfu
+        .keys
+        .mint(serde_json::json!({"rooms": {"publish": true, "names": [ROOM]}}));
+    let (status, text) = status_and_text(
+        post(
+            "/whep/stage",
+            Some(&publisher_only),
+            "application/sdp",
+            offer.clone(),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("rooms.subscribe"), "{text}");
+    let (status, _) = status_and_text(
+        post("/whep/stage", Some(&token), "text/plain", offer.clone())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 415);
+    let (status, text) = status_and_text(
+        post(
+            "/whep/stage",
+            Some(&token),
+            "application/sdp",
+            "v=0 nonsense".into(),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("sdp"), "{text}");
+    let (status, text) = status_and_text(
+        post(
+            "/whep/stage",
+            Some(&token),
+            "application/sdp",
+            "v=0\r\n".repeat(20_000),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 413, "{text}");
+    // A viewer that offers to send is refused: WHEP only receives.
+    let sender = Peer::new(PeerConfig::publisher("sender")).await.unwrap();
+    let send_offer = sender.create_offer_gathered(WAIT).await.unwrap();
+    let (status, text) = status_and_text(
+        post("/whep/stage", Some(&token), "application/sdp", send_offer)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("recvonly"), "{text}");
+
+    // PATCH and DELETE only reach WHEP sessions that exist.
+    let session = whep_start(&http, &sfu, &token, &offer).await;
+    let url = format!("http://{}{}", sfu.http, session.location);
+    let patch = |url: &str, content_type: &str, body: &str| {
+        http.patch(url)
+            .header("content-type", content_type)
+            .bearer_auth(&token)
+            .body(body.to_owned())
+            .send()
+    };
+    let (status, _) = status_and_text(
+        patch(&url, "application/sdp", "a=end-of-candidates")
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 415);
+    let (status, text) = status_and_text(
+        patch(&url, "application/trickle-ice-sdpfrag", "v=0\r\n")
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    let (status, text) = status_and_text(
+        patch(
+            &url,
+            "application/trickle-ice-sdpfrag",
+            "a=candidate:garbage\r\n",
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    let (status, _) = status_and_text(
+        patch(
+            &url,
+            "application/trickle-ice-sdpfrag",
+            "a=end-of-candidates\r\n",
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 204, "a trickle without candidates is fine");
+    let gone = format!("http://{}/whep/stage/whep-000000000000", sfu.http);
+    let (status, _) = status_and_text(
+        patch(
+            &gone,
+            "application/trickle-ice-sdpfrag",
+            "a=end-of-candidates\r\n",
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = status_and_text(
+        http.delete(format!("http://{}/whep/stage/alice", sfu.http))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 404, "conference participants are not WHEP sessions");
+    let stats = sfu.room_stats(&mut client, ROOM).await;
+    assert_eq!(stats.participants, 1, "only the one good POST joined");
+    viewer.close().await.unwrap();
+    sender.close().await.unwrap();
+    sfu.stop().await;
+}
+
+#[tokio::test]
+async fn whep_viewer_restarts_ice_from_a_new_socket_and_keeps_decoding() {
+    let sfu = TestSfu::start().await;
+    let mut client = sfu.client().await;
+    sfu.create_room(&mut client, ROOM).await;
+    let alice = publish(&sfu, &mut client, "alice").await;
+    let http = reqwest::Client::new();
+    let token = viewer_token(&sfu);
+
+    let viewer = Peer::new(PeerConfig {
+        rebind_on_ice_restart: true,
+        ..PeerConfig::viewer("viewer")
+    })
+    .await
+    .unwrap();
+    let mut candidates = viewer.take_local_candidates().unwrap();
+    let offer = viewer.create_offer_gathered(WAIT).await.unwrap();
+    let old_port = offer
+        .lines()
+        .find(|l| l.starts_with("a=candidate:"))
+        .map(candidate_port)
+        .expect("a candidate in the offer");
+    let session = whep_start(&http, &sfu, &token, &offer).await;
+    viewer.apply_answer(&session.answer).await.unwrap();
+    viewer.wait_decoded(1, FRAMES, MEDIA_WAIT).await.unwrap();
+
+    // The network changed: new socket, new credentials, sent as a fragment (RFC 9725 §4.3.2).
+    let restart = viewer.restart_ice_offer().await.unwrap();
+    let (ufrag, pwd) = ice_creds(&restart);
+    let candidate = candidate_on_new_port(&mut candidates, old_port).await;
+    let fragment = format!(
+        "a=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\nm=video 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\n\
+         a={candidate}\r\na=end-of-candidates\r\n"
+    );
+    let url = format!("http://{}{}", sfu.http, session.location);
+    let response = http
+        .patch(&url)
+        .header("content-type", "application/trickle-ice-sdpfrag")
+        .header("if-match", "*")
+        .bearer_auth(&token)
+        .body(fragment)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/trickle-ice-sdpfrag"
+    );
+    let etag = response.headers()["etag"].to_str().unwrap().to_string();
+    assert_ne!(etag, session.etag, "a new ice session");
+    let ours = response.text().await.unwrap();
+    let (server_ufrag, _) = ice_creds(&ours);
+    assert_eq!(etag, format!("\"{server_ufrag}\""));
+    assert!(ours.contains("a=candidate:"), "{ours}");
+
+    let before = decoded(&viewer);
+    viewer
+        .apply_answer(&with_fragment(&session.answer, &ours))
+        .await
+        .unwrap();
+    viewer
+        .wait_decoded(1, before + FRAMES, MEDIA_WAIT)
+        .await
+        .unwrap();
+    let stats = sfu.room_stats(&mut client, ROOM).await;
+    assert_eq!(stats.participants, 2, "nobody was dropped");
+    viewer.close().await.unwrap();
+    alice.close().await.unwrap();
+    sfu.stop().await;
+}
+
+#[tokio::test]
+async fn grpc_participant_restarts_ice_from_a_new_socket_and_keeps_decoding() {
+    let sfu = TestSfu::start().await;
+    let mut client = sfu.client().await;
+    sfu.create_room(&mut client, ROOM).await;
+    let alice = publish(&sfu, &mut client, "alice").await;
+
+    // A conference participant that only receives: alice's video arrives in an m-line the
+    // server adds by renegotiation.
+    let bob = Arc::new(
+        Peer::new(PeerConfig {
+            rebind_on_ice_restart: true,
+            ..PeerConfig::viewer("bob")
+        })
+        .await
+        .unwrap(),
+    );
+    let mut candidates = bob.take_local_candidates().unwrap();
+    let offer = bob.create_offer_gathered(WAIT).await.unwrap();
+    let old_port = offer
+        .lines()
+        .find(|l| l.starts_with("a=candidate:"))
+        .map(candidate_port)
+        .expect("a candidate in the offer");
+    let join_answer = sfu.join(&mut client, ROOM, "bob", &offer).await;
+    bob.apply_answer(&join_answer).await.unwrap();
+    let mut events = sfu.events(&mut client, ROOM, "bob").await;
+    // Answer the server's renegotiation offers (alice's track) as they come.
+    let (follower, mut answered) = {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let bob = Arc::clone(&bob);
+        let mut client = client.clone();
+        let token = sfu.token.clone();
+        let task = tokio::spawn(async move {
+            while let Ok(Some(message)) = events.message().await {
+                if let Some(Event::Renegotiation(offer)) = message.event {
+                    let answer = bob.apply_offer(&offer.offer_sdp).await.unwrap();
+                    client
+                        .answer_renegotiation(common::authed(
+                            SfuAnswerRenegotiationRequest {
+                                room: ROOM.into(),
+                                participant: "bob".into(),
+                                answer_sdp: answer,
+                            },
+                            &token,
+                        ))
+                        .await
+                        .unwrap();
+                    let _ = tx.send(());
+                }
+            }
+        });
+        (task, rx)
+    };
+    tokio::time::timeout(WAIT, answered.recv())
+        .await
+        .expect("a renegotiation offer")
+        .unwrap();
+    bob.wait_decoded(1, FRAMES, MEDIA_WAIT).await.unwrap();
+
+    // Bob's network changed: a new socket and a re-offer with new credentials over gRPC.
+    let restart = bob.restart_ice_offer().await.unwrap();
+    let answer = client
+        .offer(sfu.authed(SfuOfferRequest {
+            room: ROOM.into(),
+            participant: "bob".into(),
+            offer_sdp: restart.clone(),
+        }))
+        .await
+        .expect("the server takes the restart offer")
+        .into_inner()
+        .answer_sdp;
+    assert_ne!(
+        ice_creds(&answer).0,
+        ice_creds(&join_answer).0,
+        "the server answers with new credentials"
+    );
+    let before = decoded(&bob);
+    bob.apply_answer(&answer).await.unwrap();
+    let candidate = candidate_on_new_port(&mut candidates, old_port).await;
+    assert_ne!(candidate_port(&candidate), old_port);
+    bob.wait_decoded(1, before + FRAMES, MEDIA_WAIT)
+        .await
+        .unwrap();
+    let stats = sfu.room_stats(&mut client, ROOM).await;
+    assert_eq!(stats.participants, 2, "nobody was dropped");
+    assert!(participant(&stats, "bob").connected);
+    follower.abort();
+    bob.close().await.unwrap();
+    alice.close().await.unwrap();
+    sfu.stop().await;
+}
