@@ -205,13 +205,22 @@ async fn whep_viewer_decodes_the_room_and_delete_ends_it() {
     assert!(seen.published_tracks.is_empty());
     assert!(alice.frames_sent() > 0);
 
+    // A second video track finds no free m-line: not sent, listed in the viewer's stats.
+    let bob = publish(&sfu, &mut client, "bob").await;
+    let stats = sfu.room_stats(&mut client, ROOM).await;
+    let bob_track = participant(&stats, "bob").published_tracks.clone();
+    assert_eq!(bob_track.len(), 1);
+    let seen = participant(&stats, &name);
+    assert_eq!(seen.subscribed_tracks, alice_track);
+    assert_eq!(seen.unsent_tracks, bob_track);
+
     // DELETE needs the token; then the session is gone, and only once.
     let url = format!("http://{}{}", sfu.http, session.location);
     assert_eq!(http.delete(&url).send().await.unwrap().status(), 401);
     let response = http.delete(&url).bearer_auth(&token).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let stats = sfu.room_stats(&mut client, ROOM).await;
-    assert_eq!(stats.participants, 1);
+    assert_eq!(stats.participants, 2, "alice and bob stay");
     assert!(
         stats
             .participant_stats
@@ -228,6 +237,7 @@ async fn whep_viewer_decodes_the_room_and_delete_ends_it() {
     assert_ne!(state, RTCPeerConnectionState::Connected);
     viewer.close().await.unwrap();
     alice.close().await.unwrap();
+    bob.close().await.unwrap();
     sfu.stop().await;
 }
 
