@@ -2,7 +2,8 @@
 //! an H264 publisher (webrtc-rs, `rethink-rtc-peer`) joins over gRPC, a WHEP viewer (webrtc-rs,
 //! receive-only) POSTs its offer and decodes the video; viewers and conference participants
 //! restart ICE from new sockets mid-call (PATCH with an SDP fragment, gRPC `Offer`) and keep
-//! decoding; DELETE ends a viewer; bad requests get the WHEP statuses.
+//! decoding; DELETE ends a viewer; bad requests get the WHEP statuses; WHIP sessions take the
+//! same PATCH.
 
 mod common;
 
@@ -606,5 +607,62 @@ async fn grpc_participant_restarts_ice_from_a_new_socket_and_keeps_decoding() {
     follower.abort();
     bob.close().await.unwrap();
     alice.close().await.unwrap();
+    sfu.stop().await;
+}
+
+#[tokio::test]
+async fn whip_sessions_take_the_same_patch() {
+    let sfu = TestSfu::start().await;
+    let http = reqwest::Client::new();
+    let token = sfu
+        .keys
+        .mint(serde_json::json!({"rooms": {"publish": true, "names": [ROOM]}}));
+    let mut peer = common::peer::TestPeer::new().await;
+    let response = http
+        .post(format!("http://{}/whip/{ROOM}", sfu.http))
+        .header("content-type", "application/sdp")
+        .bearer_auth(&token)
+        .body(peer.offer.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let location = response.headers()["location"].to_str().unwrap().to_string();
+    let etag = response.headers()["etag"].to_str().unwrap().to_string();
+    let answer = response.text().await.unwrap();
+    peer.accept_answer(&answer);
+    assert!(
+        peer.run_until(WAIT, |p| p.connected).await,
+        "publisher connects"
+    );
+
+    let url = format!("http://{}{location}", sfu.http);
+    let patch = |body: String| {
+        http.patch(&url)
+            .header("content-type", "application/trickle-ice-sdpfrag")
+            .header("if-match", "*")
+            .bearer_auth(&token)
+            .body(body)
+            .send()
+    };
+    let (ufrag, pwd) = ice_creds(&peer.offer);
+    let trickle = format!(
+        "a=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\nm=video 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\n\
+         a=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\na=end-of-candidates\r\n"
+    );
+    assert_eq!(patch(trickle).await.unwrap().status(), 204);
+    let restart = "a=ice-ufrag:Rstr\r\na=ice-pwd:restartrestartrestart12\r\n".to_string();
+    let response = patch(restart).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let new_etag = response.headers()["etag"].to_str().unwrap().to_string();
+    assert_ne!(new_etag, etag);
+    let fragment = response.text().await.unwrap();
+    assert_eq!(format!("\"{}\"", ice_creds(&fragment).0), new_etag);
+    // A viewer's token does not reach a publisher's session.
+    let viewer = viewer_token(&sfu);
+    let response = http.delete(&url).bearer_auth(&viewer).send().await.unwrap();
+    assert_eq!(response.status(), 403);
+    let response = http.delete(&url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(response.status(), 200);
     sfu.stop().await;
 }
