@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustc_hash::FxHashMap;
 use str0m::bwe::Bitrate;
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::config::DtlsCert;
@@ -67,11 +68,12 @@ pub struct SfuCore {
     cert: DtlsCert,
     candidates: Vec<Candidate>,
     pub(crate) rooms: HashMap<Arc<str>, Room>,
-    pub(crate) participants: HashMap<PKey, Participant>,
+    // Looked up for every forwarded packet and subscriber: a fast hash, keys are ours.
+    pub(crate) participants: FxHashMap<PKey, Participant>,
     by_name: HashMap<Arc<str>, PKey>,
     /// Last address each participant was seen at; a hint, always confirmed by `accepts`.
     by_addr: HashMap<SocketAddr, PKey>,
-    pub(crate) tracks: HashMap<TrackId, PublishedTrack>,
+    pub(crate) tracks: FxHashMap<TrackId, PublishedTrack>,
     pub(crate) queue: VecDeque<Output>,
     /// Session deadlines, earliest first. An entry is live when it equals the participant's
     /// `armed_at`; others are stale and skipped, so re-arming never searches the heap.
@@ -140,10 +142,10 @@ impl SfuCore {
             cert,
             candidates,
             rooms: HashMap::new(),
-            participants: HashMap::new(),
+            participants: FxHashMap::default(),
             by_name: HashMap::new(),
             by_addr: HashMap::new(),
-            tracks: HashMap::new(),
+            tracks: FxHashMap::default(),
             queue: VecDeque::new(),
             timers: BinaryHeap::new(),
             poll_list: Vec::new(),

@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
+use rustc_hash::FxHashMap;
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::media::{Direction, MediaKind, Mid, Rid};
 use str0m::rtp::Ssrc;
@@ -56,12 +57,13 @@ pub(crate) struct Participant {
     pub(crate) armed_at: Option<Instant>,
     /// Queued in the core's poll list.
     pub(crate) dirty: bool,
-    /// Tracks this participant publishes, by its m-line.
-    pub(crate) published: HashMap<Mid, TrackId>,
+    /// Tracks this participant publishes, by its m-line. The maps read per forwarded packet
+    /// use a fast hash: keys are ours, or SSRCs and mids the session already negotiated.
+    pub(crate) published: FxHashMap<Mid, TrackId>,
     /// The m-line and simulcast layer of each incoming SSRC, learned from the session once.
-    pub(crate) rx_routes: HashMap<Ssrc, (Mid, Option<Rid>)>,
+    pub(crate) rx_routes: FxHashMap<Ssrc, (Mid, Option<Rid>)>,
     /// Tracks forwarded to this participant.
-    pub(crate) subs: HashMap<TrackId, OutTrack>,
+    pub(crate) subs: FxHashMap<TrackId, OutTrack>,
     /// Reverse map of `subs` for feedback arriving on our m-lines.
     pub(crate) out_mids: HashMap<Mid, TrackId>,
     /// Tracks this participant opted out of (per-track narrowing).
@@ -113,9 +115,9 @@ impl Participant {
             next_timeout: now,
             armed_at: None,
             dirty: false,
-            published: HashMap::new(),
-            rx_routes: HashMap::new(),
-            subs: HashMap::new(),
+            published: FxHashMap::default(),
+            rx_routes: FxHashMap::default(),
+            subs: FxHashMap::default(),
             out_mids: HashMap::new(),
             excluded: HashSet::new(),
             pending: None,
