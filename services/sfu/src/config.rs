@@ -46,12 +46,12 @@ pub struct SfuConfig {
     pub max_rooms: usize,
     /// Most participants in one room.
     pub max_participants_per_room: usize,
-    /// Send-side bandwidth estimation (TWCC) towards every peer. On, the estimate picks each
-    /// subscriber's simulcast layer, but str0m (0.25) also paces every leg at 1.1 × that
-    /// estimate with no way to pace above it, so a leg whose estimate dips below the stream
-    /// it forwards queues frames for up to 2 s instead of passing them on. Off (the default):
-    /// forwarded media leaves at the publisher's rate, and layers follow the receivers' REMB
-    /// reports (a subscriber without REMB gets the top layer).
+    /// str0m's delay-based send-side estimator towards every peer. Each subscriber's simulcast
+    /// layer always follows a budget made from the loss its TWCC feedback reports and from its
+    /// REMB; this adds the delay-based estimate to it, but str0m (0.25) then also paces every
+    /// leg at 1.1 × that estimate with no way to pace above it, so a leg whose estimate dips
+    /// below the stream it forwards queues packets for up to 2 s instead of passing them on.
+    /// Off (the default): forwarded media leaves at the publisher's rate.
     pub bandwidth_estimation: bool,
 }
 
