@@ -81,7 +81,7 @@ pub use crate::config::CoreConfig;
 pub use crate::core::{JoinMode, SfuCore};
 pub use crate::error::CoreError;
 pub use crate::event::{CoreEvent, LeaveReason, Output, TrackId, TrackKind, Transmit};
-pub use crate::sdpfrag::IceUpdate;
+pub use crate::sdpfrag::{IceUpdate, apply_ice_fragment, ice_credentials};
 pub use crate::stats::{LayerStats, NodeLoad, ParticipantStats, RoomStats, TrackStats};
 
 #[cfg(test)]

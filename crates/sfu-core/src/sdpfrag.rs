@@ -103,6 +103,30 @@ pub(crate) fn ice_ufrag(sdp: &str) -> Option<&str> {
         .map(str::trim)
 }
 
+/// The ICE credentials (`a=ice-ufrag`, `a=ice-pwd`) of an SDP or a trickle-ICE fragment.
+pub fn ice_credentials(sdp: &str) -> Option<(&str, &str)> {
+    let find = |key: &str| {
+        sdp.lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .map(str::trim)
+    };
+    Some((find("a=ice-ufrag:")?, find("a=ice-pwd:")?))
+}
+
+/// What a WHIP or WHEP client does with the server's answer fragment after an ICE restart
+/// (RFC 9725 §4.3.2): `sdp` with the fragment's credentials and candidates in place of its
+/// own. `None` when the fragment names no credentials.
+pub fn apply_ice_fragment(sdp: &str, fragment: &str) -> Option<String> {
+    let (ufrag, pwd) = ice_credentials(fragment)?;
+    let candidates: Vec<String> = fragment
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("a="))
+        .filter(|c| c.starts_with("candidate:"))
+        .map(str::to_string)
+        .collect();
+    Some(restart_offer(sdp, ufrag, pwd, &candidates))
+}
+
 /// Returns `offer` with the fragment's credentials in place of its own and the fragment's
 /// candidates in place of the old ones (appended to the last media section; with BUNDLE every
 /// section shares one transport).

@@ -15,6 +15,7 @@ use rethink_proto::v1::sfu_client::SfuClient;
 use rethink_proto::v1::sfu_participant_event::Event;
 use rethink_proto::v1::{SfuAnswerRenegotiationRequest, SfuOfferRequest, SfuRoomStats};
 use rethink_rtc_peer::{Peer, PeerConfig, RTCPeerConnectionState};
+use rethink_sfu_core::{apply_ice_fragment, ice_credentials};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
@@ -82,43 +83,6 @@ async fn whep_start(http: &reqwest::Client, sfu: &TestSfu, token: &str, offer: &
     }
 }
 
-/// Returns the first `a=ice-ufrag` / `a=ice-pwd` values of an SDP or fragment.
-fn ice_creds(sdp: &str) -> (String, String) {
-    let find = |key: &str| {
-        sdp.lines()
-            .find_map(|l| l.trim().strip_prefix(key))
-            .unwrap_or_else(|| panic!("no {key} in {sdp}"))
-            .to_string()
-    };
-    (find("a=ice-ufrag:"), find("a=ice-pwd:"))
-}
-
-/// Returns `sdp` with the ICE credentials and candidates of `fragment`: how a WHEP client
-/// completes an ICE restart (RFC 9725 §4.3.2) from the answer fragment.
-fn with_fragment(sdp: &str, fragment: &str) -> String {
-    let (ufrag, pwd) = ice_creds(fragment);
-    let mut lines: Vec<String> = sdp
-        .lines()
-        .filter(|l| !l.starts_with("a=candidate:") && *l != "a=end-of-candidates")
-        .map(|l| {
-            if l.starts_with("a=ice-ufrag:") {
-                format!("a=ice-ufrag:{ufrag}")
-            } else if l.starts_with("a=ice-pwd:") {
-                format!("a=ice-pwd:{pwd}")
-            } else {
-                l.to_string()
-            }
-        })
-        .collect();
-    lines.extend(
-        fragment
-            .lines()
-            .filter(|l| l.starts_with("a=candidate:"))
-            .map(str::to_string),
-    );
-    lines.join("\r\n") + "\r\n"
-}
-
 /// The port of a `candidate:` line.
 fn candidate_port(candidate: &str) -> u16 {
     candidate
@@ -183,7 +147,7 @@ async fn whep_viewer_decodes_the_room_and_delete_ends_it() {
         "{}",
         session.location
     );
-    let (ufrag, _) = ice_creds(&session.answer);
+    let (ufrag, _) = ice_credentials(&session.answer).expect("ice credentials");
     assert_eq!(session.etag, format!("\"{ufrag}\""));
     viewer.apply_answer(&session.answer).await.unwrap();
     viewer.wait_connected(WAIT).await.unwrap();
@@ -381,54 +345,20 @@ async fn whep_requests_get_clear_statuses() {
             .body(body.to_owned())
             .send()
     };
-    let (status, _) = status_and_text(
-        patch(&url, "application/sdp", "a=end-of-candidates")
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 415);
-    let (status, text) = status_and_text(
-        patch(&url, "application/trickle-ice-sdpfrag", "v=0\r\n")
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 400, "{text}");
-    let (status, text) = status_and_text(
-        patch(
-            &url,
-            "application/trickle-ice-sdpfrag",
-            "a=candidate:garbage\r\n",
-        )
-        .await
-        .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 400, "{text}");
-    let (status, _) = status_and_text(
-        patch(
-            &url,
-            "application/trickle-ice-sdpfrag",
-            "a=end-of-candidates\r\n",
-        )
-        .await
-        .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 204, "a trickle without candidates is fine");
     let gone = format!("http://{}/whep/stage/whep-000000000000", sfu.http);
-    let (status, _) = status_and_text(
-        patch(
-            &gone,
-            "application/trickle-ice-sdpfrag",
-            "a=end-of-candidates\r\n",
-        )
-        .await
-        .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 404);
+    const FRAGMENT: &str = "application/trickle-ice-sdpfrag";
+    for (target, content_type, body, expected) in [
+        (&url, "application/sdp", "a=end-of-candidates", 415),
+        (&url, FRAGMENT, "v=0\r\n", 400),
+        (&url, FRAGMENT, "a=candidate:garbage\r\n", 400),
+        // A trickle without candidates is fine.
+        (&url, FRAGMENT, "a=end-of-candidates\r\n", 204),
+        (&gone, FRAGMENT, "a=end-of-candidates\r\n", 404),
+    ] {
+        let response = patch(target, content_type, body).await.unwrap();
+        let (status, text) = status_and_text(response).await;
+        assert_eq!(status, expected, "{content_type} {body:?}: {text}");
+    }
     let (status, _) = status_and_text(
         http.delete(format!("http://{}/whep/stage/alice", sfu.http))
             .bearer_auth(&admin)
@@ -473,7 +403,7 @@ async fn whep_viewer_restarts_ice_from_a_new_socket_and_keeps_decoding() {
 
     // The network changed: new socket, new credentials, sent as a fragment (RFC 9725 §4.3.2).
     let restart = viewer.restart_ice_offer().await.unwrap();
-    let (ufrag, pwd) = ice_creds(&restart);
+    let (ufrag, pwd) = ice_credentials(&restart).expect("ice credentials");
     let candidate = candidate_on_new_port(&mut candidates, old_port).await;
     let fragment = format!(
         "a=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\nm=video 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\n\
@@ -497,13 +427,15 @@ async fn whep_viewer_restarts_ice_from_a_new_socket_and_keeps_decoding() {
     let etag = response.headers()["etag"].to_str().unwrap().to_string();
     assert_ne!(etag, session.etag, "a new ice session");
     let ours = response.text().await.unwrap();
-    let (server_ufrag, _) = ice_creds(&ours);
+    let (server_ufrag, _) = ice_credentials(&ours).expect("ice credentials");
     assert_eq!(etag, format!("\"{server_ufrag}\""));
     assert!(ours.contains("a=candidate:"), "{ours}");
 
     let before = decoded(&viewer);
     viewer
-        .apply_answer(&with_fragment(&session.answer, &ours))
+        .apply_answer(
+            &apply_ice_fragment(&session.answer, &ours).expect("fragment with credentials"),
+        )
         .await
         .unwrap();
     viewer
@@ -590,8 +522,8 @@ async fn grpc_participant_restarts_ice_from_a_new_socket_and_keeps_decoding() {
         .into_inner()
         .answer_sdp;
     assert_ne!(
-        ice_creds(&answer).0,
-        ice_creds(&join_answer).0,
+        ice_credentials(&answer).expect("ice credentials").0,
+        ice_credentials(&join_answer).expect("ice credentials").0,
         "the server answers with new credentials"
     );
     let before = decoded(&bob);
@@ -645,7 +577,7 @@ async fn whip_sessions_take_the_same_patch() {
             .body(body)
             .send()
     };
-    let (ufrag, pwd) = ice_creds(&peer.offer);
+    let (ufrag, pwd) = ice_credentials(&peer.offer).expect("ice credentials");
     let trickle = format!(
         "a=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\nm=video 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\n\
          a=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\na=end-of-candidates\r\n"
@@ -657,7 +589,13 @@ async fn whip_sessions_take_the_same_patch() {
     let new_etag = response.headers()["etag"].to_str().unwrap().to_string();
     assert_ne!(new_etag, etag);
     let fragment = response.text().await.unwrap();
-    assert_eq!(format!("\"{}\"", ice_creds(&fragment).0), new_etag);
+    assert_eq!(
+        format!(
+            "\"{}\"",
+            ice_credentials(&fragment).expect("ice credentials").0
+        ),
+        new_etag
+    );
     // A viewer's token does not reach a publisher's session.
     let viewer = viewer_token(&sfu);
     let response = http.delete(&url).bearer_auth(&viewer).send().await.unwrap();

@@ -432,10 +432,11 @@ impl Sim {
         }
     }
 
-    /// Adds a client peer that will publish `sources` once connected.
-    pub fn add_peer(&mut self, name: &str, sources: &[SourceSpec]) -> usize {
-        let idx = self.peers.len();
-        let addr: SocketAddr = format!("10.0.1.{}:5000", idx + 1).parse().unwrap();
+    /// A client session for the next peer, with its own address on the test network.
+    pub fn new_client_rtc(&self) -> (Rtc, SocketAddr) {
+        let addr: SocketAddr = format!("10.0.1.{}:5000", self.peers.len() + 1)
+            .parse()
+            .unwrap();
         let mut rtc = Rtc::builder()
             .clear_codecs()
             .enable_opus(true, false)
@@ -443,6 +444,13 @@ impl Sim {
             .enable_h264(true)
             .build(self.now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        (rtc, addr)
+    }
+
+    /// Adds a client peer that will publish `sources` once connected.
+    pub fn add_peer(&mut self, name: &str, sources: &[SourceSpec]) -> usize {
+        let idx = self.peers.len();
+        let (mut rtc, addr) = self.new_client_rtc();
         let mut api = rtc.sdp_api();
         let mut srcs = Vec::new();
         for (i, spec) in sources.iter().enumerate() {

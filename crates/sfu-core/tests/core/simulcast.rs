@@ -111,9 +111,9 @@ fn layer_follows_the_estimate(mut sim: Sim) {
     );
 }
 
-#[test]
-fn a_paused_layer_is_left_for_the_next_one() {
-    let mut sim = Sim::new(4);
+/// Alice publishes three layers, Bob subscribes; after 2 s Bob gets the top one. Returns
+/// Alice's track.
+fn bob_watches_alice_on_the_top_layer(sim: &mut Sim) -> String {
     sim.core.create_room("r").unwrap();
     let alice = sim.add_peer("alice", &[SourceSpec::simulcast(&LAYERS)]);
     let bob = sim.add_peer("bob", &[]);
@@ -122,7 +122,14 @@ fn a_paused_layer_is_left_for_the_next_one() {
     sim.connect_all();
     sim.run_for(Duration::from_secs(2));
     let track = sim.tracks_of("alice")[0].clone();
-    assert_eq!(layer_of_last_frame(&sim, "bob", &track), Some(2));
+    assert_eq!(layer_of_last_frame(sim, "bob", &track), Some(2));
+    track
+}
+
+#[test]
+fn a_paused_layer_is_left_for_the_next_one() {
+    let mut sim = Sim::new(4);
+    let track = bob_watches_alice_on_the_top_layer(&mut sim);
     // The publisher's encoder drops its top layer.
     sim.peer_mut("alice").sources[0].paused.insert(2);
     let end = sim.now + Duration::from_secs(3);
@@ -141,15 +148,7 @@ fn downlink_loss_lowers_the_layer_and_a_clean_link_brings_it_back() {
         c.bwe = false;
         c.stats_interval = Duration::from_millis(200);
     });
-    sim.core.create_room("r").unwrap();
-    let alice = sim.add_peer("alice", &[SourceSpec::simulcast(&LAYERS)]);
-    let bob = sim.add_peer("bob", &[]);
-    sim.join(alice, "r").unwrap();
-    sim.join(bob, "r").unwrap();
-    sim.connect_all();
-    sim.run_for(Duration::from_secs(2));
-    let track = sim.tracks_of("alice")[0].clone();
-    assert_eq!(layer_of_last_frame(&sim, "bob", &track), Some(2));
+    let track = bob_watches_alice_on_the_top_layer(&mut sim);
     let clean_estimate = sim.core.participant_stats("bob").unwrap().estimate_bps;
 
     // A third of what we send to Bob is lost: the layer steps down.

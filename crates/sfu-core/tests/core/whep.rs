@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use rethink_sfu_core::{CoreError, IceUpdate, JoinMode};
+use rethink_sfu_core::{CoreError, IceUpdate, JoinMode, apply_ice_fragment, ice_credentials};
+use str0m::Candidate;
 use str0m::change::SdpAnswer;
 use str0m::media::{Direction, MediaKind, Mid};
-use str0m::{Candidate, Rtc};
 
 use crate::sim::{Peer, Sim, SourceSpec, h264_intact};
 
@@ -17,14 +17,7 @@ use crate::sim::{Peer, Sim, SourceSpec, h264_intact};
 /// index and the mids of those m-lines.
 fn add_viewer(sim: &mut Sim, name: &str, kinds: &[MediaKind]) -> (usize, Vec<Mid>) {
     let idx = sim.peers.len();
-    let addr: SocketAddr = format!("10.0.1.{}:5000", idx + 1).parse().unwrap();
-    let mut rtc = Rtc::builder()
-        .clear_codecs()
-        .enable_opus(true, false)
-        .enable_vp8(true)
-        .enable_h264(true)
-        .build(sim.now);
-    rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+    let (mut rtc, addr) = sim.new_client_rtc();
     let mut api = rtc.sdp_api();
     let mids = kinds
         .iter()
@@ -257,43 +250,6 @@ fn a_peer_restarts_ice_from_a_new_address_with_an_offer_and_keeps_receiving() {
     );
 }
 
-/// Returns the first `a=ice-ufrag` / `a=ice-pwd` values of an SDP.
-fn ice_creds(sdp: &str) -> (String, String) {
-    let find = |key: &str| {
-        sdp.lines()
-            .find_map(|l| l.trim().strip_prefix(key))
-            .expect("ice attribute")
-            .to_string()
-    };
-    (find("a=ice-ufrag:"), find("a=ice-pwd:"))
-}
-
-/// Returns `sdp` with the ICE credentials and candidates of `fragment` (what a WHEP client
-/// does with the answer fragment of an ICE restart).
-fn with_fragment(sdp: &str, fragment: &str) -> String {
-    let (ufrag, pwd) = ice_creds(fragment);
-    let mut out: Vec<String> = sdp
-        .lines()
-        .filter(|l| !l.starts_with("a=candidate:") && *l != "a=end-of-candidates")
-        .map(|l| {
-            if l.starts_with("a=ice-ufrag:") {
-                format!("a=ice-ufrag:{ufrag}")
-            } else if l.starts_with("a=ice-pwd:") {
-                format!("a=ice-pwd:{pwd}")
-            } else {
-                l.to_string()
-            }
-        })
-        .collect();
-    out.extend(
-        fragment
-            .lines()
-            .filter(|l| l.starts_with("a=candidate:"))
-            .map(str::to_string),
-    );
-    out.join("\r\n") + "\r\n"
-}
-
 #[test]
 fn a_viewer_restarts_ice_with_an_sdp_fragment_and_keeps_receiving() {
     let mut sim = Sim::new(16);
@@ -343,7 +299,7 @@ fn a_viewer_restarts_ice_with_an_sdp_fragment_and_keeps_receiving() {
         api.apply().expect("a restart offer")
     };
     let offer = offer.to_sdp_string();
-    let (new_ufrag, new_pwd) = ice_creds(&offer);
+    let (new_ufrag, new_pwd) = ice_credentials(&offer).expect("ice credentials");
     let candidates: String = offer
         .lines()
         .filter(|l| l.starts_with("a=candidate:"))
@@ -361,8 +317,8 @@ fn a_viewer_restarts_ice_with_an_sdp_fragment_and_keeps_receiving() {
     else {
         panic!("new credentials restart ice");
     };
-    let (old_server_ufrag, _) = ice_creds(&answer);
-    let (server_ufrag, _) = ice_creds(&ours);
+    let (old_server_ufrag, _) = ice_credentials(&answer).expect("ice credentials");
+    let (server_ufrag, _) = ice_credentials(&ours).expect("ice credentials");
     assert_eq!(server_ufrag, our_ufrag);
     assert_ne!(
         server_ufrag, old_server_ufrag,
@@ -370,7 +326,7 @@ fn a_viewer_restarts_ice_with_an_sdp_fragment_and_keeps_receiving() {
     );
     assert!(ours.contains("a=candidate:") && ours.ends_with("a=end-of-candidates\r\n"));
     // The client completes its restart with its first answer under the new credentials.
-    let restart_answer = with_fragment(&answer, &ours);
+    let restart_answer = apply_ice_fragment(&answer, &ours).expect("fragment with credentials");
     sim.peer_mut("viewer")
         .rtc
         .sdp_api()
