@@ -22,6 +22,9 @@
 //! rest are listed as `unsent_tracks` in its participant stats. Neither ever gets an offer
 //! from the server (the protocols have no way to carry one).
 //!
+//! Browsers on other origins may call every route (CORS, any origin: requests carry a bearer
+//! token, never a cookie); `OPTIONS` is answered as a CORS preflight.
+//!
 //! Tokens: `Authorization: Bearer`; a service token (`rooms.admin`) or a user token with
 //! `rooms.publish` (WHIP) / `rooms.subscribe` (WHEP) covering the room. Errors: 401 no or bad
 //! token, 403 missing grant, 404 unknown room or session, 400 bad SDP or fragment, 413 body
@@ -32,9 +35,11 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use http::Method;
 use http::StatusCode;
-use http::header::{CONTENT_TYPE, ETAG, LOCATION};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, ETAG, IF_MATCH, LOCATION};
 use rethink_sfu_core::{IceUpdate, JoinMode};
+use tower_http::cors::{Any, CorsLayer};
 
 use crate::auth::Authorizer;
 use crate::driver::DriverHandle;
@@ -107,7 +112,21 @@ pub fn routes(driver: DriverHandle, auth: Authorizer) -> Router {
         )
         // Bodies are read with their own limit (and a 413); this one only has to let them in.
         .layer(DefaultBodyLimit::max(MAX_SDP_LEN + 1))
+        .layer(browser_access())
         .with_state(MediaState { driver, auth })
+}
+
+/// Browser players and publishers are often served from another origin than the media node.
+/// Any origin may call: every request carries its own bearer token and no cookie, so a page
+/// gains nothing it could not do with the token anyway. Preflights are answered here; the
+/// headers a client needs to continue the session (`Location`, `ETag`, `Accept-Patch`) are
+/// exposed to its script.
+fn browser_access() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::POST, Method::PATCH, Method::DELETE, Method::OPTIONS])
+        .allow_headers([AUTHORIZATION, CONTENT_TYPE, IF_MATCH])
+        .expose_headers([LOCATION, ETAG, ACCEPT_PATCH])
 }
 
 async fn whip_start(

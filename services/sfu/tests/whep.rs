@@ -604,3 +604,68 @@ async fn whip_sessions_take_the_same_patch() {
     assert_eq!(response.status(), 200);
     sfu.stop().await;
 }
+
+#[tokio::test]
+async fn browsers_on_other_origins_may_call_the_endpoints() {
+    let sfu = TestSfu::start().await;
+    let mut client = sfu.client().await;
+    sfu.create_room(&mut client, ROOM).await;
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/whep/{ROOM}", sfu.http);
+    const ORIGIN: &str = "http://player.example";
+    let header = |response: &reqwest::Response, name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_ascii_lowercase())
+            .unwrap_or_default()
+    };
+
+    // The preflight a page's fetch() with a bearer token and an SDP body makes first.
+    let preflight = http
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("origin", ORIGIN)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    assert_eq!(header(&preflight, "access-control-allow-origin"), "*");
+    assert!(header(&preflight, "access-control-allow-headers").contains("authorization"));
+    assert!(header(&preflight, "access-control-allow-methods").contains("patch"));
+
+    // The real request: its script may read the headers it needs to go on.
+    let viewer = Peer::new(PeerConfig::viewer("viewer")).await.unwrap();
+    let offer = viewer.create_offer_gathered(WAIT).await.unwrap();
+    let response = http
+        .post(&url)
+        .header("origin", ORIGIN)
+        .header("content-type", "application/sdp")
+        .bearer_auth(viewer_token(&sfu))
+        .body(offer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(header(&response, "access-control-allow-origin"), "*");
+    let exposed = header(&response, "access-control-expose-headers");
+    for name in ["location", "etag", "accept-patch"] {
+        assert!(exposed.contains(name), "{name} not in {exposed:?}");
+    }
+    // CORS opens no door: without a token the same request is still refused.
+    let refused = http
+        .post(&url)
+        .header("origin", ORIGIN)
+        .header("content-type", "application/sdp")
+        .body("v=0\r\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    viewer.close().await.unwrap();
+    sfu.stop().await;
+}
