@@ -49,18 +49,6 @@ const POLL: Duration = Duration::from_millis(200);
 /// The participant page, served from 127.0.0.1 so that getUserMedia has a secure context.
 const PAGE: &str = include_str!("assets/chromium-peer.html");
 
-/// Serves [`PAGE`] on a free loopback port; returns its address.
-async fn serve_page() -> Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let app = axum::Router::new().route(
-        "/",
-        axum::routing::get(|| async { axum::response::Html(PAGE) }),
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok(addr)
-}
-
 /// The side of a participant that takes the SFU's offers.
 #[derive(Clone)]
 enum Endpoint {
@@ -333,7 +321,7 @@ async fn two_chromium_tabs_and_a_rust_peer_hold_a_call() -> Result<()> {
         .map(|_| rethink_common::telemetry::init("sfu-chromium-test", false))
         .transpose()?;
     let sfu = TestSfu::start().await;
-    let origin = serve_page().await?;
+    let origin = common::serve_page(PAGE).await?;
     let mut client = sfu.client().await;
     sfu.create_room(&mut client, ROOM).await;
     let browser = Chromium::launch_with_args(FAKE_MEDIA_FLAGS).await?;

@@ -27,12 +27,7 @@ const MEDIA_WAIT: Duration = Duration::from_secs(30);
 
 /// A publisher of the H264 test pattern, joined over gRPC.
 async fn publish(sfu: &TestSfu, client: &mut SfuClient<Channel>, name: &str) -> Peer {
-    let peer = Peer::new(PeerConfig::publisher(name)).await.unwrap();
-    let offer = peer.create_offer_gathered(WAIT).await.unwrap();
-    let answer = sfu.join(client, ROOM, name, &offer).await;
-    peer.apply_answer(&answer).await.unwrap();
-    peer.wait_connected(WAIT).await.unwrap();
-    peer
+    common::publish_pattern(sfu, client, ROOM, name).await
 }
 
 fn viewer_token(sfu: &TestSfu) -> String {

@@ -317,3 +317,33 @@ pub async fn http_status(addr: SocketAddr, path: &str) -> u16 {
         .and_then(|code| code.parse().ok())
         .unwrap_or(0)
 }
+
+/// A publisher of the H264 test pattern (`rethink-rtc-peer`), joined to `room` over gRPC and
+/// connected.
+pub async fn publish_pattern(
+    sfu: &TestSfu,
+    client: &mut SfuClient<Channel>,
+    room: &str,
+    name: &str,
+) -> rethink_rtc_peer::Peer {
+    use rethink_rtc_peer::{Peer, PeerConfig};
+    let peer = Peer::new(PeerConfig::publisher(name)).await.unwrap();
+    let offer = peer.create_offer_gathered(WAIT).await.unwrap();
+    let answer = sfu.join(client, room, name, &offer).await;
+    peer.apply_answer(&answer).await.unwrap();
+    peer.wait_connected(WAIT).await.unwrap();
+    peer
+}
+
+/// Serves one HTML page at `/` on a free loopback port (127.0.0.1 is a secure context, so
+/// the page may use getUserMedia); returns its address.
+pub async fn serve_page(html: &'static str) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::get(move || async move { axum::response::Html(html) }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(addr)
+}

@@ -1,0 +1,73 @@
+//! A browser watches a room through WHEP: a player page in headless Chromium, served from its
+//! own origin, posts its offer to the media node's `/whep/<room>` with `fetch()` (so CORS is
+//! exercised as on a real site), decodes the H264 of a Rust publisher that joined over gRPC,
+//! and ends the session with `DELETE`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use common::{TestSfu, publish_pattern, serve_page};
+use rethink_common::testing::chromium::Chromium;
+use rethink_rtc_peer::VideoConfig;
+use serde_json::{Value, json};
+
+const ROOM: &str = "screening";
+const FRAMES: u64 = 30;
+/// Upper bound of the media wait; reached only when something is broken.
+const MEDIA_WAIT: Duration = Duration::from_secs(20);
+const PLAYER: &str = include_str!("assets/whep-player.html");
+
+#[tokio::test]
+async fn a_browser_watches_a_room_through_whep() -> Result<()> {
+    let sfu = TestSfu::start().await;
+    let mut client = sfu.client().await;
+    sfu.create_room(&mut client, ROOM).await;
+    let publisher = publish_pattern(&sfu, &mut client, ROOM, "presenter").await;
+    let token = sfu
+        .keys
+        .mint(json!({"rooms": {"subscribe": true, "names": [ROOM]}}));
+
+    let origin = serve_page(PLAYER).await?;
+    let browser = Chromium::launch().await?;
+    let page = browser.open(&format!("http://{origin}/")).await?;
+    let endpoint = format!("http://{}/whep/{ROOM}", sfu.http);
+    let session = page
+        .eval(&format!("watch({}, {})", json!(endpoint), json!(token)))
+        .await
+        .context("the player's WHEP POST")?;
+    let session = session.as_str().unwrap_or_default().to_owned();
+    assert!(
+        session.starts_with(&format!("{endpoint}/whep-")),
+        "session URL {session:?}"
+    );
+
+    let deadline = Instant::now() + MEDIA_WAIT;
+    let video = loop {
+        let video: Value = page.eval("video()").await?;
+        if video["frames"].as_u64().unwrap_or(0) >= FRAMES {
+            break video;
+        }
+        if Instant::now() > deadline {
+            bail!("the player decoded too little: {video}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let pattern = VideoConfig::default();
+    assert_eq!(video["width"], pattern.width, "{video}");
+    assert_eq!(video["height"], pattern.height, "{video}");
+    let stats = sfu.room_stats(&mut client, ROOM).await;
+    assert_eq!(stats.participants, 2, "{stats:?}");
+
+    let status = page.eval(&format!("stop({})", json!(token))).await?;
+    assert_eq!(status, 200, "DELETE of the session");
+    let stats = sfu.room_stats(&mut client, ROOM).await;
+    assert_eq!(stats.participants, 1, "the viewer is gone: {stats:?}");
+
+    page.close().await?;
+    browser.close().await;
+    publisher.close().await?;
+    sfu.stop().await;
+    Ok(())
+}
