@@ -289,7 +289,7 @@ impl Node {
         SfuServer::new(self.service.clone()).max_decoding_message_size(MAX_GRPC_MESSAGE)
     }
 
-    /// Returns the node's HTTP routes without the ops endpoints (WHIP).
+    /// Returns the node's HTTP routes without the ops endpoints (WHIP and WHEP).
     pub fn router(&self) -> axum::Router {
         http::routes(self.driver.clone(), self.auth.clone())
     }
