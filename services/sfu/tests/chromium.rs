@@ -17,6 +17,12 @@
 //!
 //! The H264-only Rust peer rejects A's Opus m-line the JSEP way (port 0 and only `a=mid`); the
 //! SFU must accept such an answer as it is.
+//!
+//! A second test checks the layer choice with a real browser's feedback: Chromium sends the
+//! SFU transport-wide congestion control (TWCC) reports and no REMB, so once B decodes A's top
+//! layer, an nftables rule drops 30 % of the datagrams arriving at B's port and B must fall to
+//! a lower layer of A. It needs root and `nft` (package nftables); the rule lives in a table of
+//! its own for that one port and is removed when the test ends.
 
 mod common;
 
@@ -259,12 +265,31 @@ async fn join_tab(
     name: &str,
     options: Value,
 ) -> Result<Participant> {
+    Ok(join_tab_with_offer(sfu, browser, origin, name, options)
+        .await?
+        .0)
+}
+
+/// Like [`join_tab`]; also returns the tab's offer.
+async fn join_tab_with_offer(
+    sfu: &TestSfu,
+    browser: &Chromium,
+    origin: SocketAddr,
+    name: &str,
+    options: Value,
+) -> Result<(Participant, String)> {
     let page = browser.open(&format!("http://{origin}/")).await?;
     let offer = page.eval(&format!("start({options})")).await?;
-    let offer = offer.as_str().context("start() returned no offer")?;
-    let answer = sfu.join(&mut sfu.client().await, ROOM, name, offer).await;
+    let offer = offer
+        .as_str()
+        .context("start() returned no offer")?
+        .to_owned();
+    let answer = sfu.join(&mut sfu.client().await, ROOM, name, &offer).await;
     page.eval(&format!("answer({})", json!(answer))).await?;
-    Ok(Participant::follow(sfu, name, Endpoint::Tab(page)).await)
+    Ok((
+        Participant::follow(sfu, name, Endpoint::Tab(page)).await,
+        offer,
+    ))
 }
 
 /// Joins a Rust peer that publishes the H264 test pattern.
@@ -494,6 +519,149 @@ async fn two_chromium_tabs_and_a_rust_peer_hold_a_call() -> Result<()> {
     eprintln!("done after {:?}", started.elapsed());
 
     rust.peer().close().await?;
+    browser.close().await;
+    sfu.stop().await;
+    Ok(())
+}
+
+/// Width of the video a tab decodes from `tracks` (0 before the first frame).
+fn width_from(stats: &Value, tracks: &HashSet<String>) -> u64 {
+    inbound_from(stats, "video", tracks)
+        .first()
+        .and_then(|s| s["frameWidth"].as_u64())
+        .unwrap_or(0)
+}
+
+/// The UDP port of the first IPv4 host candidate in an offer: where the SFU (on 127.0.0.1)
+/// sends the tab's media.
+fn udp_host_port(offer: &str) -> Option<u16> {
+    offer.lines().find_map(|line| {
+        let fields: Vec<&str> = line.strip_prefix("a=candidate:")?.split(' ').collect();
+        let ipv4 = fields.get(4)?.parse::<std::net::Ipv4Addr>().is_ok();
+        (ipv4 && fields.get(2)?.eq_ignore_ascii_case("udp") && fields.get(7) == Some(&"host"))
+            .then(|| fields.get(5)?.parse().ok())
+            .flatten()
+    })
+}
+
+/// Drops a share of the UDP datagrams that arrive for one local port, with an nftables rule
+/// on the input hook in a table of its own; removed on drop. Nothing else on the machine is
+/// touched.
+struct PortLoss {
+    table: String,
+}
+
+impl PortLoss {
+    fn add(port: u16, percent: u8) -> Result<Self> {
+        let table = format!("rethink_test_{}_{port}", std::process::id());
+        let nft = |args: &[&str]| -> Result<()> {
+            let out = std::process::Command::new("nft")
+                .args(args)
+                .output()
+                .context("running nft (package nftables; needs root)")?;
+            if !out.status.success() {
+                bail!("nft {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(())
+        };
+        nft(&["add", "table", "inet", &table])?;
+        let loss = PortLoss { table };
+        nft(&[
+            "add",
+            "chain",
+            "inet",
+            &loss.table,
+            "input",
+            "{ type filter hook input priority 0; policy accept; }",
+        ])?;
+        nft(&[
+            "add",
+            "rule",
+            "inet",
+            &loss.table,
+            "input",
+            "udp",
+            "dport",
+            &port.to_string(),
+            "numgen",
+            "random",
+            "mod",
+            "100",
+            "<",
+            &percent.to_string(),
+            "drop",
+        ])?;
+        Ok(loss)
+    }
+}
+
+impl Drop for PortLoss {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("nft")
+            .args(["delete", "table", "inet", &self.table])
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loss_towards_a_chromium_subscriber_moves_it_to_a_lower_layer() -> Result<()> {
+    let sfu = TestSfu::start().await;
+    let origin = common::serve_page(PAGE).await?;
+    let mut client = sfu.client().await;
+    sfu.create_room(&mut client, ROOM).await;
+    let browser = Chromium::launch_with_args(FAKE_MEDIA_FLAGS).await?;
+    let a = join_tab(
+        &sfu,
+        &browser,
+        origin,
+        "chrome-a",
+        json!({"simulcast": true, "codec": "VP8", "audio": false}),
+    )
+    .await?;
+    let (b, b_offer) = join_tab_with_offer(
+        &sfu,
+        &browser,
+        origin,
+        "chrome-b",
+        json!({"simulcast": false, "codec": "VP8", "audio": false}),
+    )
+    .await?;
+    let b_port = udp_host_port(&b_offer)
+        .with_context(|| format!("no IPv4 host candidate in B's offer: {b_offer}"))?;
+    a.wait_events(
+        "own track published",
+        |e| matches!(e, Event::TrackPublished(t) if t.participant == a.name),
+        1,
+    )
+    .await?;
+    let a_tracks = a.tracks_of(&a.name);
+
+    // A clean link: B gets A's top layer (1280 px wide) once A sends it.
+    b.wait_stats("A's top layer", |s| width_from(s, &a_tracks) == 1280)
+        .await?;
+    let before = participant_stats(&sfu, "chrome-b").await?;
+
+    // A third of what reaches B's socket is lost. B's transport-wide feedback reports it, the
+    // SFU's budget for B falls and it forwards a lower layer, from a keyframe on.
+    let _loss = PortLoss::add(b_port, 30)?;
+    let lower = b
+        .wait_stats("a lower layer of A", |s| {
+            (1..1280).contains(&width_from(s, &a_tracks))
+        })
+        .await?;
+    let after = participant_stats(&sfu, "chrome-b").await?;
+    eprintln!(
+        "B's budget {} -> {} bit/s, B decodes A at {} px under loss",
+        before.estimated_bps,
+        after.estimated_bps,
+        width_from(&lower, &a_tracks)
+    );
+    assert!(
+        after.estimated_bps < before.estimated_bps,
+        "budget {} -> {}",
+        before.estimated_bps,
+        after.estimated_bps
+    );
     browser.close().await;
     sfu.stop().await;
     Ok(())
