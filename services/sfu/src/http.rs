@@ -34,7 +34,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{delete, post};
 use http::Method;
 use http::StatusCode;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, ETAG, IF_MATCH, LOCATION};
@@ -100,20 +100,28 @@ struct MediaState {
 /// Returns the node's own routes.
 pub fn routes(driver: DriverHandle, auth: Authorizer) -> Router {
     Router::new()
-        .route("/whip/{room}", post(whip_start))
-        .route(
-            "/whip/{room}/{participant}",
-            axum::routing::delete(whip_stop).patch(whip_patch),
-        )
-        .route("/whep/{room}", post(whep_start))
-        .route(
-            "/whep/{room}/{participant}",
-            axum::routing::delete(whep_stop).patch(whep_patch),
-        )
+        .merge(protocol_routes(Protocol::Whip))
+        .merge(protocol_routes(Protocol::Whep))
         // Bodies are read with their own limit (and a 413); this one only has to let them in.
         .layer(DefaultBodyLimit::max(MAX_SDP_LEN + 1))
         .layer(browser_access())
         .with_state(MediaState { driver, auth })
+}
+
+/// `POST /<p>/<room>`, `PATCH` and `DELETE /<p>/<room>/<id>` of one protocol.
+fn protocol_routes(protocol: Protocol) -> Router<MediaState> {
+    let endpoint = format!("/{}/{{room}}", protocol.path());
+    let session = format!("/{}/{{room}}/{{participant}}", protocol.path());
+    Router::new()
+        .route(
+            &endpoint,
+            post(move |state, room, request| start(protocol, state, room, request)),
+        )
+        .route(
+            &session,
+            delete(move |state, path, request| stop(protocol, state, path, request))
+                .patch(move |state, path, request| patch(protocol, state, path, request)),
+        )
 }
 
 /// Browser players and publishers are often served from another origin than the media node.
@@ -127,54 +135,6 @@ fn browser_access() -> CorsLayer {
         .allow_methods([Method::POST, Method::PATCH, Method::DELETE, Method::OPTIONS])
         .allow_headers([AUTHORIZATION, CONTENT_TYPE, IF_MATCH])
         .expose_headers([LOCATION, ETAG, ACCEPT_PATCH])
-}
-
-async fn whip_start(
-    state: State<MediaState>,
-    room: Path<String>,
-    request: Request,
-) -> Result<Response, SfuError> {
-    start(Protocol::Whip, state, room, request).await
-}
-
-async fn whep_start(
-    state: State<MediaState>,
-    room: Path<String>,
-    request: Request,
-) -> Result<Response, SfuError> {
-    start(Protocol::Whep, state, room, request).await
-}
-
-async fn whip_patch(
-    state: State<MediaState>,
-    path: Path<(String, String)>,
-    request: Request,
-) -> Result<Response, SfuError> {
-    patch(Protocol::Whip, state, path, request).await
-}
-
-async fn whep_patch(
-    state: State<MediaState>,
-    path: Path<(String, String)>,
-    request: Request,
-) -> Result<Response, SfuError> {
-    patch(Protocol::Whep, state, path, request).await
-}
-
-async fn whip_stop(
-    state: State<MediaState>,
-    path: Path<(String, String)>,
-    request: Request,
-) -> Result<Response, SfuError> {
-    stop(Protocol::Whip, state, path, request).await
-}
-
-async fn whep_stop(
-    state: State<MediaState>,
-    path: Path<(String, String)>,
-    request: Request,
-) -> Result<Response, SfuError> {
-    stop(Protocol::Whep, state, path, request).await
 }
 
 /// `POST`: a new session from an SDP offer.
