@@ -256,40 +256,52 @@ struct Renegotiations {
     error: Option<String>,
 }
 
-/// Opens a tab, makes its offer with `options` (see `start` in the page), joins it and sets
-/// the SFU's answer.
-async fn join_tab(
-    sfu: &TestSfu,
-    browser: &Chromium,
+/// What both tests start from: an SFU with the room, the participant page served on its own
+/// origin, and a browser with fake camera and microphone.
+struct Stage {
+    sfu: TestSfu,
     origin: SocketAddr,
-    name: &str,
-    options: Value,
-) -> Result<Participant> {
-    Ok(join_tab_with_offer(sfu, browser, origin, name, options)
-        .await?
-        .0)
+    browser: Chromium,
 }
 
-/// Like [`join_tab`]; also returns the tab's offer.
-async fn join_tab_with_offer(
-    sfu: &TestSfu,
-    browser: &Chromium,
-    origin: SocketAddr,
-    name: &str,
-    options: Value,
-) -> Result<(Participant, String)> {
-    let page = browser.open(&format!("http://{origin}/")).await?;
-    let offer = page.eval(&format!("start({options})")).await?;
-    let offer = offer
-        .as_str()
-        .context("start() returned no offer")?
-        .to_owned();
-    let answer = sfu.join(&mut sfu.client().await, ROOM, name, &offer).await;
-    page.eval(&format!("answer({})", json!(answer))).await?;
-    Ok((
-        Participant::follow(sfu, name, Endpoint::Tab(page)).await,
-        offer,
-    ))
+impl Stage {
+    async fn open() -> Result<Self> {
+        let sfu = TestSfu::start().await;
+        let origin = common::serve_page(PAGE).await?;
+        sfu.create_room(&mut sfu.client().await, ROOM).await;
+        let browser = Chromium::launch_with_args(FAKE_MEDIA_FLAGS).await?;
+        Ok(Stage {
+            sfu,
+            origin,
+            browser,
+        })
+    }
+
+    /// Opens a tab that publishes as `options` say and joins it as `name`; returns it with
+    /// its offer.
+    async fn join_tab(&self, name: &str, options: Value) -> Result<(Participant, String)> {
+        let page = self
+            .browser
+            .open(&format!("http://{}/", self.origin))
+            .await?;
+        let offer = page.eval(&format!("start({options})")).await?;
+        let offer = offer
+            .as_str()
+            .context("start() returned no offer")?
+            .to_owned();
+        let answer = self
+            .sfu
+            .join(&mut self.sfu.client().await, ROOM, name, &offer)
+            .await;
+        page.eval(&format!("answer({})", json!(answer))).await?;
+        let tab = Participant::follow(&self.sfu, name, Endpoint::Tab(page)).await;
+        Ok((tab, offer))
+    }
+
+    async fn close(self) {
+        self.browser.close().await;
+        self.sfu.stop().await;
+    }
 }
 
 /// Joins a Rust peer that publishes the H264 test pattern.
@@ -345,29 +357,22 @@ async fn two_chromium_tabs_and_a_rust_peer_hold_a_call() -> Result<()> {
     let _logs = std::env::var_os("RUST_LOG")
         .map(|_| rethink_common::telemetry::init("sfu-chromium-test", false))
         .transpose()?;
-    let sfu = TestSfu::start().await;
-    let origin = common::serve_page(PAGE).await?;
+    let stage = Stage::open().await?;
+    let sfu = &stage.sfu;
     let mut client = sfu.client().await;
-    sfu.create_room(&mut client, ROOM).await;
-    let browser = Chromium::launch_with_args(FAKE_MEDIA_FLAGS).await?;
-
-    let a = join_tab(
-        &sfu,
-        &browser,
-        origin,
-        "chrome-a",
-        json!({"simulcast": true, "codec": "VP8", "audio": true}),
-    )
-    .await?;
-    let b = join_tab(
-        &sfu,
-        &browser,
-        origin,
+    let (a, _) = stage
+        .join_tab(
+            "chrome-a",
+            json!({"simulcast": true, "codec": "VP8", "audio": true}),
+        )
+        .await?;
+    let (b, _) = stage
+        .join_tab(
         "chrome-b",
         json!({"simulcast": false, "codec": "H264", "fmtp": "packetization-mode=1;profile-level-id=42e01f", "audio": false}),
     )
     .await?;
-    let rust = join_rust(&sfu, "rust").await?;
+    let rust = join_rust(sfu, "rust").await?;
     let tabs = [&a, &b];
     let everyone = [&a, &b, &rust];
 
@@ -468,7 +473,7 @@ async fn two_chromium_tabs_and_a_rust_peer_hold_a_call() -> Result<()> {
     assert_eq!(stats.participants, 3, "{stats:?}");
     assert_eq!(stats.tracks, 4, "{stats:?}");
     for name in ["chrome-a", "chrome-b"] {
-        let ps = participant_stats(&sfu, name).await?;
+        let ps = participant_stats(sfu, name).await?;
         eprintln!(
             "{name}: estimated {} bps, rtt {} ms, in {} bps, out {} bps",
             ps.estimated_bps, ps.rtt_ms, ps.bitrate_in_bps, ps.bitrate_out_bps
@@ -519,8 +524,7 @@ async fn two_chromium_tabs_and_a_rust_peer_hold_a_call() -> Result<()> {
     eprintln!("done after {:?}", started.elapsed());
 
     rust.peer().close().await?;
-    browser.close().await;
-    sfu.stop().await;
+    stage.close().await;
     Ok(())
 }
 
@@ -605,27 +609,20 @@ impl Drop for PortLoss {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loss_towards_a_chromium_subscriber_moves_it_to_a_lower_layer() -> Result<()> {
-    let sfu = TestSfu::start().await;
-    let origin = common::serve_page(PAGE).await?;
-    let mut client = sfu.client().await;
-    sfu.create_room(&mut client, ROOM).await;
-    let browser = Chromium::launch_with_args(FAKE_MEDIA_FLAGS).await?;
-    let a = join_tab(
-        &sfu,
-        &browser,
-        origin,
-        "chrome-a",
-        json!({"simulcast": true, "codec": "VP8", "audio": false}),
-    )
-    .await?;
-    let (b, b_offer) = join_tab_with_offer(
-        &sfu,
-        &browser,
-        origin,
-        "chrome-b",
-        json!({"simulcast": false, "codec": "VP8", "audio": false}),
-    )
-    .await?;
+    let stage = Stage::open().await?;
+    let sfu = &stage.sfu;
+    let (a, _) = stage
+        .join_tab(
+            "chrome-a",
+            json!({"simulcast": true, "codec": "VP8", "audio": false}),
+        )
+        .await?;
+    let (b, b_offer) = stage
+        .join_tab(
+            "chrome-b",
+            json!({"simulcast": false, "codec": "VP8", "audio": false}),
+        )
+        .await?;
     let b_port = udp_host_port(&b_offer)
         .with_context(|| format!("no IPv4 host candidate in B's offer: {b_offer}"))?;
     a.wait_events(
@@ -639,7 +636,7 @@ async fn loss_towards_a_chromium_subscriber_moves_it_to_a_lower_layer() -> Resul
     // A clean link: B gets A's top layer (1280 px wide) once A sends it.
     b.wait_stats("A's top layer", |s| width_from(s, &a_tracks) == 1280)
         .await?;
-    let before = participant_stats(&sfu, "chrome-b").await?;
+    let before = participant_stats(sfu, "chrome-b").await?;
 
     // A third of what reaches B's socket is lost. B's transport-wide feedback reports it, the
     // SFU's budget for B falls and it forwards a lower layer, from a keyframe on.
@@ -649,7 +646,7 @@ async fn loss_towards_a_chromium_subscriber_moves_it_to_a_lower_layer() -> Resul
             (1..1280).contains(&width_from(s, &a_tracks))
         })
         .await?;
-    let after = participant_stats(&sfu, "chrome-b").await?;
+    let after = participant_stats(sfu, "chrome-b").await?;
     eprintln!(
         "B's budget {} -> {} bit/s, B decodes A at {} px under loss",
         before.estimated_bps,
@@ -662,7 +659,6 @@ async fn loss_towards_a_chromium_subscriber_moves_it_to_a_lower_layer() -> Resul
         before.estimated_bps,
         after.estimated_bps
     );
-    browser.close().await;
-    sfu.stop().await;
+    stage.close().await;
     Ok(())
 }
