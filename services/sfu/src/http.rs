@@ -195,23 +195,20 @@ async fn patch(
     request: Request,
 ) -> Result<Response, SfuError> {
     let (parts, body) = request.into_parts();
-    state
-        .auth
-        .check_media(&parts, &room, protocol.publishes())
-        .await?;
-    check_session(protocol, &room, &participant)?;
+    authorize_session(&state, protocol, &parts, &room, &participant).await?;
     check_content_type(&parts.headers, SDP_FRAGMENT)?;
     let fragment = read_body(body, "fragment").await?;
     match state.driver.patch_ice(room, participant, fragment).await? {
         IceUpdate::Trickled => Ok(StatusCode::NO_CONTENT.into_response()),
-        IceUpdate::Restarted { fragment, ufrag } => {
+        IceUpdate::Restarted { fragment, .. } => {
+            let etag = ice_etag(&fragment);
             let mut response = (
                 StatusCode::OK,
                 [(CONTENT_TYPE, SDP_FRAGMENT.to_string())],
                 fragment,
             )
                 .into_response();
-            if let Ok(etag) = http::HeaderValue::from_str(&format!("\"{ufrag}\"")) {
+            if let Some(etag) = etag {
                 response.headers_mut().insert(ETAG, etag);
             }
             Ok(response)
@@ -227,13 +224,24 @@ async fn stop(
     request: Request,
 ) -> Result<Response, SfuError> {
     let (parts, _) = request.into_parts();
-    state
-        .auth
-        .check_media(&parts, &room, protocol.publishes())
-        .await?;
-    check_session(protocol, &room, &participant)?;
+    authorize_session(&state, protocol, &parts, &room, &participant).await?;
     state.driver.leave(room, participant).await?;
     Ok(StatusCode::OK.into_response())
+}
+
+/// The token must cover the room for this protocol, and the session must be one of it.
+async fn authorize_session(
+    state: &MediaState,
+    protocol: Protocol,
+    parts: &http::request::Parts,
+    room: &str,
+    participant: &str,
+) -> Result<(), SfuError> {
+    state
+        .auth
+        .check_media(parts, room, protocol.publishes())
+        .await?;
+    check_session(protocol, room, participant)
 }
 
 /// Only sessions of this protocol are reachable through its resource URLs; conference
@@ -273,9 +281,10 @@ async fn read_body(body: Body, what: &str) -> Result<String, SfuError> {
         .map_err(|_| SfuError::BadSdp(format!("the {what} is not utf-8")))
 }
 
-/// The `ETag` of a session: our ICE ufrag, which changes with every ICE restart.
-fn ice_etag(answer: &str) -> Option<http::HeaderValue> {
-    let ufrag = answer
+/// The `ETag` of a session, from our answer or restart fragment: our ICE ufrag, which
+/// changes with every ICE restart.
+fn ice_etag(sdp: &str) -> Option<http::HeaderValue> {
+    let ufrag = sdp
         .lines()
         .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))?;
     http::HeaderValue::from_str(&format!("\"{}\"", ufrag.trim())).ok()
