@@ -16,6 +16,7 @@ use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Input, Rtc};
 
 use crate::config::CoreConfig;
+use crate::demux::{Demux, Route};
 use crate::error::CoreError;
 use crate::estimate::Estimate;
 use crate::event::{CoreEvent, LeaveReason, Output, TrackId, Transmit};
@@ -71,8 +72,8 @@ pub struct SfuCore {
     // Looked up for every forwarded packet and subscriber: a fast hash, keys are ours.
     pub(crate) participants: FxHashMap<PKey, Participant>,
     by_name: HashMap<Arc<str>, PKey>,
-    /// Last address each participant was seen at; a hint, always confirmed by `accepts`.
-    by_addr: HashMap<SocketAddr, PKey>,
+    /// Routes datagrams to participants by STUN ufrag and learned address.
+    demux: Demux,
     pub(crate) tracks: FxHashMap<TrackId, PublishedTrack>,
     pub(crate) queue: VecDeque<Output>,
     /// Session deadlines, earliest first. An entry is live when it equals the participant's
@@ -98,6 +99,8 @@ pub(crate) struct LoadCounters {
     datagrams_in: u64,
     datagrams_out: u64,
     dropped: u64,
+    /// Dropped because they came from no known address and named no known ICE ufrag.
+    unknown_source: u64,
     rate_in: RateMeter,
     rate_out: RateMeter,
 }
@@ -144,7 +147,7 @@ impl SfuCore {
             rooms: HashMap::new(),
             participants: FxHashMap::default(),
             by_name: HashMap::new(),
-            by_addr: HashMap::new(),
+            demux: Demux::default(),
             tracks: FxHashMap::default(),
             queue: VecDeque::new(),
             timers: BinaryHeap::new(),
@@ -253,6 +256,8 @@ impl SfuCore {
 
         let key = PKey(self.next_key);
         self.next_key += 1;
+        self.demux
+            .set_ufrag(key, &rtc.direct_api().local_ice_credentials().ufrag);
         let estimate = Estimate::new(self.config.bwe_initial_bps);
         let mut p = Participant::new(key, participant, room_id.clone(), rtc, estimate, mode, now);
         p.remote_ufrag = sdpfrag::ice_ufrag(offer_sdp).map(str::to_string);
@@ -356,9 +361,11 @@ impl SfuCore {
         if p.mode.is_fixed() {
             p.remote_offer = Some(offer_sdp.to_string());
         }
-        if p.rtc.direct_api().local_ice_credentials() != before {
+        let after = p.rtc.direct_api().local_ice_credentials();
+        if after != before {
             tracing::info!(participant = %p.id, "ice restarted by the peer");
-            self.by_addr.retain(|_, k| *k != key);
+            // Forgets the old addresses too: the new checks teach the new ones.
+            self.demux.set_ufrag(key, &after.ufrag);
         }
         Ok(answer.to_sdp_string())
     }
@@ -544,7 +551,7 @@ impl SfuCore {
             return;
         };
         let input = Input::Receive(now, receive);
-        let Some(key) = self.route(&input, source) else {
+        let Some(key) = self.route(&input, source, data) else {
             self.load.dropped += 1;
             return;
         };
@@ -628,6 +635,12 @@ impl SfuCore {
             next = next.min(t);
         }
         Output::Timeout(next)
+    }
+
+    /// Returns how many datagrams came from no known address and named no known ICE ufrag
+    /// (dropped without reaching a session). Cheap: for a per-datagram metric.
+    pub fn datagrams_from_unknown_sources(&self) -> u64 {
+        self.load.unknown_source
     }
 
     /// Returns a snapshot of one room, or `None` when it is not open here.
@@ -739,6 +752,7 @@ impl SfuCore {
             datagrams_in: self.load.datagrams_in,
             datagrams_out: self.load.datagrams_out,
             datagrams_dropped: self.load.dropped,
+            datagrams_unknown_source: self.load.unknown_source,
         }
     }
 
@@ -784,21 +798,27 @@ impl SfuCore {
         Ok(())
     }
 
-    fn route(&mut self, input: &Input, source: SocketAddr) -> Option<PKey> {
-        if let Some(key) = self.by_addr.get(&source)
-            && self
-                .participants
-                .get(key)
-                .is_some_and(|p| p.rtc.accepts(input))
-        {
-            return Some(*key);
-        }
-        let key = self
+    /// Finds the session of a datagram in O(1) ([`Demux`]); the session confirms it. STUN
+    /// routed by ufrag teaches the core the peer's address.
+    fn route(&mut self, input: &Input, source: SocketAddr, data: &[u8]) -> Option<PKey> {
+        let (key, learn) = match self.demux.route(source, data) {
+            Route::ByUfrag(key) => (key, true),
+            Route::ByAddr(key) => (key, false),
+            Route::Unknown => {
+                self.load.unknown_source += 1;
+                return None;
+            }
+        };
+        if !self
             .participants
-            .values()
-            .find(|p| p.rtc.accepts(input))
-            .map(|p| p.key)?;
-        self.by_addr.insert(source, key);
+            .get(&key)
+            .is_some_and(|p| p.rtc.accepts(input))
+        {
+            return None;
+        }
+        if learn {
+            self.demux.learn(key, source);
+        }
         Some(key)
     }
 
@@ -960,7 +980,7 @@ impl SfuCore {
             }
         }
         self.by_name.remove(&p.id);
-        self.by_addr.retain(|_, k| *k != key);
+        self.demux.remove(key);
         if let Some(r) = self.rooms.get_mut(&p.room) {
             r.members.retain(|k| *k != key);
         }

@@ -2,14 +2,16 @@
 //!
 //! [`SfuCore`] holds every room and participant of one node. Each participant is one str0m
 //! `Rtc` (ICE-lite, our host candidates) and all of them share one UDP socket: incoming
-//! datagrams are routed to the session that accepts them. The core never touches a socket, a
+//! datagrams are routed in O(1), STUN by the ICE ufrag it names and everything else by the
+//! peer address its checks came from (`demux`); datagrams of unknown sources are dropped and
+//! counted ([`SfuCore::datagrams_from_unknown_sources`]) without reaching any session. The core never touches a socket, a
 //! clock or a thread: its driver feeds it datagrams, API calls and timeouts, then drains
 //! [`SfuCore::poll_output`] until it returns [`Output::Timeout`].
 //!
 //! ```text
 //!   driver (sfu service)                 SfuCore
 //!   ────────────────────                 ──────────────────────────────────────────────
-//!   UDP recv ─────────── handle_datagram ─▶ route by rtc.accepts ─▶ participant Rtc
+//!   UDP recv ─────────── handle_datagram ─▶ demux (ufrag | address) ─▶ participant Rtc
 //!   timer ────────────── handle_timeout ──▶ every due Rtc + housekeeping
 //!   gRPC join/answer… ── join/accept_answer/set_subscribed/leave
 //!   UDP send / events ◀─ poll_output ◀──── Transmit | Event(CoreEvent) | Timeout
@@ -39,6 +41,7 @@
 //! - `handlers`: reactions to session events (publish, forward, feedback, estimates).
 //! - `participant`: one peer's session and negotiation state.
 //! - `room`: members and tracks of a room.
+//! - `demux`: the ufrag and address maps that route datagrams to sessions.
 //! - `sdp`: repairs of peer SDP that str0m would refuse (rejected m-sections).
 //! - `forwarding`: published tracks, subscriptions, writing packets to subscribers.
 //! - `codec`: keyframe detection in VP8 and H264 payloads.
@@ -63,6 +66,7 @@
 mod codec;
 mod config;
 mod core;
+mod demux;
 mod error;
 mod estimate;
 mod event;

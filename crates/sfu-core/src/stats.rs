@@ -116,6 +116,8 @@ pub struct NodeLoad {
     pub datagrams_out: u64,
     /// Datagrams that matched no participant (or could not be parsed) since start.
     pub datagrams_dropped: u64,
+    /// Of those, datagrams from no known address that named no known ICE ufrag.
+    pub datagrams_unknown_source: u64,
 }
 
 /// Measures a byte rate over consecutive windows; reads return the last full window's rate,

@@ -4,6 +4,7 @@
 
 mod sim;
 
+mod demux;
 mod errors;
 mod forwarding;
 mod keyframes;
