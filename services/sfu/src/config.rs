@@ -46,6 +46,10 @@ pub struct SfuConfig {
     pub max_rooms: usize,
     /// Most participants in one room.
     pub max_participants_per_room: usize,
+    /// How long a room may stay empty (no participant since it was created, or since the last
+    /// one left) before it is closed, in milliseconds. Rooms WHIP created count too, so rooms
+    /// nobody uses cannot fill `max_rooms`.
+    pub empty_room_timeout_ms: u64,
     /// str0m's delay-based send-side estimator towards every peer. Each subscriber's simulcast
     /// layer always follows a budget made from the loss its TWCC feedback reports and from its
     /// REMB; this adds the delay-based estimate to it, but str0m (0.25) then also paces every
@@ -92,6 +96,7 @@ impl Default for SfuConfig {
             drain_timeout_ms: 120_000,
             max_rooms: 10_000,
             max_participants_per_room: 1_000,
+            empty_room_timeout_ms: 30_000,
             bandwidth_estimation: false,
         }
     }
@@ -106,6 +111,11 @@ impl SfuConfig {
     /// The heartbeat key's time to live.
     pub fn heartbeat_ttl(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ttl_ms)
+    }
+
+    /// How long a room may stay empty before it is closed.
+    pub fn empty_room_timeout(&self) -> Duration {
+        Duration::from_millis(self.empty_room_timeout_ms)
     }
 
     /// The longest drain after the first SIGTERM.
@@ -131,6 +141,11 @@ impl ServiceConfig for SfuConfig {
         if self.max_rooms == 0 || self.max_participants_per_room == 0 {
             return Err(ConfigError::invalid(
                 "max_rooms and max_participants_per_room must be positive",
+            ));
+        }
+        if self.empty_room_timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                "empty_room_timeout_ms must be positive (a room is closed once empty that long)",
             ));
         }
         if let Some(ip) = self.public_ips.iter().find(|ip| ip.is_unspecified()) {

@@ -2,6 +2,7 @@
 //! that mapping happens).
 
 use http::StatusCode;
+use rethink_common::token::TokenError;
 
 /// Why an SFU operation failed. Messages are lowercase and name what was wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,9 +53,12 @@ pub enum SfuError {
     /// The node drains after SIGTERM and takes no new rooms; use another node.
     #[error("this sfu node is draining and accepts no new rooms; pick another node")]
     Draining,
-    /// No token, or a token that did not verify.
+    /// No token.
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
+    /// A token that did not verify, or a session's token that lapsed (revoked, expired).
+    #[error("unauthenticated: {0}")]
+    Token(TokenError),
     /// The token verified but does not grant this.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
@@ -85,7 +89,7 @@ impl SfuError {
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::LimitReached(_) => Code::ResourceExhausted,
             Self::Draining | Self::DriverGone | Self::AuthUnavailable(_) => Code::Unavailable,
-            Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::Unauthenticated(_) | Self::Token(_) => Code::Unauthenticated,
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::Internal(_) => Code::Internal,
         }
@@ -106,9 +110,18 @@ impl SfuError {
             Self::Draining | Self::DriverGone | Self::AuthUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::Unauthenticated(_) | Self::Token(_) => StatusCode::UNAUTHORIZED,
             Self::PermissionDenied(_) => StatusCode::FORBIDDEN,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<TokenError> for SfuError {
+    fn from(error: TokenError) -> Self {
+        match error {
+            TokenError::KeysUnavailable(reason) => Self::AuthUnavailable(reason),
+            other => Self::Token(other),
         }
     }
 }

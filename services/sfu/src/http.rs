@@ -41,8 +41,10 @@ use http::header::{AUTHORIZATION, CONTENT_TYPE, ETAG, IF_MATCH, LOCATION};
 use rethink_sfu_core::{IceUpdate, JoinMode};
 use tower_http::cors::{Any, CorsLayer};
 
-use crate::auth::Authorizer;
-use crate::driver::DriverHandle;
+use rethink_common::token::Claims;
+
+use crate::auth::{Authorizer, MediaRight, may_media};
+use crate::driver::{DriverHandle, JoinSpec, Opener, Ownership};
 use crate::error::SfuError;
 use crate::service::{MAX_SDP_LEN, check_id, check_sdp};
 
@@ -78,9 +80,12 @@ impl Protocol {
         }
     }
 
-    /// Whether the token needs `rooms.publish` (else `rooms.subscribe`).
-    fn publishes(self) -> bool {
-        self == Protocol::Whip
+    /// What the token must allow in the room.
+    fn right(self) -> MediaRight {
+        match self {
+            Protocol::Whip => MediaRight::Publish,
+            Protocol::Whep => MediaRight::Subscribe,
+        }
     }
 
     fn mode(self) -> JoinMode {
@@ -145,20 +150,12 @@ async fn start(
     request: Request,
 ) -> Result<Response, SfuError> {
     let (parts, body) = request.into_parts();
-    state
-        .auth
-        .check_media(&parts, &room, protocol.publishes())
-        .await?;
+    let claims = state.auth.authenticate(&parts).await?;
+    may_media(&claims, &room, protocol.right())?;
     check_id("room", &room)?;
     check_content_type(&parts.headers, SDP)?;
     let offer = read_body(body, "offer").await?;
     check_sdp("offer", &offer)?;
-    if protocol == Protocol::Whip {
-        match state.driver.create_room(room.clone()).await {
-            Ok(()) | Err(SfuError::RoomExists(_)) => {}
-            Err(error) => return Err(error),
-        }
-    }
     let participant = format!(
         "{}{}",
         protocol.prefix(),
@@ -166,7 +163,15 @@ async fn start(
     );
     let answer = state
         .driver
-        .join_with(room.clone(), participant.clone(), offer, protocol.mode())
+        .join(JoinSpec {
+            room: room.clone(),
+            participant: participant.clone(),
+            offer,
+            mode: protocol.mode(),
+            // A WHIP publisher opens its room; the join removes it again if it fails.
+            create_room: protocol == Protocol::Whip,
+            opener: Opener::new(&claims),
+        })
         .await?;
     let mut response = (
         StatusCode::CREATED,
@@ -187,7 +192,8 @@ async fn start(
     Ok(response)
 }
 
-/// `PATCH`: trickled candidates or an ICE restart.
+/// `PATCH`: trickled candidates or an ICE restart; any PATCH of the opener renews the session
+/// with its token, and one without a body does only that.
 async fn patch(
     protocol: Protocol,
     State(state): State<MediaState>,
@@ -196,8 +202,11 @@ async fn patch(
 ) -> Result<Response, SfuError> {
     let (parts, body) = request.into_parts();
     authorize_session(&state, protocol, &parts, &room, &participant).await?;
-    check_content_type(&parts.headers, SDP_FRAGMENT)?;
     let fragment = read_body(body, "fragment").await?;
+    if fragment.is_empty() {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    check_content_type(&parts.headers, SDP_FRAGMENT)?;
     match state.driver.patch_ice(room, participant, fragment).await? {
         IceUpdate::Trickled => Ok(StatusCode::NO_CONTENT.into_response()),
         IceUpdate::Restarted { fragment, .. } => {
@@ -229,19 +238,38 @@ async fn stop(
     Ok(StatusCode::OK.into_response())
 }
 
-/// The token must cover the room for this protocol, and the session must be one of it.
+/// A session of this protocol may be changed or ended by the identity that opened it (same
+/// subject, its token still granting the protocol's right in the room) or by a room admin.
+/// The opener's token renews the session: it is kept by this token from now on.
 async fn authorize_session(
     state: &MediaState,
     protocol: Protocol,
     parts: &http::request::Parts,
     room: &str,
     participant: &str,
-) -> Result<(), SfuError> {
-    state
-        .auth
-        .check_media(parts, room, protocol.publishes())
+) -> Result<Claims, SfuError> {
+    let claims = state.auth.authenticate(parts).await?;
+    check_session(protocol, room, participant)?;
+    let media = may_media(&claims, room, protocol.right());
+    let admin = claims.grants.may_admin_room(room);
+    let ownership = state
+        .driver
+        .claim(
+            room.to_owned(),
+            participant.to_owned(),
+            claims.clone(),
+            media.is_ok(),
+        )
         .await?;
-    check_session(protocol, room, participant)
+    match ownership {
+        _ if admin => Ok(claims),
+        Ownership::Opener => media.map(|()| claims),
+        Ownership::Other => Err(SfuError::PermissionDenied(format!(
+            "session {participant:?} was opened by another identity than {:?}; only its \
+             opener or an admin of room {room:?} may change or end it",
+            claims.sub
+        ))),
+    }
 }
 
 /// Only sessions of this protocol are reachable through its resource URLs; conference

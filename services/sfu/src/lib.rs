@@ -237,6 +237,7 @@ impl Node {
             limits: driver::Limits {
                 max_rooms: config.max_rooms,
                 max_participants_per_room: config.max_participants_per_room,
+                empty_room_timeout: config.empty_room_timeout(),
             },
             bus: bus_tx,
         });

@@ -14,7 +14,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::auth::Authorizer;
-use crate::driver::{DriverHandle, EventItem};
+use rethink_common::token::Claims;
+use rethink_sfu_core::JoinMode;
+
+use crate::driver::{DriverHandle, EventItem, JoinSpec, Opener};
 use crate::error::SfuError;
 
 /// Longest room, participant or track id, in bytes.
@@ -42,8 +45,29 @@ impl SfuService {
         }
     }
 
-    async fn authorize<T>(&self, request: &Request<T>, room: &str) -> Result<(), SfuError> {
+    async fn authorize<T>(&self, request: &Request<T>, room: &str) -> Result<Claims, SfuError> {
         self.auth.check(request.metadata(), Some(room)).await
+    }
+
+    /// Checks a call about one participant. A token of the subject that joined the
+    /// participant renews its session: the participant is kept by this token from now on.
+    async fn authorize_participant<T>(
+        &self,
+        request: &Request<T>,
+        room: &str,
+        participant: &str,
+    ) -> Result<(), SfuError> {
+        let claims = self.authorize(request, room).await?;
+        check_room_participant(room, participant)?;
+        match self
+            .driver
+            .claim(room.to_owned(), participant.to_owned(), claims, true)
+            .await
+        {
+            // The call itself reports a missing room or participant.
+            Ok(_) | Err(SfuError::RoomNotFound(_) | SfuError::ParticipantNotFound { .. }) => Ok(()),
+            Err(error) => Err(error),
+        }
     }
 }
 
@@ -116,13 +140,20 @@ impl Sfu for SfuService {
         request: Request<SfuJoinRequest>,
     ) -> Result<Response<SfuJoinResponse>, Status> {
         let body = request.get_ref();
-        self.authorize(&request, &body.room).await?;
+        let claims = self.authorize(&request, &body.room).await?;
         check_room_participant(&body.room, &body.participant)?;
         check_sdp("offer_sdp", &body.offer_sdp)?;
         let body = request.into_inner();
         let answer_sdp = self
             .driver
-            .join(body.room, body.participant, body.offer_sdp)
+            .join(JoinSpec {
+                room: body.room,
+                participant: body.participant,
+                offer: body.offer_sdp,
+                mode: JoinMode::Renegotiated,
+                create_room: false,
+                opener: Opener::new(&claims),
+            })
             .await?;
         Ok(Response::new(SfuJoinResponse { answer_sdp }))
     }
@@ -132,8 +163,8 @@ impl Sfu for SfuService {
         request: Request<SfuAddIceCandidateRequest>,
     ) -> Result<Response<SfuAddIceCandidateResponse>, Status> {
         let body = request.get_ref();
-        self.authorize(&request, &body.room).await?;
-        check_room_participant(&body.room, &body.participant)?;
+        self.authorize_participant(&request, &body.room, &body.participant)
+            .await?;
         // An empty candidate is the end-of-candidates marker browsers send; the core ignores it.
         if body.candidate.len() > MAX_CANDIDATE_LEN {
             return Err(SfuError::InvalidArgument(format!(
@@ -154,8 +185,8 @@ impl Sfu for SfuService {
         request: Request<SfuLeaveRequest>,
     ) -> Result<Response<SfuLeaveResponse>, Status> {
         let body = request.get_ref();
-        self.authorize(&request, &body.room).await?;
-        check_room_participant(&body.room, &body.participant)?;
+        self.authorize_participant(&request, &body.room, &body.participant)
+            .await?;
         let body = request.into_inner();
         self.driver.leave(body.room, body.participant).await?;
         Ok(Response::new(SfuLeaveResponse {}))
@@ -190,8 +221,8 @@ impl Sfu for SfuService {
         request: Request<SfuGetParticipantStatsRequest>,
     ) -> Result<Response<SfuParticipantStats>, Status> {
         let body = request.get_ref();
-        self.authorize(&request, &body.room).await?;
-        check_room_participant(&body.room, &body.participant)?;
+        self.authorize_participant(&request, &body.room, &body.participant)
+            .await?;
         let body = request.into_inner();
         let stats = self
             .driver
@@ -207,8 +238,8 @@ impl Sfu for SfuService {
         request: Request<SfuEventsRequest>,
     ) -> Result<Response<Self::EventsStream>, Status> {
         let body = request.get_ref();
-        self.authorize(&request, &body.room).await?;
-        check_room_participant(&body.room, &body.participant)?;
+        self.authorize_participant(&request, &body.room, &body.participant)
+            .await?;
         let body = request.into_inner();
         let receiver = self.driver.events(body.room, body.participant).await?;
         Ok(Response::new(ReceiverStream::new(receiver)))
@@ -219,8 +250,8 @@ impl Sfu for SfuService {
         request: Request<SfuAnswerRenegotiationRequest>,
     ) -> Result<Response<SfuAnswerRenegotiationResponse>, Status> {
         let body = request.get_ref();
-        self.authorize(&request, &body.room).await?;
-        check_room_participant(&body.room, &body.participant)?;
+        self.authorize_participant(&request, &body.room, &body.participant)
+            .await?;
         check_sdp("answer_sdp", &body.answer_sdp)?;
         let body = request.into_inner();
         self.driver
@@ -241,8 +272,8 @@ impl Sfu for SfuService {
 impl SfuService {
     async fn offer_inner(&self, request: Request<SfuOfferRequest>) -> Result<String, Status> {
         let body = request.get_ref();
-        self.authorize(&request, &body.room).await?;
-        check_room_participant(&body.room, &body.participant)?;
+        self.authorize_participant(&request, &body.room, &body.participant)
+            .await?;
         check_sdp("offer_sdp", &body.offer_sdp)?;
         let body = request.into_inner();
         Ok(self
@@ -257,8 +288,8 @@ impl SfuService {
         on: bool,
     ) -> Result<Response<SfuSubscribeResponse>, Status> {
         let body = request.get_ref();
-        self.authorize(&request, &body.room).await?;
-        check_room_participant(&body.room, &body.participant)?;
+        self.authorize_participant(&request, &body.room, &body.participant)
+            .await?;
         check_id("track_id", &body.track_id)?;
         let body = request.into_inner();
         self.driver

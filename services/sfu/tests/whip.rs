@@ -119,3 +119,101 @@ async fn whip_delete_cannot_remove_conference_participants() {
     assert_eq!(stats.participants, 1);
     sfu.stop().await;
 }
+
+/// Polls `GetRoomStats` until `room` is gone (NOT_FOUND); false after [`WAIT`].
+async fn room_closes(sfu: &TestSfu, room: &str) -> bool {
+    let mut client = sfu.client().await;
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let result = client
+                .get_room_stats(sfu.authed(SfuGetRoomStatsRequest { room: room.into() }))
+                .await;
+            match result {
+                Err(status) if status.code() == tonic::Code::NotFound => return,
+                _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test]
+async fn garbage_whip_leaves_no_room_and_empty_rooms_close() {
+    const MAX_ROOMS: usize = 5;
+    let config = rethink_sfu::SfuConfig {
+        max_rooms: MAX_ROOMS,
+        empty_room_timeout_ms: 300,
+        ..common::test_config()
+    };
+    let sfu = TestSfu::start_with(
+        config,
+        std::sync::Arc::new(rethink_common::kv::MemoryKv::new()),
+        std::sync::Arc::new(rethink_common::bus::MemoryBus::new()),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let publisher = sfu
+        .keys
+        .mint(serde_json::json!({"rooms": {"publish": true}}));
+    let post = |room: String, body: String| {
+        http.post(format!("http://{}/whip/{room}", sfu.http))
+            .header("content-type", "application/sdp")
+            .bearer_auth(&publisher)
+            .body(body)
+            .send()
+    };
+
+    // Four times the room limit of garbage, each into its own room.
+    for i in 0..4 * MAX_ROOMS {
+        let response = post(format!("junk-{i}"), format!("v=0\r\ngarbage {i}\r\n"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{:?}", response.text().await);
+    }
+    let mut client = sfu.client().await;
+    for i in 0..4 * MAX_ROOMS {
+        let status = client
+            .get_room_stats(sfu.authed(SfuGetRoomStatsRequest {
+                room: format!("junk-{i}"),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound, "junk-{i} left behind");
+    }
+    // Every room is still available.
+    for i in 0..MAX_ROOMS {
+        sfu.create_room(&mut client, &format!("real-{i}")).await;
+    }
+    let full = client
+        .create_room(sfu.authed(common::create("one-too-many")))
+        .await
+        .unwrap_err();
+    assert_eq!(full.code(), tonic::Code::ResourceExhausted);
+    // Rooms nobody joined close after the timeout and give their places back.
+    for i in 0..MAX_ROOMS {
+        assert!(room_closes(&sfu, &format!("real-{i}")).await, "real-{i}");
+    }
+
+    // A room WHIP created closes once its publisher is gone and the timeout passed.
+    let mut peer = TestPeer::new().await;
+    let response = post("stage".into(), peer.offer.clone()).await.unwrap();
+    assert_eq!(response.status(), 201);
+    let location = response.headers()["location"].to_str().unwrap().to_string();
+    peer.accept_answer(&response.text().await.unwrap());
+    assert!(peer.run_until(WAIT, |p| p.connected).await);
+    // Twice the timeout, with the publisher's session kept alive meanwhile.
+    peer.run_until(std::time::Duration::from_millis(600), |_| false)
+        .await;
+    let stats = sfu.room_stats(&mut client, "stage").await;
+    assert_eq!(stats.participants, 1, "an occupied room stays open");
+    let response = http
+        .delete(format!("http://{}{location}", sfu.http))
+        .bearer_auth(&publisher)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(room_closes(&sfu, "stage").await, "the empty room closes");
+    sfu.stop().await;
+}

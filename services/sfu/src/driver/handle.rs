@@ -4,6 +4,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use rethink_proto::v1::{SfuNodeLoad, SfuParticipantEvent, SfuParticipantStats, SfuRoomStats};
 
+use rethink_common::token::Claims;
 use rethink_sfu_core::{IceUpdate, JoinMode};
 
 use crate::error::SfuError;
@@ -12,6 +13,50 @@ use crate::error::SfuError;
 pub type EventItem = Result<SfuParticipantEvent, tonic::Status>;
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T, SfuError>>;
+
+/// Who opened a participant's session: the subject of the token its join carried. Only that
+/// identity (or a room admin) may manage the session later, and only a newer token of it
+/// renews the session.
+#[derive(Debug, Clone)]
+pub struct Opener {
+    /// The token's subject (`sub`).
+    pub subject: String,
+}
+
+impl Opener {
+    /// The opener named by verified `claims`.
+    pub fn new(claims: &Claims) -> Self {
+        Self {
+            subject: claims.sub.clone(),
+        }
+    }
+}
+
+/// A join as the driver takes it.
+#[derive(Debug)]
+pub struct JoinSpec {
+    /// The room.
+    pub room: String,
+    /// The participant's name in the room.
+    pub participant: String,
+    /// The SDP offer.
+    pub offer: String,
+    /// How the session is negotiated.
+    pub mode: JoinMode,
+    /// Create the room when it is missing (WHIP); a failed join then leaves no room behind.
+    pub create_room: bool,
+    /// Who opens the session.
+    pub opener: Opener,
+}
+
+/// Whether a token is of the identity that opened a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership {
+    /// Same subject as the opener's token.
+    Opener,
+    /// Another identity.
+    Other,
+}
 
 /// A request to the driver.
 #[derive(Debug)]
@@ -25,11 +70,15 @@ pub(super) enum Command {
         reply: Reply<()>,
     },
     Join {
+        spec: JoinSpec,
+        reply: Reply<String>,
+    },
+    Claim {
         room: String,
         participant: String,
-        offer: String,
-        mode: JoinMode,
-        reply: Reply<String>,
+        claims: Claims,
+        renew: bool,
+        reply: Reply<Ownership>,
     },
     PatchIce {
         room: String,
@@ -129,29 +178,24 @@ impl DriverHandle {
     }
 
     /// Joins a participant; returns the SDP answer.
-    pub async fn join(
-        &self,
-        room: String,
-        participant: String,
-        offer: String,
-    ) -> Result<String, SfuError> {
-        self.join_with(room, participant, offer, JoinMode::Renegotiated)
-            .await
+    pub async fn join(&self, spec: JoinSpec) -> Result<String, SfuError> {
+        self.call(|reply| Command::Join { spec, reply }).await
     }
 
-    /// Joins a participant that negotiates in `mode` (WHIP, WHEP); returns the SDP answer.
-    pub async fn join_with(
+    /// Tells whether `claims` are of the identity that opened the participant's session; when
+    /// they are and `renew` is set, the session is kept by this (newer) token from now on.
+    pub async fn claim(
         &self,
         room: String,
         participant: String,
-        offer: String,
-        mode: JoinMode,
-    ) -> Result<String, SfuError> {
-        self.call(|reply| Command::Join {
+        claims: Claims,
+        renew: bool,
+    ) -> Result<Ownership, SfuError> {
+        self.call(|reply| Command::Claim {
             room,
             participant,
-            offer,
-            mode,
+            claims,
+            renew,
             reply,
         })
         .await

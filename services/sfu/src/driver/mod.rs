@@ -22,16 +22,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rethink_proto::v1::{
     SfuConnected, SfuMediaKind, SfuNodeLoad, SfuParticipantEvent, SfuParticipantJoined,
     SfuParticipantLeft, SfuParticipantStats, SfuRenegotiation, SfuRoomStats, SfuTrackEvent,
     sfu_participant_event::Event as ParticipantEvent,
 };
-use rethink_sfu_core::{
-    CoreError, CoreEvent, JoinMode, LeaveReason, Output, SfuCore, TrackId, TrackKind,
-};
+use rethink_sfu_core::{CoreError, CoreEvent, LeaveReason, Output, SfuCore, TrackId, TrackKind};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
@@ -43,7 +41,7 @@ mod handle;
 
 use self::batch::SendBatch;
 use self::handle::Command;
-pub use self::handle::{DriverHandle, EventItem};
+pub use self::handle::{DriverHandle, EventItem, JoinSpec, Opener, Ownership};
 
 /// Capacity of the command channel; handlers wait when the driver is this far behind.
 const COMMAND_QUEUE: usize = 1024;
@@ -64,12 +62,32 @@ pub struct Limits {
     pub max_rooms: usize,
     /// Most participants per room.
     pub max_participants_per_room: usize,
+    /// How long a room may stay empty before it is closed.
+    pub empty_room_timeout: Duration,
+}
+
+/// A room as the driver knows it.
+struct RoomEntry {
+    /// participant -> core id
+    members: HashMap<String, String>,
+    /// Since when the room has had nobody (created and not joined yet, or the last one left).
+    empty_since: Option<Instant>,
+}
+
+impl RoomEntry {
+    fn new(now: Instant) -> Self {
+        Self {
+            members: HashMap::new(),
+            empty_since: Some(now),
+        }
+    }
 }
 
 /// One participant as the driver knows it.
 struct Slot {
     room: String,
     participant: String,
+    opener: Opener,
     stream: Option<mpsc::Sender<EventItem>>,
     backlog: VecDeque<SfuParticipantEvent>,
 }
@@ -90,6 +108,8 @@ struct Counters {
     bytes_out: metrics::Counter,
     send_errors: metrics::Counter,
     stream_lagged: metrics::Counter,
+    /// Dropped by the core: from no known address, naming no known ICE ufrag.
+    unknown_source: metrics::Counter,
 }
 
 impl Counters {
@@ -101,6 +121,7 @@ impl Counters {
             bytes_out: metrics::counter!("sfu_udp_bytes_sent_total"),
             send_errors: metrics::counter!("sfu_udp_send_errors_total"),
             stream_lagged: metrics::counter!("sfu_event_streams_lagged_total"),
+            unknown_source: metrics::counter!("sfu_udp_datagrams_unknown_source_total"),
         }
     }
 }
@@ -185,8 +206,7 @@ struct Driver {
     limits: Limits,
     bus: mpsc::Sender<BusEvent>,
     draining: bool,
-    /// room -> participant -> core id
-    rooms: HashMap<String, HashMap<String, String>>,
+    rooms: HashMap<String, RoomEntry>,
     /// core id -> slot
     slots: HashMap<String, Slot>,
     tracks: HashMap<TrackId, Track>,
@@ -204,6 +224,8 @@ impl Driver {
         let mut deadline = self.drain_outputs().await;
         let sleep = tokio::time::sleep_until(deadline.into());
         tokio::pin!(sleep);
+        let mut sweep = tokio::time::interval(sweep_period(self.limits.empty_room_timeout));
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 command = commands.recv() => {
@@ -223,6 +245,9 @@ impl Driver {
                                     Err(_) => break,
                                 }
                             }
+                            self.counters
+                                .unknown_source
+                                .absolute(self.core.datagrams_from_unknown_sources());
                         }
                         // ICMP errors (port unreachable of a gone peer) surface here; the
                         // socket itself stays usable.
@@ -232,6 +257,7 @@ impl Driver {
                 () = &mut sleep => {
                     self.core.handle_timeout(Instant::now());
                 }
+                _ = sweep.tick() => self.close_idle_rooms(Instant::now()),
             }
             let next = self.drain_outputs().await;
             self.finish_closing();
@@ -292,19 +318,22 @@ impl Driver {
         let now = Instant::now();
         match command {
             Command::CreateRoom { room, reply } => {
-                let _ = reply.send(self.create_room(room));
+                let _ = reply.send(self.create_room(room, now));
             }
             Command::CloseRoom { room, reply } => {
                 let _ = reply.send(self.close_room(&room, now));
             }
-            Command::Join {
+            Command::Join { spec, reply } => {
+                let _ = reply.send(self.join(spec, now));
+            }
+            Command::Claim {
                 room,
                 participant,
-                offer,
-                mode,
+                claims,
+                renew,
                 reply,
             } => {
-                let _ = reply.send(self.join(room, participant, &offer, mode, now));
+                let _ = reply.send(self.claim(&room, &participant, &claims, renew));
             }
             Command::PatchIce {
                 room,
@@ -420,11 +449,12 @@ impl Driver {
     }
 
     fn core_id(&self, room: &str, participant: &str) -> Result<String, SfuError> {
-        let members = self
+        let entry = self
             .rooms
             .get(room)
             .ok_or_else(|| SfuError::RoomNotFound(room.to_owned()))?;
-        members
+        entry
+            .members
             .get(participant)
             .cloned()
             .ok_or_else(|| SfuError::ParticipantNotFound {
@@ -433,7 +463,7 @@ impl Driver {
             })
     }
 
-    fn create_room(&mut self, room: String) -> Result<(), SfuError> {
+    fn create_room(&mut self, room: String, now: Instant) -> Result<(), SfuError> {
         // An existing room is reported as such even while draining: callers that only want
         // the room to exist (WHIP) may still use it.
         if self.rooms.contains_key(&room) {
@@ -452,7 +482,7 @@ impl Driver {
             .create_room(&room)
             .map_err(|e| map_core_error(e, &room, ""))?;
         tracing::info!(%room, "room created");
-        self.rooms.insert(room, HashMap::new());
+        self.rooms.insert(room, RoomEntry::new(now));
         Ok(())
     }
 
@@ -470,25 +500,44 @@ impl Driver {
         Ok(())
     }
 
-    fn join(
-        &mut self,
-        room: String,
-        participant: String,
-        offer: &str,
-        mode: JoinMode,
-        now: Instant,
-    ) -> Result<String, SfuError> {
-        let Some(members) = self.rooms.get(&room) else {
+    /// Joins a participant. With `create_room`, a missing room is made first and closed
+    /// again when the join fails, so a bad offer leaves nothing behind.
+    fn join(&mut self, spec: JoinSpec, now: Instant) -> Result<String, SfuError> {
+        let created = spec.create_room && !self.rooms.contains_key(&spec.room);
+        if created {
+            self.create_room(spec.room.clone(), now)?;
+        }
+        let room = spec.room.clone();
+        let result = self.join_existing(spec, now);
+        if result.is_err() && created {
+            // Nobody is in it: the core reports no departures, the entry can go at once.
+            let _ = self.core.close_room(&room, now);
+            self.rooms.remove(&room);
+            tracing::debug!(%room, "room of a failed join removed");
+        }
+        result
+    }
+
+    fn join_existing(&mut self, spec: JoinSpec, now: Instant) -> Result<String, SfuError> {
+        let JoinSpec {
+            room,
+            participant,
+            offer,
+            mode,
+            opener,
+            ..
+        } = spec;
+        let Some(entry) = self.rooms.get(&room) else {
             return Err(if self.draining {
                 SfuError::Draining
             } else {
                 SfuError::RoomNotFound(room)
             });
         };
-        if members.contains_key(&participant) {
+        if entry.members.contains_key(&participant) {
             return Err(SfuError::ParticipantExists { room, participant });
         }
-        if members.len() >= self.limits.max_participants_per_room {
+        if entry.members.len() >= self.limits.max_participants_per_room {
             return Err(SfuError::LimitReached(format!(
                 "room {room:?} holds its maximum of {} participants",
                 self.limits.max_participants_per_room
@@ -497,19 +546,21 @@ impl Driver {
         let id = format!("p{}", self.next_id);
         let answer = self
             .core
-            .join_with(&room, &id, offer, mode, now)
+            .join_with(&room, &id, &offer, mode, now)
             .map_err(|e| map_core_error(e, &room, &participant))?;
         self.next_id += 1;
-        let others: Vec<String> = members.values().cloned().collect();
-        let present: Vec<String> = members.keys().cloned().collect();
-        if let Some(members) = self.rooms.get_mut(&room) {
-            members.insert(participant.clone(), id.clone());
+        let others: Vec<String> = entry.members.values().cloned().collect();
+        let present: Vec<String> = entry.members.keys().cloned().collect();
+        if let Some(entry) = self.rooms.get_mut(&room) {
+            entry.members.insert(participant.clone(), id.clone());
+            entry.empty_since = None;
         }
         self.slots.insert(
             id.clone(),
             Slot {
                 room: room.clone(),
                 participant: participant.clone(),
+                opener,
                 stream: None,
                 backlog: VecDeque::new(),
             },
@@ -527,6 +578,46 @@ impl Driver {
         }
         self.emit(BusEvent::Joined(joined));
         Ok(answer)
+    }
+
+    /// Whether `claims` are of the session's opener; renews the session with them if asked.
+    fn claim(
+        &mut self,
+        room: &str,
+        participant: &str,
+        claims: &rethink_common::token::Claims,
+        renew: bool,
+    ) -> Result<Ownership, SfuError> {
+        let id = self.core_id(room, participant)?;
+        let slot = self
+            .slots
+            .get_mut(&id)
+            .ok_or_else(|| SfuError::Internal(format!("no slot for {id}")))?;
+        if slot.opener.subject != claims.sub {
+            return Ok(Ownership::Other);
+        }
+        let _ = renew;
+        Ok(Ownership::Opener)
+    }
+
+    /// Closes the rooms that have been empty for `empty_room_timeout`.
+    fn close_idle_rooms(&mut self, now: Instant) {
+        let timeout = self.limits.empty_room_timeout;
+        let idle: Vec<String> = self
+            .rooms
+            .iter()
+            .filter(|(name, entry)| {
+                !self.closing.contains(name)
+                    && entry
+                        .empty_since
+                        .is_some_and(|since| now.saturating_duration_since(since) >= timeout)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for room in idle {
+            tracing::info!(%room, ?timeout, "closing a room left empty");
+            let _ = self.close_room(&room, now);
+        }
     }
 
     /// A late joiner hears of everyone already in the room and of every track they publish,
@@ -682,8 +773,11 @@ impl Driver {
         let Some(slot) = self.slots.remove(id) else {
             return;
         };
-        if let Some(members) = self.rooms.get_mut(&slot.room) {
-            members.remove(&slot.participant);
+        if let Some(entry) = self.rooms.get_mut(&slot.room) {
+            entry.members.remove(&slot.participant);
+            if entry.members.is_empty() {
+                entry.empty_since = Some(Instant::now());
+            }
         }
         self.publish_count();
         let reason = match reason {
@@ -708,7 +802,7 @@ impl Driver {
     fn members(&self, room: &str) -> Vec<String> {
         self.rooms
             .get(room)
-            .map(|m| m.values().cloned().collect())
+            .map(|entry| entry.members.values().cloned().collect())
             .unwrap_or_default()
     }
 
@@ -723,10 +817,11 @@ impl Driver {
     }
 
     fn room_stats(&self, room: &str) -> Result<SfuRoomStats, SfuError> {
-        let members = self
+        let members = &self
             .rooms
             .get(room)
-            .ok_or_else(|| SfuError::RoomNotFound(room.to_owned()))?;
+            .ok_or_else(|| SfuError::RoomNotFound(room.to_owned()))?
+            .members;
         let core = self.core.room_stats(room);
         let mut participant_stats: Vec<SfuParticipantStats> = members
             .values()
@@ -794,6 +889,12 @@ impl Driver {
             self.rooms.remove(&room);
         }
     }
+}
+
+/// How often empty rooms are looked for: a quarter of the timeout (a room closes at most a
+/// quarter late), between 10 ms and 1 s.
+fn sweep_period(timeout: Duration) -> Duration {
+    (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
 }
 
 fn push_backlog(backlog: &mut VecDeque<SfuParticipantEvent>, event: SfuParticipantEvent) {

@@ -56,14 +56,19 @@ impl Keys {
 
     /// Mints a token for `grants` (the scope list syntax of `Grants::from_str`, as JSON grants).
     pub fn mint(&self, grants: serde_json::Value) -> String {
+        self.mint_as("service:conference", grants, Duration::from_secs(600))
+    }
+
+    /// Mints a token of subject `sub` for `grants`, valid for `ttl` (whole seconds).
+    pub fn mint_as(&self, sub: &str, grants: serde_json::Value, ttl: Duration) -> String {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs() as i64;
         let claims = serde_json::json!({
-            "sub": "service:conference", "name": "conference", "iat": now, "nbf": now,
-            "exp": now + 600, "jti": format!("jti-{now}-{}", rand_suffix()), "aud": "rethink",
-            "grants": grants,
+            "sub": sub, "name": sub, "iat": now, "nbf": now,
+            "exp": now + ttl.as_secs() as i64, "jti": format!("jti-{now}-{}", rand_suffix()),
+            "aud": "rethink", "grants": grants,
         });
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(KID.into());
@@ -78,6 +83,24 @@ impl Keys {
     pub fn verifier(&self) -> TokenVerifier {
         TokenVerifier::new(Arc::new(self.jwks.clone()), VerifierOptions::default())
     }
+}
+
+/// What a login token carries: join rooms, view cameras, no media right.
+pub fn login_grants() -> serde_json::Value {
+    serde_json::json!({"rooms": {"join": true}, "cameras": {"view": true}})
+}
+
+/// The `jti` and `exp` of a token minted here (read without verifying).
+pub fn jti_and_exp(token: &str) -> (String, i64) {
+    let payload = token.split('.').nth(1).expect("a jwt");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url claims");
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).expect("json claims");
+    (
+        claims["jti"].as_str().expect("jti").to_owned(),
+        claims["exp"].as_i64().expect("exp"),
+    )
 }
 
 fn rand_suffix() -> u64 {
@@ -138,10 +161,16 @@ impl TestSfu {
         let udp = listeners.udp.local_addr().unwrap();
         let keys = Keys::new(7);
         let token = keys.service_token();
+        // Revocations reach the service's verifier over the bus, as from the auth service.
+        let verifier = keys.verifier();
+        verifier
+            .follow_revocations(bus.as_ref())
+            .await
+            .expect("follow revocations");
         let deps = Deps {
             kv: kv.clone(),
             bus: bus.clone(),
-            auth: Authorizer::new(keys.verifier()),
+            auth: Authorizer::new(verifier),
         };
         let shutdown = Shutdown::new();
         let task = tokio::spawn(rethink_sfu::run_with(
@@ -241,6 +270,22 @@ impl TestSfu {
             .await
             .expect("room stats")
             .into_inner()
+    }
+
+    /// Revokes `token` the way the auth service does: a `TokenRevoked` event on the bus,
+    /// which the service's verifier follows.
+    pub async fn revoke(&self, token: &str) {
+        use rethink_common::bus;
+        let (jti, exp) = jti_and_exp(token);
+        let payload = rethink_common::token::TokenRevoked { jti, exp };
+        let event = bus::new_event(
+            rethink_common::token::TOKEN_REVOKED_EVENT,
+            "auth/test",
+            &payload,
+        );
+        bus::publish_event(self.bus.as_ref(), bus::topics::AUTH_REVOCATIONS, &event)
+            .await
+            .expect("publish revocation");
     }
 
     /// Starts the drain (the first SIGTERM).
