@@ -139,10 +139,24 @@ impl Signals {
 /// Readiness of a service, shared by `/readyz` and the gRPC health service.
 ///
 /// Starts not ready; a service calls `set_ready(true)` once it serves, `set_ready(false)` when
-/// it begins to drain.
+/// it begins to drain. Independently, parts of the service hold it not ready while a condition
+/// they need is unmet ([`Health::set_condition`]; e.g. revocations cannot be followed), so a
+/// service that cannot enforce its rules fails closed behind its load balancer.
 #[derive(Clone, Debug)]
 pub struct Health {
-    ready: Arc<watch::Sender<bool>>,
+    inner: Arc<HealthInner>,
+}
+
+#[derive(Debug)]
+struct HealthInner {
+    state: std::sync::Mutex<HealthState>,
+    ready: watch::Sender<bool>,
+}
+
+#[derive(Debug, Default)]
+struct HealthState {
+    serving: bool,
+    unmet: std::collections::BTreeSet<&'static str>,
 }
 
 impl Default for Health {
@@ -155,23 +169,55 @@ impl Health {
     /// Returns a not-ready health state.
     pub fn new() -> Self {
         Self {
-            ready: Arc::new(watch::channel(false).0),
+            inner: Arc::new(HealthInner {
+                state: std::sync::Mutex::new(HealthState::default()),
+                ready: watch::channel(false).0,
+            }),
         }
     }
 
-    /// Sets readiness.
+    /// Sets whether the service serves (false while starting and draining).
     pub fn set_ready(&self, ready: bool) {
-        self.ready.send_replace(ready);
+        self.update(|state| state.serving = ready);
+    }
+
+    /// Records whether the condition `name` is met; the service is ready only while it serves
+    /// and every condition is met.
+    pub fn set_condition(&self, name: &'static str, met: bool) {
+        self.update(|state| {
+            if met {
+                state.unmet.remove(name);
+            } else {
+                state.unmet.insert(name);
+            }
+        });
+    }
+
+    /// Returns the names of the unmet conditions.
+    pub fn unmet_conditions(&self) -> Vec<&'static str> {
+        let state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.unmet.iter().copied().collect()
+    }
+
+    fn update(&self, change: impl FnOnce(&mut HealthState)) {
+        let mut state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
+        change(&mut state);
+        self.inner
+            .ready
+            .send_if_modified(|ready| {
+                let now = state.serving && state.unmet.is_empty();
+                std::mem::replace(ready, now) != now
+            });
     }
 
     /// Returns whether the service is ready.
     pub fn is_ready(&self) -> bool {
-        *self.ready.borrow()
+        *self.inner.ready.borrow()
     }
 
     /// Returns a receiver that sees every readiness change.
     pub fn subscribe(&self) -> watch::Receiver<bool> {
-        self.ready.subscribe()
+        self.inner.ready.subscribe()
     }
 }
 
