@@ -5,6 +5,7 @@
 //! - [`error`]: the one table of error codes and the one JSON error body of every API.
 //! - [`telemetry`]: tracing, JSON logs, OTLP export, W3C trace-context propagation.
 //! - [`lifecycle`]: shutdown on signals, readiness, `/healthz` `/readyz` `/metrics`.
+//! - [`listener`]: bounds on every listening socket (connections, header and request timeouts).
 //! - [`bus`]: the event bus (Redis pub/sub or in-memory) and its topic names.
 //! - [`kv`]: the key-value store (Redis or in-memory) behind one trait.
 //! - [`token`]: access-token claims and grants, verification against the auth service's JWKS,
@@ -22,6 +23,7 @@ pub mod config;
 pub mod error;
 pub mod kv;
 pub mod lifecycle;
+pub mod listener;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

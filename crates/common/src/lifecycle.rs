@@ -4,7 +4,7 @@
 //! services then report not-ready (`/readyz` 503, gRPC health `NOT_SERVING`), stop accepting,
 //! and drain open requests until a deadline. A second signal exits the process at once.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -17,6 +17,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::sync::watch;
+
+use crate::listener::{Admission, ListenerLimits, grpc_incoming};
 use tokio_util::sync::CancellationToken;
 
 /// A cloneable shutdown signal; every clone sees the same trigger.
@@ -202,12 +204,10 @@ impl Health {
     fn update(&self, change: impl FnOnce(&mut HealthState)) {
         let mut state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
         change(&mut state);
-        self.inner
-            .ready
-            .send_if_modified(|ready| {
-                let now = state.serving && state.unmet.is_empty();
-                std::mem::replace(ready, now) != now
-            });
+        self.inner.ready.send_if_modified(|ready| {
+            let now = state.serving && state.unmet.is_empty();
+            std::mem::replace(ready, now) != now
+        });
     }
 
     /// Returns whether the service is ready.
@@ -302,44 +302,22 @@ pub fn grpc_health_and_reflection(
     (health_service, reflection)
 }
 
-/// Serves `router` on `listener` until `shutdown`, then drains open requests for at most `drain`.
-///
-/// Handlers can extract `axum::extract::ConnectInfo<SocketAddr>`. Connections still open at the
-/// deadline are closed. Nagle's algorithm is off on every connection: signaling frames are small
-/// and latency-bound, and with Nagle on each one can wait for the peer's delayed ACK (~40 ms).
+/// Serves `router` on `listener` until `shutdown`, then drains open requests for at most `drain`,
+/// within the default [`ListenerLimits`]; see [`crate::listener::serve_http`].
 pub async fn serve_http(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: Shutdown,
     drain: Duration,
 ) -> io::Result<()> {
-    use axum::serve::ListenerExt as _;
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "could not disable Nagle's algorithm");
-        }
-    });
-    let server = axum::serve(
+    crate::listener::serve_http(
         listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
+        router,
+        shutdown,
+        drain,
+        &ListenerLimits::default(),
     )
-    .with_graceful_shutdown(shutdown.wait())
-    .into_future();
-    let mut server = Box::pin(server);
-    tokio::select! {
-        result = &mut server => return result,
-        () = shutdown.wait() => {}
-    }
-    match tokio::time::timeout(drain, server).await {
-        Ok(result) => result,
-        Err(_) => {
-            tracing::warn!(
-                ?drain,
-                "drain deadline reached; closing remaining connections"
-            );
-            Ok(())
-        }
-    }
+    .await
 }
 
 /// The two addresses a service serves on, as its config names them.
@@ -395,7 +373,8 @@ pub enum ServeError {
 ///
 /// Readiness (`health`) is set while serving; when `shutdown` resolves it goes not-ready, `stop`
 /// is triggered (background tasks of the service watch it too) and both servers drain for at
-/// most `drain`. Returns once both have stopped.
+/// most `drain`. Both listeners are bounded by `limits`. Returns once both have stopped.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listeners: Listeners,
     router: Router,
@@ -404,17 +383,18 @@ pub async fn serve(
     stop: Shutdown,
     shutdown: impl Future<Output = ()> + Send + 'static,
     drain: Duration,
+    limits: &ListenerLimits,
 ) -> Result<(), ServeError> {
     let (grpc_health, reflection) = grpc_health_and_reflection(&health);
     let grpc = grpc
         .add_service(grpc_health)
         .add_service(reflection)
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
+            grpc_incoming(listeners.grpc, Admission::new(limits)),
             stop.wait(),
         );
     let router = router.merge(ops_router(health.clone()));
-    let http = serve_http(listeners.http, router, stop.clone(), drain);
+    let http = crate::listener::serve_http(listeners.http, router, stop.clone(), drain, limits);
     health.set_ready(true);
     let watcher = {
         let stop = stop.clone();

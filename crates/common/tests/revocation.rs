@@ -73,7 +73,10 @@ async fn a_renewed_credential_outlives_its_first_token() {
         .expect("same subject renews");
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(!waiting.is_finished(), "lapsed at the first token's expiry");
-    assert_eq!(within("expiry", waiting).await.unwrap(), TokenError::Expired);
+    assert_eq!(
+        within("expiry", waiting).await.unwrap(),
+        TokenError::Expired
+    );
     assert!(credential.claims().exp >= unix_now());
     assert_eq!(credential.claims().jti, "long");
 }

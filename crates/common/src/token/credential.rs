@@ -107,5 +107,6 @@ impl Credential {
 /// Returns the time from now until the Unix second `at` (zero when it has passed).
 fn until_unix(at: i64) -> Duration {
     let at = UNIX_EPOCH + Duration::from_secs(u64::try_from(at).unwrap_or(0));
-    at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO)
+    at.duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO)
 }

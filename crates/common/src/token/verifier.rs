@@ -17,8 +17,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Claims, DEFAULT_AUDIENCE, JWKS_PATH, MAX_TOKEN_LEN, REVOKED_KEY_PREFIX, TokenError, TokenRevoked,
-    bearer_from_metadata, bearer_from_parts, unix_now,
+    Claims, DEFAULT_AUDIENCE, JWKS_PATH, MAX_TOKEN_LEN, REVOKED_KEY_PREFIX, TokenError,
+    TokenRevoked, bearer_from_metadata, bearer_from_parts, unix_now,
 };
 use crate::{
     bus::{BusError, EventBus, topics},
@@ -408,7 +408,6 @@ impl TokenVerifier {
         Ok(count)
     }
 }
-
 
 /// Decodes a [`TokenRevoked`] from an `Event` envelope as published on the bus.
 pub fn decode_revocation(payload: &[u8]) -> Option<TokenRevoked> {
