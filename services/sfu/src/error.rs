@@ -1,7 +1,9 @@
-//! The service's one error type and its mapping to gRPC and HTTP statuses (the only place where
-//! that mapping happens).
+//! The service's one error type and its one mapping to the shared code table
+//! (`rethink_common::error`): HTTP statuses, the JSON error body of WHIP/WHEP
+//! (`{"error":{"code","message"}}`) and gRPC statuses all follow from `From<SfuError> for
+//! ApiError`.
 
-use http::StatusCode;
+use rethink_common::error::{ApiError, ErrorCode};
 use rethink_common::token::TokenError;
 
 /// Why an SFU operation failed. Messages are lowercase and name what was wrong.
@@ -73,47 +75,29 @@ pub enum SfuError {
     Internal(String),
 }
 
-impl SfuError {
-    /// The gRPC code of this error.
-    pub fn grpc_code(&self) -> tonic::Code {
-        use tonic::Code;
-        match self {
-            Self::InvalidArgument(_)
-            | Self::BadSdp(_)
-            | Self::UnsupportedMediaType(_)
-            | Self::TooLarge(_) => Code::InvalidArgument,
-            Self::RoomExists(_) | Self::ParticipantExists { .. } => Code::AlreadyExists,
-            Self::RoomNotFound(_) | Self::ParticipantNotFound { .. } | Self::TrackNotFound(_) => {
-                Code::NotFound
-            }
-            Self::FailedPrecondition(_) => Code::FailedPrecondition,
-            Self::LimitReached(_) => Code::ResourceExhausted,
-            Self::Draining | Self::DriverGone | Self::AuthUnavailable(_) => Code::Unavailable,
-            Self::Unauthenticated(_) | Self::Token(_) => Code::Unauthenticated,
-            Self::PermissionDenied(_) => Code::PermissionDenied,
-            Self::Internal(_) => Code::Internal,
-        }
-    }
-
-    /// The HTTP status of this error (WHIP/WHEP).
-    pub fn http_status(&self) -> StatusCode {
-        match self {
-            Self::InvalidArgument(_) | Self::BadSdp(_) => StatusCode::BAD_REQUEST,
-            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::RoomExists(_) | Self::ParticipantExists { .. } => StatusCode::CONFLICT,
-            Self::RoomNotFound(_) | Self::ParticipantNotFound { .. } | Self::TrackNotFound(_) => {
-                StatusCode::NOT_FOUND
-            }
-            Self::FailedPrecondition(_) => StatusCode::CONFLICT,
-            Self::LimitReached(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::Draining | Self::DriverGone | Self::AuthUnavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            Self::Unauthenticated(_) | Self::Token(_) => StatusCode::UNAUTHORIZED,
-            Self::PermissionDenied(_) => StatusCode::FORBIDDEN,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+/// The one mapping of SFU errors to the shared code table: every HTTP status, error body and
+/// gRPC status the service answers with comes from here.
+impl From<SfuError> for ApiError {
+    fn from(error: SfuError) -> Self {
+        let code = match &error {
+            SfuError::InvalidArgument(_) => ErrorCode::BadRequest,
+            SfuError::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
+            SfuError::BadSdp(_) => ErrorCode::BadSdp,
+            SfuError::TooLarge(_) => ErrorCode::PayloadTooLarge,
+            SfuError::RoomExists(_) | SfuError::ParticipantExists { .. } => ErrorCode::Conflict,
+            SfuError::RoomNotFound(_)
+            | SfuError::ParticipantNotFound { .. }
+            | SfuError::TrackNotFound(_) => ErrorCode::NotFound,
+            SfuError::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
+            SfuError::LimitReached(_) => ErrorCode::LimitReached,
+            SfuError::Draining | SfuError::DriverGone => ErrorCode::Unavailable,
+            SfuError::Unauthenticated(_) => ErrorCode::MissingToken,
+            SfuError::Token(token) => token.error_code(),
+            SfuError::PermissionDenied(_) => ErrorCode::Forbidden,
+            SfuError::AuthUnavailable(_) => ErrorCode::KeysUnavailable,
+            SfuError::Internal(detail) => return ApiError::internal(detail),
+        };
+        ApiError::new(code, error.to_string())
     }
 }
 
@@ -128,16 +112,14 @@ impl From<TokenError> for SfuError {
 
 impl From<SfuError> for tonic::Status {
     fn from(error: SfuError) -> Self {
-        if matches!(error, SfuError::Internal(_)) {
-            tracing::error!(%error, "internal error");
-        }
-        tonic::Status::new(error.grpc_code(), error.to_string())
+        ApiError::from(error).into()
     }
 }
 
+/// `{"error":{"code","message"}}` with the status of the code.
 impl axum::response::IntoResponse for SfuError {
     fn into_response(self) -> axum::response::Response {
-        (self.http_status(), format!("{self}\n")).into_response()
+        ApiError::from(self).into_response()
     }
 }
 
@@ -148,19 +130,64 @@ mod tests {
     #[test]
     fn statuses_follow_the_contract() {
         let cases = [
-            (SfuError::BadSdp("x".into()), tonic::Code::InvalidArgument),
-            (SfuError::RoomNotFound("r".into()), tonic::Code::NotFound),
+            (
+                SfuError::BadSdp("x".into()),
+                tonic::Code::InvalidArgument,
+                400,
+                "bad_sdp",
+            ),
+            (
+                SfuError::RoomNotFound("r".into()),
+                tonic::Code::NotFound,
+                404,
+                "not_found",
+            ),
             (
                 SfuError::ParticipantExists {
                     room: "r".into(),
                     participant: "p".into(),
                 },
                 tonic::Code::AlreadyExists,
+                409,
+                "conflict",
             ),
-            (SfuError::Draining, tonic::Code::Unavailable),
+            (
+                SfuError::Draining,
+                tonic::Code::Unavailable,
+                503,
+                "unavailable",
+            ),
+            (
+                SfuError::from(TokenError::Revoked),
+                tonic::Code::Unauthenticated,
+                401,
+                "token_revoked",
+            ),
+            (
+                SfuError::PermissionDenied("no".into()),
+                tonic::Code::PermissionDenied,
+                403,
+                "forbidden",
+            ),
+            (
+                SfuError::LimitReached("full".into()),
+                tonic::Code::ResourceExhausted,
+                429,
+                "limit_reached",
+            ),
         ];
-        for (error, code) in cases {
-            assert_eq!(tonic::Status::from(error).code(), code);
+        for (error, grpc, http, code) in cases {
+            let api = ApiError::from(error.clone());
+            assert_eq!(api.code.as_str(), code, "{error}");
+            assert_eq!(api.code.http_status().as_u16(), http, "{error}");
+            assert_eq!(tonic::Status::from(error).code(), grpc);
         }
+    }
+
+    #[test]
+    fn internal_details_stay_in_the_log() {
+        let api = ApiError::from(SfuError::Internal("secret path /x".into()));
+        assert_eq!(api.code, ErrorCode::Internal);
+        assert!(!api.message.contains("secret"));
     }
 }

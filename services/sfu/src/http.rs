@@ -170,7 +170,7 @@ async fn start(
             mode: protocol.mode(),
             // A WHIP publisher opens its room; the join removes it again if it fails.
             create_room: protocol == Protocol::Whip,
-            opener: Opener::new(&claims),
+            opener: Opener::new(state.auth.verifier(), claims),
         })
         .await?;
     let mut response = (

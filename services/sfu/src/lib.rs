@@ -89,13 +89,17 @@ pub struct Deps {
     pub kv: Arc<dyn KvStore>,
     /// Event bus.
     pub bus: Arc<dyn EventBus>,
-    /// Token checks of gRPC calls.
+    /// Token checks of gRPC calls and WHIP/WHEP requests.
     pub auth: auth::Authorizer,
+    /// The node's readiness; held not ready while revocations cannot be followed (the
+    /// verifier's feed sets a condition on it), so a node that might miss a revocation takes
+    /// no traffic.
+    pub health: Health,
 }
 
 impl Deps {
     /// Connects what `config` names: Redis when `redis.url` is set (else in-memory), and the
-    /// auth service's keys (revocations followed on the bus).
+    /// auth service's keys (revocations followed from the store and the bus).
     pub async fn from_config(config: &SfuConfig) -> Result<Self, SfuError> {
         let url = config.redis.url.as_deref();
         let backends = rethink_common::backends(url)
@@ -115,14 +119,25 @@ impl Deps {
                 ..VerifierOptions::default()
             },
         );
-        if let Err(error) = verifier.follow_revocations(bus.as_ref()).await {
-            tracing::warn!(%error, "cannot follow token revocations");
-        }
-        if let Err(error) = verifier.load_revocations(kv.as_ref()).await {
-            tracing::warn!(%error, "cannot load token revocations");
-        }
+        let health = Health::new();
+        // Runs until the last clone of the verifier is dropped.
+        verifier
+            .follow(
+                &Backends {
+                    kv: kv.clone(),
+                    bus: bus.clone(),
+                },
+                &health,
+                &Shutdown::new(),
+            )
+            .await;
         let auth = auth::Authorizer::new(verifier);
-        Self { kv, bus, auth }
+        Self {
+            kv,
+            bus,
+            auth,
+            health,
+        }
     }
 }
 
@@ -265,7 +280,7 @@ impl Node {
             driver,
             service,
             auth: deps.auth,
-            health: Health::new(),
+            health: deps.health,
             draining,
             stop_heartbeat,
             drain_timeout: config.drain_timeout(),
@@ -461,10 +476,13 @@ pub async fn start_in_stack(
     let udp = UdpSocket::bind(udp_addr)
         .await
         .map_err(|e| SfuError::Internal(format!("udp {udp_addr}: {e}")))?;
+    // The stack's verifier is its in-process auth service's, which learns each revocation as
+    // it makes it.
     let deps = Deps {
         kv: backends.kv,
         bus: backends.bus,
         auth: auth::Authorizer::new(verifier),
+        health: Health::new(),
     };
     let grpc = grpc_url.trim_start_matches("http://").to_owned();
     let http = http_url.to_owned();

@@ -152,7 +152,7 @@ impl Sfu for SfuService {
                 offer: body.offer_sdp,
                 mode: JoinMode::Renegotiated,
                 create_room: false,
-                opener: Opener::new(&claims),
+                opener: Opener::new(self.auth.verifier(), claims),
             })
             .await?;
         Ok(Response::new(SfuJoinResponse { answer_sdp }))

@@ -1,13 +1,16 @@
 //! Who may reach media, over real HTTP, gRPC and UDP with real tokens: WHEP needs
 //! `rooms.subscribe` naming the room (a login token is refused), and a WHIP/WHEP session
 //! belongs to the identity that opened it (another identity's PATCH or DELETE is refused,
-//! a room admin's is not).
+//! a room admin's is not). A session lives only as long as its token: revoked (on the bus, as
+//! the auth service does it) or expired, the participant is removed, its media stops and its
+//! event stream ends; a fresh token of the same identity keeps it.
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::{TestSfu, WAIT, login_grants};
+use common::{TestSfu, WAIT, authed, login_grants};
+use rethink_proto::v1::{SfuEventsRequest, SfuGetParticipantStatsRequest};
 use rethink_rtc_peer::{Peer, PeerConfig};
 
 const ROOM: &str = "stage";
@@ -85,6 +88,30 @@ async fn whep_needs_a_subscribe_grant_naming_the_room() {
     let response = whep_post(&sfu, ROOM, &granted, &offer).await;
     assert_eq!(response.status(), 201);
     assert_eq!(members(&sfu, ROOM).await.len(), 2);
+    // A prefix pattern covering the room: in; one that does not: out.
+    let second = Peer::new(PeerConfig::viewer("carol-2")).await.unwrap();
+    let offer = second.create_offer_gathered(WAIT).await.unwrap();
+    let pattern = |names: &str| {
+        sfu.keys.mint_as(
+            "user:carol",
+            serde_json::json!({"rooms": {"subscribe": true, "names": [names]}}),
+            HOUR,
+        )
+    };
+    assert_eq!(
+        whep_post(&sfu, ROOM, &pattern("back*"), &offer)
+            .await
+            .status(),
+        403
+    );
+    assert_eq!(
+        whep_post(&sfu, ROOM, &pattern("sta*"), &offer)
+            .await
+            .status(),
+        201
+    );
+    assert_eq!(members(&sfu, ROOM).await.len(), 3);
+    second.close().await.unwrap();
     viewer.close().await.unwrap();
     alice.close().await.unwrap();
     sfu.stop().await;
@@ -218,5 +245,229 @@ async fn only_the_opener_or_a_room_admin_may_end_a_whep_session() {
     assert!(members(&sfu, ROOM).await.is_empty());
     alice_viewer.close().await.unwrap();
     bob_viewer.close().await.unwrap();
+    sfu.stop().await;
+}
+
+/// Upper bound of media waits; debug builds encode and decode in software.
+const MEDIA_WAIT: Duration = Duration::from_secs(30);
+
+/// RTP packets the peer received on every remote track.
+fn packets(peer: &Peer) -> u64 {
+    peer.remote_tracks().iter().map(|(_, c)| c.packets).sum()
+}
+
+/// Polls the room's members until `name` is gone; false after [`WAIT`].
+async fn leaves(sfu: &TestSfu, room: &str, name: &str) -> bool {
+    tokio::time::timeout(WAIT, async {
+        while members(sfu, room).await.iter().any(|m| m == name) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .is_ok()
+}
+
+fn viewing() -> serde_json::Value {
+    serde_json::json!({"rooms": {"subscribe": true, "names": [ROOM]}})
+}
+
+fn managing() -> serde_json::Value {
+    serde_json::json!({"rooms": {"admin": true, "names": [ROOM]}})
+}
+
+#[tokio::test]
+async fn a_revoked_token_stops_its_whep_viewer_within_a_second() {
+    let sfu = TestSfu::start().await;
+    let mut client = sfu.client().await;
+    sfu.create_room(&mut client, ROOM).await;
+    let alice = common::publish_pattern(&sfu, &mut client, ROOM, "alice").await;
+    let carol = sfu.keys.mint_as("user:carol", viewing(), HOUR);
+    let viewer = Peer::new(PeerConfig::viewer("carol")).await.unwrap();
+    let url = whep_session(&sfu, &carol, &viewer).await;
+    viewer.wait_decoded(1, 10, MEDIA_WAIT).await.unwrap();
+    let name = session_name(&url);
+
+    sfu.revoke(&carol).await;
+    let revoked = Instant::now();
+    assert!(
+        leaves(&sfu, ROOM, &name).await,
+        "the session leaves the room"
+    );
+    let removed_after = revoked.elapsed();
+    // Media stops: nothing arrives after the first second.
+    tokio::time::sleep_until((revoked + Duration::from_secs(1)).into()).await;
+    let at_one_second = packets(&viewer);
+    let frames_sent = alice.frames_sent();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(alice.frames_sent() > frames_sent, "alice still publishes");
+    assert_eq!(
+        packets(&viewer),
+        at_one_second,
+        "packets reached the viewer more than a second after the revocation"
+    );
+    eprintln!("whep session removed {removed_after:?} after the revocation");
+
+    // The revoked token opens nothing any more.
+    let offer = viewer.create_offer_gathered(WAIT).await.unwrap();
+    let (status, code, _) = common::http_error(whep_post(&sfu, ROOM, &carol, &offer).await).await;
+    assert_eq!((status, code.as_str()), (401, "token_revoked"));
+    assert_eq!(members(&sfu, ROOM).await, vec!["alice"]);
+    viewer.close().await.unwrap();
+    alice.close().await.unwrap();
+    sfu.stop().await;
+}
+
+#[tokio::test]
+async fn a_revoked_token_ends_the_participant_and_its_events_stream() {
+    let sfu = TestSfu::start().await;
+    let mut client = sfu.client().await;
+    sfu.create_room(&mut client, ROOM).await;
+    let conference = sfu.keys.mint_as("service:conference-a", managing(), HOUR);
+    let peer = common::peer::TestPeer::new().await;
+    client
+        .join(authed(common::join(ROOM, "bob", &peer.offer), &conference))
+        .await
+        .expect("join");
+    let mut events = client
+        .events(authed(
+            SfuEventsRequest {
+                room: ROOM.into(),
+                participant: "bob".into(),
+            },
+            &conference,
+        ))
+        .await
+        .expect("events")
+        .into_inner();
+
+    sfu.revoke(&conference).await;
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match events.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended without a status"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the events stream ends");
+    assert_eq!(ended.code(), tonic::Code::Unauthenticated);
+    assert!(ended.message().contains("revoked"), "{}", ended.message());
+    assert!(members(&sfu, ROOM).await.is_empty(), "bob was removed");
+    let refused = client
+        .get_participant_stats(authed(
+            SfuGetParticipantStatsRequest {
+                room: ROOM.into(),
+                participant: "bob".into(),
+            },
+            &conference,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    sfu.stop().await;
+}
+
+#[tokio::test]
+async fn sessions_renewed_with_a_fresh_token_outlive_the_first_one() {
+    const SHORT: Duration = Duration::from_secs(3);
+    let sfu = TestSfu::start().await;
+    let mut client = sfu.client().await;
+    sfu.create_room(&mut client, ROOM).await;
+    let alice = common::publish_pattern(&sfu, &mut client, ROOM, "alice").await;
+
+    // Two viewers on short tokens; carol renews hers, dave does not.
+    let carol_short = sfu.keys.mint_as("user:carol", viewing(), SHORT);
+    let dave_short = sfu.keys.mint_as("user:dave", viewing(), SHORT);
+    let carol = Peer::new(PeerConfig::viewer("carol")).await.unwrap();
+    let dave = Peer::new(PeerConfig::viewer("dave")).await.unwrap();
+    let carol_url = whep_session(&sfu, &carol_short, &carol).await;
+    let dave_url = whep_session(&sfu, &dave_short, &dave).await;
+    // A conference participant on a short service token, renewed by a later call.
+    let conference_short = sfu.keys.mint_as("service:conference-a", managing(), SHORT);
+    let peer = common::peer::TestPeer::new().await;
+    client
+        .join(authed(
+            common::join(ROOM, "bob", &peer.offer),
+            &conference_short,
+        ))
+        .await
+        .expect("join");
+    let mut events = client
+        .events(authed(
+            SfuEventsRequest {
+                room: ROOM.into(),
+                participant: "bob".into(),
+            },
+            &conference_short,
+        ))
+        .await
+        .expect("events")
+        .into_inner();
+
+    // An empty PATCH with only the new token renews the WHEP session.
+    let carol_fresh = sfu.keys.mint_as("user:carol", viewing(), HOUR);
+    let response = reqwest::Client::new()
+        .patch(&carol_url)
+        .bearer_auth(&carol_fresh)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    // Any call about the participant with a newer token of its subject renews it.
+    let conference_fresh = sfu.keys.mint_as("service:conference-a", managing(), HOUR);
+    client
+        .get_participant_stats(authed(
+            SfuGetParticipantStatsRequest {
+                room: ROOM.into(),
+                participant: "bob".into(),
+            },
+            &conference_fresh,
+        ))
+        .await
+        .expect("stats with the fresh token");
+
+    // Dave's token expires: his session goes.
+    let dave_name = session_name(&dave_url);
+    assert!(
+        leaves(&sfu, ROOM, &dave_name).await,
+        "dave's session expires"
+    );
+    let (_, carol_exp) = common::jti_and_exp(&carol_short);
+    while rethink_common::token::unix_now() <= carol_exp {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, conference_exp) = common::jti_and_exp(&conference_short);
+    while rethink_common::token::unix_now() <= conference_exp {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Past both first tokens' expiry (and a sweep of the lapse timers), the renewed live on.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let carol_name = session_name(&carol_url);
+    let present = members(&sfu, ROOM).await;
+    assert!(present.contains(&carol_name), "{present:?}");
+    assert!(present.contains(&"bob".to_string()), "{present:?}");
+    assert!(!present.contains(&dave_name), "{present:?}");
+    let before = packets(&carol);
+    carol
+        .wait_decoded(1, 10, MEDIA_WAIT)
+        .await
+        .expect("carol still decodes");
+    tokio::time::timeout(WAIT, async {
+        while packets(&carol) <= before {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("carol still receives media");
+    // Bob's stream is still open: nothing ended it.
+    match tokio::time::timeout(Duration::from_millis(200), events.message()).await {
+        Err(_) | Ok(Ok(Some(_))) => {}
+        Ok(other) => panic!("bob's events stream ended: {other:?}"),
+    }
+    carol.close().await.unwrap();
+    dave.close().await.unwrap();
+    alice.close().await.unwrap();
     sfu.stop().await;
 }

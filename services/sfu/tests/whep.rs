@@ -220,9 +220,15 @@ async fn whep_requests_get_clear_statuses() {
         }
         request.send()
     };
+    // Error bodies are `{"error":{"code","message"}}`; read as "<code>: <message>".
     let status_and_text = |response: reqwest::Response| async move {
         let status = response.status().as_u16();
-        (status, response.text().await.unwrap())
+        let text = response.text().await.unwrap();
+        if status < 400 {
+            return (status, text);
+        }
+        let (code, message) = common::error_body(&text);
+        (status, format!("{code}: {message}"))
     };
 
     let (status, text) = status_and_text(
@@ -237,6 +243,7 @@ async fn whep_requests_get_clear_statuses() {
     )
     .await;
     assert_eq!(status, 403, "the token covers {ROOM} only: {text}");
+    assert!(text.starts_with("forbidden: "), "{text}");
     let admin = sfu.token.clone();
     let (status, text) = status_and_text(
         post(
@@ -250,15 +257,19 @@ async fn whep_requests_get_clear_statuses() {
     )
     .await;
     assert_eq!(status, 404, "{text}");
-    assert!(text.contains("\"nowhere\" not found"), "{text}");
-    let (status, _) = status_and_text(
+    assert!(
+        text.starts_with("not_found: ") && text.contains("\"nowhere\" not found"),
+        "{text}"
+    );
+    let (status, text) = status_and_text(
         post("/whep/stage", None, "application/sdp", offer.clone())
             .await
             .unwrap(),
     )
     .await;
     assert_eq!(status, 401);
-    let (status, _) = status_and_text(
+    assert!(text.starts_with("missing_token: "), "{text}");
+    let (status, text) = status_and_text(
         post(
             "/whep/stage",
             Some("not-a-token"),
@@ -270,6 +281,7 @@ async fn whep_requests_get_clear_statuses() {
     )
     .await;
     assert_eq!(status, 401);
+    assert!(text.starts_with("malformed_token: "), "{text}");
     let publisher_only = sfu
         .keys
         .mint(serde_json::json!({"rooms": {"publish": true, "names": [ROOM]}}));
@@ -286,13 +298,14 @@ async fn whep_requests_get_clear_statuses() {
     .await;
     assert_eq!(status, 403, "{text}");
     assert!(text.contains("rooms.subscribe"), "{text}");
-    let (status, _) = status_and_text(
+    let (status, text) = status_and_text(
         post("/whep/stage", Some(&token), "text/plain", offer.clone())
             .await
             .unwrap(),
     )
     .await;
     assert_eq!(status, 415);
+    assert!(text.starts_with("unsupported_media_type: "), "{text}");
     let (status, text) = status_and_text(
         post(
             "/whep/stage",
@@ -305,7 +318,7 @@ async fn whep_requests_get_clear_statuses() {
     )
     .await;
     assert_eq!(status, 400, "{text}");
-    assert!(text.contains("sdp"), "{text}");
+    assert!(text.starts_with("bad_sdp: "), "{text}");
     let (status, text) = status_and_text(
         post(
             "/whep/stage",
@@ -318,6 +331,7 @@ async fn whep_requests_get_clear_statuses() {
     )
     .await;
     assert_eq!(status, 413, "{text}");
+    assert!(text.starts_with("payload_too_large: "), "{text}");
     // A viewer that offers to send is refused: WHEP only receives.
     let sender = Peer::new(PeerConfig::publisher("sender")).await.unwrap();
     let send_offer = sender.create_offer_gathered(WAIT).await.unwrap();

@@ -45,8 +45,9 @@ async fn whip_publisher_connects_and_deletes_its_session() {
     let response = post(Some(&publisher), "application/sdp", "v=0 nonsense".into())
         .await
         .unwrap();
-    assert_eq!(response.status(), 400);
-    assert!(response.text().await.unwrap().contains("sdp"));
+    let (status, code, message) = common::http_error(response).await;
+    assert_eq!((status, code.as_str()), (400, "bad_sdp"), "{message}");
+    assert!(message.contains("sdp"), "{message}");
 
     let response = post(Some(&publisher), "application/sdp", peer.offer.clone())
         .await

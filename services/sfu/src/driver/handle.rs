@@ -4,7 +4,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use rethink_proto::v1::{SfuNodeLoad, SfuParticipantEvent, SfuParticipantStats, SfuRoomStats};
 
-use rethink_common::token::Claims;
+use rethink_common::token::{Claims, Credential, TokenVerifier};
 use rethink_sfu_core::{IceUpdate, JoinMode};
 
 use crate::error::SfuError;
@@ -14,21 +14,26 @@ pub type EventItem = Result<SfuParticipantEvent, tonic::Status>;
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T, SfuError>>;
 
-/// Who opened a participant's session: the subject of the token its join carried. Only that
-/// identity (or a room admin) may manage the session later, and only a newer token of it
-/// renews the session.
+/// Who opened a participant's session, and the token that keeps it: the session ends when
+/// that token lapses (revoked or expired). Only that identity (or a room admin) may manage
+/// the session later, and a newer token of it renews the session.
 #[derive(Debug, Clone)]
 pub struct Opener {
-    /// The token's subject (`sub`).
-    pub subject: String,
+    /// The current token of the session.
+    pub credential: Credential,
 }
 
 impl Opener {
-    /// The opener named by verified `claims`.
-    pub fn new(claims: &Claims) -> Self {
+    /// The opener named by `claims`, which `verifier` verified.
+    pub fn new(verifier: &TokenVerifier, claims: Claims) -> Self {
         Self {
-            subject: claims.sub.clone(),
+            credential: Credential::new(verifier, claims),
         }
+    }
+
+    /// The identity (`sub`) the session belongs to.
+    pub fn subject(&self) -> String {
+        self.credential.subject()
     }
 }
 

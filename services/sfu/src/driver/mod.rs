@@ -24,6 +24,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rethink_common::token::TokenError;
 use rethink_proto::v1::{
     SfuConnected, SfuMediaKind, SfuNodeLoad, SfuParticipantEvent, SfuParticipantJoined,
     SfuParticipantLeft, SfuParticipantStats, SfuRenegotiation, SfuRoomStats, SfuTrackEvent,
@@ -31,7 +32,7 @@ use rethink_proto::v1::{
 };
 use rethink_sfu_core::{CoreError, CoreEvent, LeaveReason, Output, SfuCore, TrackId, TrackKind};
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::SfuError;
 use crate::events::BusEvent;
@@ -88,6 +89,8 @@ struct Slot {
     room: String,
     participant: String,
     opener: Opener,
+    /// Dropped with the slot, which ends the task watching the opener's token.
+    _watch: oneshot::Sender<()>,
     stream: Option<mpsc::Sender<EventItem>>,
     backlog: VecDeque<SfuParticipantEvent>,
 }
@@ -150,6 +153,7 @@ pub struct DriverSetup {
 pub fn spawn(setup: DriverSetup) -> (DriverHandle, tokio::task::JoinHandle<()>) {
     let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
     let (count_tx, participants) = watch::channel(0);
+    let (lapses, lapsed_rx) = mpsc::unbounded_channel();
     size_buffers(&setup.socket, setup.buffer_bytes);
     let driver = Driver {
         core: setup.core,
@@ -166,10 +170,12 @@ pub fn spawn(setup: DriverSetup) -> (DriverHandle, tokio::task::JoinHandle<()>) 
         tracks: HashMap::new(),
         closing: Vec::new(),
         next_id: 0,
+        lapses,
+        lapsed: HashMap::new(),
         counters: Counters::new(),
         count_tx,
     };
-    let task = tokio::spawn(driver.run(receiver));
+    let task = tokio::spawn(driver.run(receiver, lapsed_rx));
     (DriverHandle::new(commands, participants), task)
 }
 
@@ -213,12 +219,20 @@ struct Driver {
     /// Rooms closed by the current command; removed after their departures are reported.
     closing: Vec<String>,
     next_id: u64,
+    /// Where the token watchers report a participant whose token lapsed.
+    lapses: mpsc::UnboundedSender<(String, TokenError)>,
+    /// Participants removed because their token lapsed, until their departure is reported.
+    lapsed: HashMap<String, TokenError>,
     counters: Counters,
     count_tx: watch::Sender<usize>,
 }
 
 impl Driver {
-    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut lapses: mpsc::UnboundedReceiver<(String, TokenError)>,
+    ) {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         let socket = self.socket.clone();
         let mut deadline = self.drain_outputs().await;
@@ -258,6 +272,7 @@ impl Driver {
                     self.core.handle_timeout(Instant::now());
                 }
                 _ = sweep.tick() => self.close_idle_rooms(Instant::now()),
+                Some((id, reason)) = lapses.recv() => self.token_lapsed(id, reason),
             }
             let next = self.drain_outputs().await;
             self.finish_closing();
@@ -549,6 +564,7 @@ impl Driver {
             .join_with(&room, &id, &offer, mode, now)
             .map_err(|e| map_core_error(e, &room, &participant))?;
         self.next_id += 1;
+        let watch = self.watch_token(&id, &opener);
         let others: Vec<String> = entry.members.values().cloned().collect();
         let present: Vec<String> = entry.members.keys().cloned().collect();
         if let Some(entry) = self.rooms.get_mut(&room) {
@@ -561,6 +577,7 @@ impl Driver {
                 room: room.clone(),
                 participant: participant.clone(),
                 opener,
+                _watch: watch,
                 stream: None,
                 backlog: VecDeque::new(),
             },
@@ -593,11 +610,44 @@ impl Driver {
             .slots
             .get_mut(&id)
             .ok_or_else(|| SfuError::Internal(format!("no slot for {id}")))?;
-        if slot.opener.subject != claims.sub {
+        if slot.opener.subject() != claims.sub {
             return Ok(Ownership::Other);
         }
-        let _ = renew;
+        if renew {
+            // Keeps the later-expiring of the two tokens.
+            slot.opener.credential.renew(claims.clone())?;
+        }
         Ok(Ownership::Opener)
+    }
+
+    /// Starts the task that reports the participant once the opener's token lapses; it ends
+    /// when the returned sender is dropped (with the participant's slot).
+    fn watch_token(&self, id: &str, opener: &Opener) -> oneshot::Sender<()> {
+        let (stop, stopped) = oneshot::channel();
+        let credential = opener.credential.clone();
+        let lapses = self.lapses.clone();
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            tokio::select! {
+                reason = credential.lapsed() => {
+                    let _ = lapses.send((id, reason));
+                }
+                _ = stopped => {}
+            }
+        });
+        stop
+    }
+
+    /// Removes a participant whose token was revoked or expired: its media stops (the core
+    /// closes its session) and its event stream ends with the reason.
+    fn token_lapsed(&mut self, id: String, reason: TokenError) {
+        let Some(slot) = self.slots.get(&id) else {
+            return;
+        };
+        tracing::info!(room = %slot.room, participant = %slot.participant, %reason, "token lapsed; removing the participant");
+        if self.core.leave(&id, Instant::now()).is_ok() {
+            self.lapsed.insert(id, reason);
+        }
     }
 
     /// Closes the rooms that have been empty for `empty_room_timeout`.
@@ -773,6 +823,11 @@ impl Driver {
         let Some(slot) = self.slots.remove(id) else {
             return;
         };
+        let lapse = self.lapsed.remove(id);
+        if let (Some(lapse), Some(stream)) = (&lapse, &slot.stream) {
+            let status = tonic::Status::from(SfuError::from(lapse.clone()));
+            let _ = stream.try_send(Err(status));
+        }
         if let Some(entry) = self.rooms.get_mut(&slot.room) {
             entry.members.remove(&slot.participant);
             if entry.members.is_empty() {
@@ -780,11 +835,13 @@ impl Driver {
             }
         }
         self.publish_count();
-        let reason = match reason {
-            LeaveReason::Left => "left",
-            LeaveReason::RoomClosed => "room closed",
-            LeaveReason::ConnectTimeout => "connect timeout",
-            LeaveReason::Disconnected => "disconnected",
+        let reason = match (reason, &lapse) {
+            (_, Some(TokenError::Revoked)) => "token revoked",
+            (_, Some(_)) => "token expired",
+            (LeaveReason::Left, None) => "left",
+            (LeaveReason::RoomClosed, None) => "room closed",
+            (LeaveReason::ConnectTimeout, None) => "connect timeout",
+            (LeaveReason::Disconnected, None) => "disconnected",
         };
         tracing::info!(room = %slot.room, participant = %slot.participant, %reason, "participant left");
         let left = SfuParticipantLeft {

@@ -15,7 +15,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rethink_common::bus::{EventBus, MemoryBus};
 use rethink_common::kv::{KvStore, MemoryKv};
-use rethink_common::lifecycle::Shutdown;
+use rethink_common::lifecycle::{Health, Shutdown};
 use rethink_common::token::{TokenVerifier, VerifierOptions};
 use rethink_proto::v1::sfu_client::SfuClient;
 use rethink_proto::v1::{
@@ -80,8 +80,16 @@ impl Keys {
         self.mint(serde_json::json!({"rooms": {"admin": true}}))
     }
 
+    /// A verifier of these keys without clock leeway, so short-lived test tokens lapse at
+    /// their `exp`.
     pub fn verifier(&self) -> TokenVerifier {
-        TokenVerifier::new(Arc::new(self.jwks.clone()), VerifierOptions::default())
+        TokenVerifier::new(
+            Arc::new(self.jwks.clone()),
+            VerifierOptions {
+                leeway: Duration::ZERO,
+                ..VerifierOptions::default()
+            },
+        )
     }
 }
 
@@ -163,14 +171,17 @@ impl TestSfu {
         let token = keys.service_token();
         // Revocations reach the service's verifier over the bus, as from the auth service.
         let verifier = keys.verifier();
-        verifier
-            .follow_revocations(bus.as_ref())
-            .await
-            .expect("follow revocations");
+        let health = Health::new();
+        let backends = rethink_common::Backends {
+            kv: kv.clone(),
+            bus: bus.clone(),
+        };
+        verifier.follow(&backends, &health, &Shutdown::new()).await;
         let deps = Deps {
             kv: kv.clone(),
             bus: bus.clone(),
             auth: Authorizer::new(verifier),
+            health,
         };
         let shutdown = Shutdown::new();
         let task = tokio::spawn(rethink_sfu::run_with(
@@ -346,6 +357,28 @@ pub fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
         format!("Bearer {token}").parse().expect("ascii token"),
     );
     request
+}
+
+/// Reads an error body `{"error":{"code","message"}}`; returns `(code, message)`. Panics when
+/// the body has another shape.
+pub fn error_body(text: &str) -> (String, String) {
+    let json: serde_json::Value =
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("error body {text:?}: {e}"));
+    let field = |name: &str| {
+        json["error"][name]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error.{name} in {text}"))
+            .to_owned()
+    };
+    (field("code"), field("message"))
+}
+
+/// Reads an error response: its status and the code and message of its JSON body.
+pub async fn http_error(response: reqwest::Response) -> (u16, String, String) {
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    let (code, message) = error_body(&text);
+    (status, code, message)
 }
 
 /// GETs `path` on `addr` with a bare HTTP/1.1 request; returns the status code.
