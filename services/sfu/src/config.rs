@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SfuConfig {
-    /// This node's id in the node registry; empty means "sfu-<random>", chosen at start.
+    /// This node's id in the node registry; empty means `sfu-<random>`, chosen at start.
     pub node_id: String,
     /// Where the gRPC `rethink.v1.Sfu` service listens.
     pub grpc_addr: SocketAddr,

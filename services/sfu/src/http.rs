@@ -25,10 +25,17 @@
 //! Browsers on other origins may call every route (CORS, any origin: requests carry a bearer
 //! token, never a cookie); `OPTIONS` is answered as a CORS preflight.
 //!
-//! Tokens: `Authorization: Bearer`; a service token (`rooms.admin`) or a user token with
-//! `rooms.publish` (WHIP) / `rooms.subscribe` (WHEP) covering the room. Errors: 401 no or bad
-//! token, 403 missing grant, 404 unknown room or session, 400 bad SDP or fragment, 413 body
-//! over [`MAX_SDP_LEN`], 415 wrong content type, 503 draining; the body says what was wrong.
+//! Tokens: `Authorization: Bearer` only. `POST` needs `rooms.publish` (WHIP) / `rooms.subscribe`
+//! (WHEP) covering the room, or a room admin's token ([`crate::auth`]). A session belongs to the
+//! identity that opened it: `PATCH` and `DELETE` by another identity are 403 unless it
+//! administers the room. The session ends when its token lapses (revoked or expired); any
+//! `PATCH` of its opener renews it with the newer token, and a `PATCH` without a body does only
+//! that (204).
+//!
+//! Errors: `{"error":{"code","message"}}` from [`SfuError`]'s one mapping to the shared code
+//! table: 401 no or bad token, 403 missing grant or another identity's session, 404 unknown
+//! room or session, 400 bad SDP or fragment, 413 body over [`MAX_SDP_LEN`], 415 wrong content
+//! type, 429 limits, 503 draining.
 
 use axum::Router;
 use axum::body::Body;

@@ -7,7 +7,7 @@
 //!   its timer. Everything else talks to it through a bounded command channel.
 //! - [`service`]: gRPC `rethink.v1.Sfu` (create/close rooms, join with an SDP offer, trickle,
 //!   leave, per-track subscriptions, stats, the per-participant event stream), token-checked by
-//!   [`auth`], errors mapped in [`error`].
+//!   [`auth`], errors mapped in [`error`] (one mapping to the shared code table).
 //! - [`heartbeat`]: this node's address and load under a TTL key ([`keys`]); [`nodes`] reads
 //!   them back and picks the least loaded node.
 //! - [`events`]: participant and track events on the bus (`topics::SFU_EVENTS`).
@@ -15,6 +15,13 @@
 //!   `/metrics` with the forwarding counters) come from `rethink-common`.
 //! - [`Node`]: the node without its servers, so the all-in-one stack can mount its gRPC service
 //!   and routes on shared ports ([`start_in_stack`]).
+//!
+//! Contracts: every participant (gRPC `Join`, WHIP, WHEP) belongs to the subject of the token
+//! that opened it and lives only as long as that token: when it is revoked or expires the
+//! driver removes the participant (media stops, its `Events` stream ends with
+//! UNAUTHENTICATED); a newer token of the same subject renews it. Revocations are followed
+//! from the store and the bus ([`Deps::health`] is not ready while they cannot be). A room
+//! with nobody in it for `empty_room_timeout_ms` is closed.
 //!
 //! Lifecycle ([`run`]): serve until `shutdown` completes, then drain: readiness goes
 //! NOT_SERVING, the heartbeat says `draining`, new rooms are refused with UNAVAILABLE, and

@@ -16,6 +16,17 @@
 //! the driver turns into stream and bus events. Outputs are drained after every input, so the
 //! driver's maps agree with the core whenever the next command runs.
 //!
+//! Tokens: each participant's slot holds its [`Opener`], the `Credential` of the token that
+//! opened it; a small task per participant waits for that token to lapse and reports it on a
+//! channel the driver selects on, and the driver then removes the participant like a `leave`
+//! (its stream gets the UNAUTHENTICATED status first). The task ends with the slot.
+//! [`DriverHandle::claim`] tells callers whether a token is the opener's and renews the
+//! credential with it.
+//!
+//! Rooms: each room remembers since when it is empty; a periodic sweep (a quarter of
+//! `empty_room_timeout`, 10 ms to 1 s) closes those empty for longer. A join that creates its
+//! room (WHIP) removes it again in the same step when the join fails.
+//!
 //! Layout: `handle` holds the commands and [`DriverHandle`], [`batch`] the batched sends; this
 //! module the task itself.
 
