@@ -16,6 +16,7 @@
 
 use std::{
     collections::HashMap,
+    future::Future,
     io,
     net::IpAddr,
     pin::Pin,
@@ -158,13 +159,13 @@ impl Admission {
 /// Handlers can extract `ConnectInfo<SocketAddr>`; WebSocket upgrades work. Nagle's algorithm is
 /// off on every connection: signaling frames are small and latency-bound, and with Nagle each
 /// could wait for the peer's delayed ACK (~40 ms).
-pub async fn serve_http(
+pub fn serve_http(
     listener: TcpListener,
     router: Router,
     shutdown: Shutdown,
     drain: Duration,
     limits: &ListenerLimits,
-) -> io::Result<()> {
+) -> impl Future<Output = io::Result<()>> + Send + 'static {
     let admission = Admission::new(limits);
     let router = router.layer((
         tower_http::timeout::RequestBodyTimeoutLayer::new(limits.request_timeout()),
@@ -177,6 +178,17 @@ pub async fn serve_http(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout());
+    accept_loop(listener, router, builder, admission, shutdown, drain)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    builder: hyper::server::conn::http1::Builder,
+    admission: Admission,
+    shutdown: Shutdown,
+    drain: Duration,
+) -> io::Result<()> {
     // Every connection's task; aborting them closes whatever outlives the drain.
     let mut connections = tokio::task::JoinSet::new();
     loop {
