@@ -113,17 +113,13 @@ async fn parts_are_served_together_and_drained_in_order() {
     trigger.trigger();
     within("serve returns", server).await.unwrap().unwrap();
     let log = log.lock().unwrap().clone();
-    assert_eq!(
-        log,
-        vec![
-            "drain a: readyz 503 route 200".to_string(),
-            // Tasks end on the context's shutdown, which fires when the servers begin to stop.
-            "task b ended".into(),
-            "stop a".into(),
-            "stop b".into(),
-        ],
-        "{log:?}"
-    );
+    assert_eq!(log.len(), 4, "{log:?}");
+    assert_eq!(log[0], "drain a: readyz 503 route 200", "{log:?}");
+    // Stop hooks run in order after the servers; the task ends on the shutdown signal, which
+    // fires when the servers begin to stop, so it may come anywhere after the drain.
+    let stops: Vec<&String> = log.iter().filter(|l| l.starts_with("stop")).collect();
+    assert_eq!(stops, ["stop a", "stop b"], "{log:?}");
+    assert!(log.contains(&"task b ended".to_string()), "{log:?}");
     assert!(
         reqwest::get(format!("{base}/a")).await.is_err(),
         "servers closed"
