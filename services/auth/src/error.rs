@@ -36,6 +36,9 @@ pub enum AuthError {
     /// No user with this name.
     #[error("user {0:?} not found")]
     UserNotFound(String),
+    /// No API key with this id.
+    #[error("api key {0:?} not found")]
+    ApiKeyNotFound(String),
     /// Too many failed attempts; retry after the given time.
     #[error("too many failed attempts; retry in {} s", .0.as_secs().max(1))]
     Throttled(Duration),
@@ -57,7 +60,7 @@ impl AuthError {
             AuthError::Token(e) => e.status(),
             AuthError::Forbidden(_) => StatusCode::FORBIDDEN,
             AuthError::UserExists(_) => StatusCode::CONFLICT,
-            AuthError::UserNotFound(_) => StatusCode::NOT_FOUND,
+            AuthError::UserNotFound(_) | AuthError::ApiKeyNotFound(_) => StatusCode::NOT_FOUND,
             AuthError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
             AuthError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
             AuthError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -75,6 +78,7 @@ impl AuthError {
             AuthError::Forbidden(_) => "forbidden",
             AuthError::UserExists(_) => "user_exists",
             AuthError::UserNotFound(_) => "user_not_found",
+            AuthError::ApiKeyNotFound(_) => "not_found",
             AuthError::Throttled(_) => "too_many_attempts",
             AuthError::Storage(_) => "storage_unavailable",
             AuthError::Internal(_) => "internal",
@@ -127,7 +131,9 @@ impl From<AuthError> for tonic::Status {
             }
             AuthError::Forbidden(_) => Status::permission_denied(e.to_string()),
             AuthError::UserExists(_) => Status::already_exists(e.to_string()),
-            AuthError::UserNotFound(_) => Status::not_found(e.to_string()),
+            AuthError::UserNotFound(_) | AuthError::ApiKeyNotFound(_) => {
+                Status::not_found(e.to_string())
+            }
             AuthError::Throttled(_) => Status::resource_exhausted(e.to_string()),
             AuthError::Storage(e) => {
                 tracing::error!(error = %e, "storage failure");

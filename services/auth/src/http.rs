@@ -11,14 +11,16 @@
 //! Every error is `{"error":{"code","message"}}`: handler errors through [`AuthError`], and
 //! axum's and tower's own plain responses (unknown route, wrong method, body too large,
 //! timeout) through the [`json_errors`] middleware. Body size limit and request timeout are
-//! tower layers; failed logins are throttled by [`LoginThrottleLayer`].
+//! tower layers; logins are throttled inside [`AuthService::login`] (see [`crate::throttle`]),
+//! with the client address from [`crate::throttle::client_addr`]: the socket peer, or the
+//! `X-Forwarded-For` hop behind a configured trusted proxy.
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{FromRef, FromRequest, Request, State},
+    extract::{ConnectInfo, FromRef, FromRequest, Request, State},
     http::{HeaderValue, StatusCode, header},
     middleware,
     response::{IntoResponse, Response},
@@ -28,9 +30,7 @@ use rethink_common::token::{Authenticated, Grants, TokenVerifier};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tower_http::{limit::RequestBodyLimitLayer, timeout::TimeoutLayer};
 
-use crate::{
-    AuthError, AuthService, error::error_body, service::IssuedToken, throttle::LoginThrottleLayer,
-};
+use crate::{AuthError, AuthService, error::error_body, service::IssuedToken, throttle};
 
 impl FromRef<AuthService> for TokenVerifier {
     fn from_ref(service: &AuthService) -> Self {
@@ -44,12 +44,8 @@ pub fn router(service: AuthService) -> Router {
     let http = &service.config().http;
     let max_body = http.max_body_bytes;
     let timeout = Duration::from_millis(http.request_timeout_ms);
-    let login = post(login).layer(LoginThrottleLayer::new(
-        service.throttle().clone(),
-        max_body,
-    ));
     Router::new()
-        .route("/auth/login", login)
+        .route("/auth/login", post(login))
         .route("/auth/token", post(mint))
         .route("/auth/.well-known/jwks.json", get(jwks))
         .route("/auth/me", get(me))
@@ -118,14 +114,27 @@ impl From<IssuedToken> for TokenBody {
 
 async fn login(
     State(service): State<AuthService>,
-    JsonBody(body): JsonBody<LoginBody>,
+    request: Request,
 ) -> Result<Json<TokenBody>, AuthError> {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    let forwarded = request
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let client = throttle::client_addr(peer, forwarded, service.throttle().trusted_proxies());
+    let JsonBody(body) = JsonBody::<LoginBody>::from_request(request, &()).await?;
     if body.username.is_empty() || body.password.is_empty() {
         return Err(AuthError::BadRequest(
             "username and password are required".into(),
         ));
     }
-    let issued = service.login(&body.username, &body.password).await?;
+    let issued = service
+        .login(&body.username, &body.password, client)
+        .await?;
     Ok(Json(issued.into()))
 }
 
