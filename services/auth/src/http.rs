@@ -26,7 +26,10 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{any, get, post},
 };
-use rethink_common::token::{Authenticated, Grants, TokenVerifier};
+use rethink_common::{
+    error::ErrorCode,
+    token::{Authenticated, Grants, TokenVerifier},
+};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tower_http::{limit::RequestBodyLimitLayer, timeout::TimeoutLayer};
 
@@ -211,7 +214,7 @@ async fn revoke(
 pub async fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
-        error_body("not_found", "no such route"),
+        error_body(ErrorCode::NotFound, "no such route"),
     )
         .into_response()
 }
@@ -233,13 +236,16 @@ pub async fn json_errors(response: Response) -> Response {
         return response;
     }
     let (code, message) = match status {
-        StatusCode::NOT_FOUND => ("not_found", "no such route"),
-        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "method not allowed here"),
-        StatusCode::REQUEST_TIMEOUT => ("request_timeout", "request took too long"),
-        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "request body too large"),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", "send a JSON body"),
-        s if s.is_server_error() => ("internal", "internal error"),
-        _ => ("bad_request", "bad request"),
+        StatusCode::NOT_FOUND => (ErrorCode::NotFound, "no such route"),
+        // The table has no code of its own for 405; the status (and `Allow`) stay.
+        StatusCode::METHOD_NOT_ALLOWED => (ErrorCode::BadRequest, "method not allowed here"),
+        StatusCode::REQUEST_TIMEOUT => (ErrorCode::Timeout, "request took too long"),
+        StatusCode::PAYLOAD_TOO_LARGE => (ErrorCode::PayloadTooLarge, "request body too large"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (ErrorCode::UnsupportedMediaType, "send a JSON body"),
+        StatusCode::TOO_MANY_REQUESTS => (ErrorCode::RateLimited, "too many requests"),
+        StatusCode::SERVICE_UNAVAILABLE => (ErrorCode::Unavailable, "service unavailable"),
+        s if s.is_server_error() => (ErrorCode::Internal, "internal error"),
+        _ => (ErrorCode::BadRequest, "bad request"),
     };
     let (mut parts, _) = response.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);

@@ -189,7 +189,7 @@ async fn bad_requests_get_the_json_error_shape() {
     assert_eq!(error_code(&json), "not_found");
     let (status, json) = auth.get("/auth/login", None).await;
     assert_eq!(status, 405);
-    assert_eq!(error_code(&json), "method_not_allowed");
+    assert_eq!(error_code(&json), "bad_request");
     auth.stop().await;
 }
 
@@ -270,7 +270,7 @@ async fn slow_requests_time_out_with_json_408() {
     let text = String::from_utf8_lossy(&response);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     let body: Value = serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap()).unwrap();
-    assert_eq!(error_code(&body), "request_timeout");
+    assert_eq!(error_code(&body), "timeout");
     auth.stop().await;
 }
 
@@ -282,7 +282,10 @@ async fn me_returns_identity_and_grants() {
     assert_eq!(status, 200, "{me}");
     assert_eq!(me["sub"], "user:alice");
     assert_eq!(me["name"], "alice");
+    // A login token asks to join rooms; media rights need grants that name rooms.
     assert_eq!(me["grants"], serde_json::to_value(Grants::user()).unwrap());
+    assert_eq!(me["grants"]["rooms"]["join"], true);
+    assert_eq!(me["grants"]["rooms"]["publish"], false);
     assert_eq!(me["grants"]["cameras"]["manage"], false);
 
     let (status, json) = auth.get("/auth/me", None).await;
@@ -291,12 +294,12 @@ async fn me_returns_identity_and_grants() {
     let (status, json) = auth.get("/auth/me", Some("garbage")).await;
     assert_eq!(status, 401);
     assert_eq!(error_code(&json), "malformed_token");
-    // ?access_token= works as well (WebSocket upgrades cannot set headers).
-    let (status, me) = auth
+    // ?access_token= is for WebSocket upgrades only; HTTP routes read the header.
+    let (status, json) = auth
         .get(&format!("/auth/me?access_token={token}"), None)
         .await;
-    assert_eq!(status, 200);
-    assert_eq!(me["sub"], "user:alice");
+    assert_eq!(status, 401, "{json}");
+    assert_eq!(error_code(&json), "missing_token");
     auth.stop().await;
 }
 

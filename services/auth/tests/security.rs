@@ -97,6 +97,8 @@ async fn login_tokens_carry_the_users_stored_grants() {
     let after = auth.token("alice").await;
     let claims = verifier.verify(&after).await.unwrap();
     assert_eq!(claims.grants, demo);
+    assert!(claims.grants.may_publish("demo-1") && !claims.grants.may_publish("other"));
+    assert!(!Grants::user().rooms.publish && !Grants::user().rooms.subscribe);
     // gRPC login too.
     let token = client
         .login(pb::LoginRequest {
