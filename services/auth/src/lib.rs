@@ -4,18 +4,27 @@
 //! Layout:
 //! - [`config`]: [`AuthConfig`] (see `auth.example.toml`).
 //! - [`keys`]: Ed25519 signing keys with `kid`, rotation, the published JWK set.
-//! - [`users`]: users (argon2id) and API keys in the key-value store.
-//! - [`service`]: [`AuthService`], the core every surface calls.
-//! - [`http`]: the browser-facing routes under `/auth`; [`throttle`]: the failed-login layer.
+//! - [`users`]: users (argon2id, stored grants) and API keys (subject patterns) in the
+//!   key-value store.
+//! - [`service`]: [`AuthService`], the core every surface calls: login, minting, the index of
+//!   issued tokens, revocation with publish retries, user and key administration.
+//! - [`http`]: the browser-facing routes under `/auth`; [`throttle`]: the login throttle
+//!   (slots reserved before the password check, shared through the store) and the client
+//!   address behind trusted proxies.
 //! - [`grpc`]: `rethink.v1.Auth` for services.
 //! - [`cli`]: the `rethink-auth` command line (serve, users, API keys, tokens).
 //! - [`local`]: [`LocalAuth`], the service inside another process on loopback (benchmarks).
 //! - [`error`]: [`AuthError`], mapped to HTTP and gRPC in one place.
 //!
 //! Contracts: tokens carry `sub`, `name`, `iat`, `nbf`, `exp`, `jti`, `aud` and `grants`
-//! ([`rethink_common::token::Claims`]); a revoked token is stored until it expires and announced
-//! on [`rethink_common::bus::topics::AUTH_REVOCATIONS`]; every HTTP error is
-//! `{"error":{"code","message"}}`. Embedders (the all-in-one stack) build an [`AuthService`] and
+//! ([`rethink_common::token::Claims`]); a login token carries the user's stored grants
+//! (default [`rethink_common::token::Grants::user`]: join rooms, view cameras, no media
+//! rights); an API key mints only for the subjects its patterns allow, with grants no wider
+//! than its own. A revoked token is stored until it expires and announced on
+//! [`rethink_common::bus::topics::AUTH_REVOCATIONS`] (retried until published); deleting a user,
+//! changing their password or grants revokes all their tokens; revoking an API key revokes the
+//! tokens it minted. Every error maps to [`rethink_common::error::ApiError`] in one place
+//! ([`error`]): HTTP `{"error":{"code","message"}}`, gRPC status. Embedders (the all-in-one stack) build an [`AuthService`] and
 //! mount [`http::router`] and [`grpc::server`] themselves; [`run`] does that for the standalone
 //! binary.
 
