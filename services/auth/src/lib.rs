@@ -73,20 +73,20 @@ pub async fn serve(
 ) -> Result<(), AuthError> {
     let drain = Duration::from_secs(service.config().drain_secs);
     let stop = Shutdown::new();
+    let health = Health::new();
+    // Revocations made by other replicas, also those whose publish was lost while the bus was
+    // down (the feed rereads the store); not ready while it cannot follow.
+    service
+        .verifier()
+        .follow(&service.backends(), &health, &stop)
+        .await;
     let http = http::router(service.clone()).fallback(http::not_found);
     let grpc = tonic::transport::Server::builder().add_service(grpc::server(service.clone()));
     let rotation = service.run_key_rotation(stop.wait());
     tracing::info!("auth service ready");
     let limits = rethink_common::listener::ListenerLimits::default();
     let serve = lifecycle::serve(
-        listeners,
-        http,
-        grpc,
-        Health::new(),
-        stop,
-        shutdown,
-        drain,
-        &limits,
+        listeners, http, grpc, health, stop, shutdown, drain, &limits,
     );
     let (served, ()) = tokio::join!(serve, rotation);
     served.map_err(|e| AuthError::Internal(e.to_string()))?;

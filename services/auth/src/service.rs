@@ -158,7 +158,15 @@ impl AuthService {
         self.inner.verifier.clone()
     }
 
-    /// Returns the failed-login throttle.
+    /// Returns the bus and store the service runs on.
+    pub fn backends(&self) -> rethink_common::Backends {
+        rethink_common::Backends {
+            bus: self.inner.bus.clone(),
+            kv: self.inner.kv.clone(),
+        }
+    }
+
+    /// Returns the login throttle.
     pub fn throttle(&self) -> &Throttle {
         &self.inner.throttle
     }
