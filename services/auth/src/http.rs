@@ -11,26 +11,29 @@
 //! Every error is `{"error":{"code","message"}}`: handler errors through [`AuthError`], and
 //! axum's and tower's own plain responses (unknown route, wrong method, body too large,
 //! timeout) through the [`json_errors`] middleware. Body size limit and request timeout are
-//! tower layers; failed logins are throttled by [`LoginThrottleLayer`].
+//! tower layers; logins are throttled inside [`AuthService::login`] (see [`crate::throttle`]),
+//! with the client address from [`crate::throttle::client_addr`]: the socket peer, or the
+//! `X-Forwarded-For` hop behind a configured trusted proxy.
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{FromRef, FromRequest, Request, State},
+    extract::{ConnectInfo, FromRef, FromRequest, Request, State},
     http::{HeaderValue, StatusCode, header},
     middleware,
     response::{IntoResponse, Response},
     routing::{any, get, post},
 };
-use rethink_common::token::{Authenticated, Grants, TokenVerifier};
+use rethink_common::{
+    error::ErrorCode,
+    token::{Authenticated, Grants, TokenVerifier},
+};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tower_http::{limit::RequestBodyLimitLayer, timeout::TimeoutLayer};
 
-use crate::{
-    AuthError, AuthService, error::error_body, service::IssuedToken, throttle::LoginThrottleLayer,
-};
+use crate::{AuthError, AuthService, error::error_body, service::IssuedToken, throttle};
 
 impl FromRef<AuthService> for TokenVerifier {
     fn from_ref(service: &AuthService) -> Self {
@@ -44,12 +47,8 @@ pub fn router(service: AuthService) -> Router {
     let http = &service.config().http;
     let max_body = http.max_body_bytes;
     let timeout = Duration::from_millis(http.request_timeout_ms);
-    let login = post(login).layer(LoginThrottleLayer::new(
-        service.throttle().clone(),
-        max_body,
-    ));
     Router::new()
-        .route("/auth/login", login)
+        .route("/auth/login", post(login))
         .route("/auth/token", post(mint))
         .route("/auth/.well-known/jwks.json", get(jwks))
         .route("/auth/me", get(me))
@@ -118,14 +117,27 @@ impl From<IssuedToken> for TokenBody {
 
 async fn login(
     State(service): State<AuthService>,
-    JsonBody(body): JsonBody<LoginBody>,
+    request: Request,
 ) -> Result<Json<TokenBody>, AuthError> {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    let forwarded = request
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let client = throttle::client_addr(peer, forwarded, service.throttle().trusted_proxies());
+    let JsonBody(body) = JsonBody::<LoginBody>::from_request(request, &()).await?;
     if body.username.is_empty() || body.password.is_empty() {
         return Err(AuthError::BadRequest(
             "username and password are required".into(),
         ));
     }
-    let issued = service.login(&body.username, &body.password).await?;
+    let issued = service
+        .login(&body.username, &body.password, client)
+        .await?;
     Ok(Json(issued.into()))
 }
 
@@ -202,7 +214,7 @@ async fn revoke(
 pub async fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
-        error_body("not_found", "no such route"),
+        error_body(ErrorCode::NotFound, "no such route"),
     )
         .into_response()
 }
@@ -224,13 +236,16 @@ pub async fn json_errors(response: Response) -> Response {
         return response;
     }
     let (code, message) = match status {
-        StatusCode::NOT_FOUND => ("not_found", "no such route"),
-        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "method not allowed here"),
-        StatusCode::REQUEST_TIMEOUT => ("request_timeout", "request took too long"),
-        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "request body too large"),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", "send a JSON body"),
-        s if s.is_server_error() => ("internal", "internal error"),
-        _ => ("bad_request", "bad request"),
+        StatusCode::NOT_FOUND => (ErrorCode::NotFound, "no such route"),
+        // The table has no code of its own for 405; the status (and `Allow`) stay.
+        StatusCode::METHOD_NOT_ALLOWED => (ErrorCode::BadRequest, "method not allowed here"),
+        StatusCode::REQUEST_TIMEOUT => (ErrorCode::Timeout, "request took too long"),
+        StatusCode::PAYLOAD_TOO_LARGE => (ErrorCode::PayloadTooLarge, "request body too large"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (ErrorCode::UnsupportedMediaType, "send a JSON body"),
+        StatusCode::TOO_MANY_REQUESTS => (ErrorCode::RateLimited, "too many requests"),
+        StatusCode::SERVICE_UNAVAILABLE => (ErrorCode::Unavailable, "service unavailable"),
+        s if s.is_server_error() => (ErrorCode::Internal, "internal error"),
+        _ => (ErrorCode::BadRequest, "bad request"),
     };
     let (mut parts, _) = response.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);

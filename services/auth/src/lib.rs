@@ -4,18 +4,27 @@
 //! Layout:
 //! - [`config`]: [`AuthConfig`] (see `auth.example.toml`).
 //! - [`keys`]: Ed25519 signing keys with `kid`, rotation, the published JWK set.
-//! - [`users`]: users (argon2id) and API keys in the key-value store.
-//! - [`service`]: [`AuthService`], the core every surface calls.
-//! - [`http`]: the browser-facing routes under `/auth`; [`throttle`]: the failed-login layer.
+//! - [`users`]: users (argon2id, stored grants) and API keys (subject patterns) in the
+//!   key-value store.
+//! - [`service`]: [`AuthService`], the core every surface calls: login, minting, the index of
+//!   issued tokens, revocation with publish retries, user and key administration.
+//! - [`http`]: the browser-facing routes under `/auth`; [`throttle`]: the login throttle
+//!   (slots reserved before the password check, shared through the store) and the client
+//!   address behind trusted proxies.
 //! - [`grpc`]: `rethink.v1.Auth` for services.
 //! - [`cli`]: the `rethink-auth` command line (serve, users, API keys, tokens).
 //! - [`local`]: [`LocalAuth`], the service inside another process on loopback (benchmarks).
 //! - [`error`]: [`AuthError`], mapped to HTTP and gRPC in one place.
 //!
 //! Contracts: tokens carry `sub`, `name`, `iat`, `nbf`, `exp`, `jti`, `aud` and `grants`
-//! ([`rethink_common::token::Claims`]); a revoked token is stored until it expires and announced
-//! on [`rethink_common::bus::topics::AUTH_REVOCATIONS`]; every HTTP error is
-//! `{"error":{"code","message"}}`. Embedders (the all-in-one stack) build an [`AuthService`] and
+//! ([`rethink_common::token::Claims`]); a login token carries the user's stored grants
+//! (default [`rethink_common::token::Grants::user`]: join rooms, view cameras, no media
+//! rights); an API key mints only for the subjects its patterns allow, with grants no wider
+//! than its own. A revoked token is stored until it expires and announced on
+//! [`rethink_common::bus::topics::AUTH_REVOCATIONS`] (retried until published); deleting a user,
+//! changing their password or grants revokes all their tokens; revoking an API key revokes the
+//! tokens it minted. Every error maps to [`rethink_common::error::ApiError`] in one place
+//! ([`error`]): HTTP `{"error":{"code","message"}}`, gRPC status. Embedders (the all-in-one stack) build an [`AuthService`] and
 //! mount [`http::router`] and [`grpc::server`] themselves; [`run`] does that for the standalone
 //! binary.
 
@@ -64,20 +73,20 @@ pub async fn serve(
 ) -> Result<(), AuthError> {
     let drain = Duration::from_secs(service.config().drain_secs);
     let stop = Shutdown::new();
+    let health = Health::new();
+    // Revocations made by other replicas, also those whose publish was lost while the bus was
+    // down (the feed rereads the store); not ready while it cannot follow.
+    service
+        .verifier()
+        .follow(&service.backends(), &health, &stop)
+        .await;
     let http = http::router(service.clone()).fallback(http::not_found);
     let grpc = tonic::transport::Server::builder().add_service(grpc::server(service.clone()));
     let rotation = service.run_key_rotation(stop.wait());
     tracing::info!("auth service ready");
     let limits = rethink_common::listener::ListenerLimits::default();
     let serve = lifecycle::serve(
-        listeners,
-        http,
-        grpc,
-        Health::new(),
-        stop,
-        shutdown,
-        drain,
-        &limits,
+        listeners, http, grpc, health, stop, shutdown, drain, &limits,
     );
     let (served, ()) = tokio::join!(serve, rotation);
     served.map_err(|e| AuthError::Internal(e.to_string()))?;
