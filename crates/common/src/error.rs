@@ -80,6 +80,8 @@ error_codes! {
     Forbidden = "forbidden", FORBIDDEN, PermissionDenied;
     /// No such resource.
     NotFound = "not_found", NOT_FOUND, NotFound;
+    /// The path exists, but not with this method.
+    MethodNotAllowed = "method_not_allowed", METHOD_NOT_ALLOWED, Unimplemented;
     /// No such user.
     UserNotFound = "user_not_found", NOT_FOUND, NotFound;
     /// The resource exists already or is held by someone else.

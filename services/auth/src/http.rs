@@ -237,8 +237,7 @@ pub async fn json_errors(response: Response) -> Response {
     }
     let (code, message) = match status {
         StatusCode::NOT_FOUND => (ErrorCode::NotFound, "no such route"),
-        // The table has no code of its own for 405; the status (and `Allow`) stay.
-        StatusCode::METHOD_NOT_ALLOWED => (ErrorCode::BadRequest, "method not allowed here"),
+        StatusCode::METHOD_NOT_ALLOWED => (ErrorCode::MethodNotAllowed, "method not allowed here"),
         StatusCode::REQUEST_TIMEOUT => (ErrorCode::Timeout, "request took too long"),
         StatusCode::PAYLOAD_TOO_LARGE => (ErrorCode::PayloadTooLarge, "request body too large"),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => (ErrorCode::UnsupportedMediaType, "send a JSON body"),
