@@ -11,7 +11,8 @@
 //! counted in `rethink_connections_refused_total`); a client that does not finish its request
 //! headers within `header_read_timeout_ms` is disconnected; a request whose handler has not
 //! answered within `request_timeout_ms` gets 408 (WebSocket sessions live on after their
-//! upgrade and are not bound by it); when `shutdown` fires, the server stops accepting and open
+//! upgrade and are not bound by it); every plain error response gets the JSON error body
+//! ([`crate::error::json_errors`]); when `shutdown` fires, the server stops accepting and open
 //! connections get `drain` to finish.
 
 use std::{
@@ -168,6 +169,7 @@ pub fn serve_http(
 ) -> impl Future<Output = io::Result<()>> + Send + 'static {
     let admission = Admission::new(limits);
     let router = router.layer((
+        axum::middleware::map_response(crate::error::json_errors),
         tower_http::timeout::RequestBodyTimeoutLayer::new(limits.request_timeout()),
         tower_http::timeout::TimeoutLayer::with_status_code(
             http::StatusCode::REQUEST_TIMEOUT,

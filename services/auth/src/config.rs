@@ -5,6 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 pub use rethink_common::config::RedisConfig;
 use rethink_common::config::{ConfigError, ServiceConfig};
 use rethink_common::lifecycle::ServeAddrs;
+use rethink_common::listener::ListenerLimits;
 use serde::{Deserialize, Serialize};
 
 /// Everything the auth service can be told.
@@ -23,8 +24,10 @@ pub struct AuthConfig {
     pub http: HttpConfig,
     /// Login throttling.
     pub throttle: ThrottleConfig,
-    /// Seconds to finish in-flight requests after shutdown begins.
-    pub drain_secs: u64,
+    /// Bounds of both listeners (connections, header and request timeouts).
+    pub listener: ListenerLimits,
+    /// Milliseconds to finish in-flight requests after shutdown begins.
+    pub drain_timeout_ms: u64,
 }
 
 /// Tokens and signing keys.
@@ -45,8 +48,6 @@ pub struct TokenConfig {
 pub struct HttpConfig {
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
-    /// Time limit of one request, in milliseconds.
-    pub request_timeout_ms: u64,
 }
 
 /// Login throttling: attempts per (username, client address), per username from every address,
@@ -82,7 +83,8 @@ impl Default for AuthConfig {
             tokens: TokenConfig::default(),
             http: HttpConfig::default(),
             throttle: ThrottleConfig::default(),
-            drain_secs: 10,
+            listener: ListenerLimits::default(),
+            drain_timeout_ms: 10_000,
         }
     }
 }
@@ -101,7 +103,6 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 16 * 1024,
-            request_timeout_ms: 10_000,
         }
     }
 }
@@ -156,11 +157,7 @@ impl ServiceConfig for AuthConfig {
                 "http.max_body_bytes must be between 256 and 1048576",
             ));
         }
-        if self.http.request_timeout_ms < 100 {
-            return Err(ConfigError::invalid(
-                "http.request_timeout_ms must be at least 100",
-            ));
-        }
+        self.listener.validate().map_err(ConfigError::invalid)?;
         let t = &self.throttle;
         if t.max_failures_per_user_addr == 0
             || t.max_failures_per_user == 0

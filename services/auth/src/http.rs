@@ -10,8 +10,8 @@
 //!
 //! Every error is `{"error":{"code","message"}}`: handler errors through [`AuthError`], and
 //! axum's and tower's own plain responses (unknown route, wrong method, body too large,
-//! timeout) through the [`json_errors`] middleware. Body size limit and request timeout are
-//! tower layers; logins are throttled inside [`AuthService::login`] (see [`crate::throttle`]),
+//! timeout) through `rethink_common::error::json_errors`, which the listener applies. The body
+//! size limit is a tower layer here, the request timeout the listener's; logins are throttled inside [`AuthService::login`] (see [`crate::throttle`]),
 //! with the client address from [`crate::throttle::client_addr`]: the socket peer, or the
 //! `X-Forwarded-For` hop behind a configured trusted proxy.
 
@@ -22,7 +22,6 @@ use axum::{
     body::Bytes,
     extract::{ConnectInfo, FromRef, FromRequest, Request, State},
     http::{HeaderValue, StatusCode, header},
-    middleware,
     response::{IntoResponse, Response},
     routing::{any, get, post},
 };
@@ -31,7 +30,7 @@ use rethink_common::{
     token::{Authenticated, Grants, TokenVerifier},
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
-use tower_http::{limit::RequestBodyLimitLayer, timeout::TimeoutLayer};
+use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::{AuthError, AuthService, error::error_body, service::IssuedToken, throttle};
 
@@ -44,9 +43,7 @@ impl FromRef<AuthService> for TokenVerifier {
 /// Returns the `/auth/*` routes with their limits; merge it into any router (it sets no
 /// fallback, so it merges with other services' routers).
 pub fn router(service: AuthService) -> Router {
-    let http = &service.config().http;
-    let max_body = http.max_body_bytes;
-    let timeout = Duration::from_millis(http.request_timeout_ms);
+    let max_body = service.config().http.max_body_bytes;
     Router::new()
         .route("/auth/login", post(login))
         .route("/auth/token", post(mint))
@@ -56,11 +53,6 @@ pub fn router(service: AuthService) -> Router {
         .route("/auth/{*rest}", any(not_found))
         .with_state(service)
         .layer(RequestBodyLimitLayer::new(max_body))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            timeout,
-        ))
-        .layer(middleware::map_response(json_errors))
 }
 
 /// A JSON body read regardless of `Content-Type` (curl's `-d` sends a form type); parse
@@ -217,40 +209,4 @@ pub async fn not_found() -> Response {
         error_body(ErrorCode::NotFound, "no such route"),
     )
         .into_response()
-}
-
-/// Rewrites error responses that are not JSON (from axum's routing, tower's limits and
-/// timeouts) into `{"error":{"code","message"}}`, keeping status and headers such as `Allow`.
-pub async fn json_errors(response: Response) -> Response {
-    let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) {
-        return response;
-    }
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    // WebSocket upgrades and the like never carry error bodies, so rewriting them is safe.
-    if is_json {
-        return response;
-    }
-    let (code, message) = match status {
-        StatusCode::NOT_FOUND => (ErrorCode::NotFound, "no such route"),
-        StatusCode::METHOD_NOT_ALLOWED => (ErrorCode::MethodNotAllowed, "method not allowed here"),
-        StatusCode::REQUEST_TIMEOUT => (ErrorCode::Timeout, "request took too long"),
-        StatusCode::PAYLOAD_TOO_LARGE => (ErrorCode::PayloadTooLarge, "request body too large"),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => (ErrorCode::UnsupportedMediaType, "send a JSON body"),
-        StatusCode::TOO_MANY_REQUESTS => (ErrorCode::RateLimited, "too many requests"),
-        StatusCode::SERVICE_UNAVAILABLE => (ErrorCode::Unavailable, "service unavailable"),
-        s if s.is_server_error() => (ErrorCode::Internal, "internal error"),
-        _ => (ErrorCode::BadRequest, "bad request"),
-    };
-    let (mut parts, _) = response.into_parts();
-    parts.headers.remove(header::CONTENT_LENGTH);
-    parts.headers.remove(header::CONTENT_TYPE);
-    let body = error_body(code, message).into_response();
-    let (body_parts, body) = body.into_parts();
-    parts.headers.extend(body_parts.headers);
-    Response::from_parts(parts, body)
 }

@@ -255,7 +255,7 @@ async fn repeated_failures_are_throttled_with_retry_after() {
 async fn slow_requests_time_out_with_json_408() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut config = test_config(None);
-    config.http.request_timeout_ms = 200;
+    config.listener.request_timeout_ms = 200;
     let auth = TestAuth::start(config).await;
     let mut stream = tokio::net::TcpStream::connect(auth.http).await.unwrap();
     // Promise 100 bytes, send 10, then wait for the server's answer.

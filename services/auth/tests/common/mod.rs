@@ -26,7 +26,7 @@ pub struct TestAuth {
 pub fn test_config(redis_url: Option<&str>) -> AuthConfig {
     let mut config = AuthConfig::default();
     config.redis.url = redis_url.map(str::to_string);
-    config.drain_secs = 1;
+    config.drain_timeout_ms = 1000;
     config
 }
 
