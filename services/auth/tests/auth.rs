@@ -189,7 +189,7 @@ async fn bad_requests_get_the_json_error_shape() {
     assert_eq!(error_code(&json), "not_found");
     let (status, json) = auth.get("/auth/login", None).await;
     assert_eq!(status, 405);
-    assert_eq!(error_code(&json), "bad_request");
+    assert_eq!(error_code(&json), "method_not_allowed");
     auth.stop().await;
 }
 
