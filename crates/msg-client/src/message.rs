@@ -313,7 +313,7 @@ mod tests {
         let back: Message = serde_json::from_value(v).unwrap();
         assert_eq!(back, m);
         let r = m.reply(json!("ok"));
-        assert_eq!((r.code(), r.from.as_str(), r.id.clone()), (200, "hyperty://localhost/b", m.id));
+        assert_eq!((r.code(), r.from.as_str(), r.id.clone()), (200, "hyperty://localhost/b", m.id.clone()));
         let e = m.reply_error(404, "no such address").into_result().unwrap_err();
         assert!(matches!(e, ClientError::Protocol { code: 404, .. }), "{e}");
     }
