@@ -75,9 +75,8 @@ impl Address {
         let (scheme, rest) = text
             .split_once("://")
             .ok_or_else(|| bad("expected <scheme>://..."))?;
-        let kind = AddressKind::from_scheme(scheme).ok_or_else(|| {
-            bad("the scheme must be hyperty, user, object, runtime or domain")
-        })?;
+        let kind = AddressKind::from_scheme(scheme)
+            .ok_or_else(|| bad("the scheme must be hyperty, user, object, runtime or domain"))?;
         let start = scheme.len() + 3;
         if rest.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(bad("must not contain whitespace or control characters"));
@@ -240,9 +239,18 @@ mod tests {
             (AddressKind::Hyperty, "localhost", "camera/front-door")
         );
         let d = Address::parse("domain://registry.localhost").unwrap();
-        assert_eq!((d.kind(), d.domain(), d.path()), (AddressKind::Domain, "localhost", ""));
-        assert_eq!(Address::user("localhost", "bob").unwrap(), "user://localhost/bob");
-        assert_eq!(Address::object("x", "1").unwrap().kind(), AddressKind::Object);
+        assert_eq!(
+            (d.kind(), d.domain(), d.path()),
+            (AddressKind::Domain, "localhost", "")
+        );
+        assert_eq!(
+            Address::user("localhost", "bob").unwrap(),
+            "user://localhost/bob"
+        );
+        assert_eq!(
+            Address::object("x", "1").unwrap().kind(),
+            AddressKind::Object
+        );
         assert_eq!(
             Address::parse("runtime://localhost/4f0c").unwrap().kind(),
             AddressKind::Runtime
@@ -271,7 +279,10 @@ mod tests {
     #[test]
     fn serde_goes_through_validation() {
         let a: Address = serde_json::from_str("\"hyperty://localhost/x\"").unwrap();
-        assert_eq!(serde_json::to_string(&a).unwrap(), "\"hyperty://localhost/x\"");
+        assert_eq!(
+            serde_json::to_string(&a).unwrap(),
+            "\"hyperty://localhost/x\""
+        );
         assert!(serde_json::from_str::<Address>("\"nope\"").is_err());
     }
 }

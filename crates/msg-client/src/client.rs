@@ -267,7 +267,12 @@ impl Client {
     /// Sends `message` as it is (no id is assigned; no response is awaited).
     pub async fn send(&self, message: Message) -> Result<(), ClientError> {
         let (done, sent) = oneshot::channel();
-        if self.commands().send(Command::Send(message, done)).await.is_err() {
+        if self
+            .commands()
+            .send(Command::Send(message, done))
+            .await
+            .is_err()
+        {
             return Err(self.closed_error());
         }
         match sent.await {
@@ -474,13 +479,24 @@ impl Client {
         let link = self
             .inner
             .target
-            .open(token, Some(&resume_token), self.inner.options.connect_timeout)
+            .open(
+                token,
+                Some(&resume_token),
+                self.inner.options.connect_timeout,
+            )
             .await?;
         let welcome = link.welcome().clone();
         {
             let mut connection = lock(&self.inner.connection);
-            connection.abort(&self.inner.shared, Closed::new(4009, "resumed by another connection"));
-            *connection = spawn(link, self.inner.shared.clone(), self.inner.inbound_tx.clone());
+            connection.abort(
+                &self.inner.shared,
+                Closed::new(4009, "resumed by another connection"),
+            );
+            *connection = spawn(
+                link,
+                self.inner.shared.clone(),
+                self.inner.inbound_tx.clone(),
+            );
         }
         *lock(&self.inner.welcome) = welcome.clone();
         Ok(welcome)

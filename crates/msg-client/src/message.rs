@@ -203,7 +203,10 @@ impl Message {
         let code = self.code();
         if (200..300).contains(&code) {
             let mut body = self.body;
-            Ok(body.get_mut("value").map(Value::take).unwrap_or(Value::Null))
+            Ok(body
+                .get_mut("value")
+                .map(Value::take)
+                .unwrap_or(Value::Null))
         } else {
             Err(ClientError::Protocol {
                 code,
@@ -313,8 +316,14 @@ mod tests {
         let back: Message = serde_json::from_value(v).unwrap();
         assert_eq!(back, m);
         let r = m.reply(json!("ok"));
-        assert_eq!((r.code(), r.from.as_str(), r.id.clone()), (200, "hyperty://localhost/b", m.id.clone()));
-        let e = m.reply_error(404, "no such address").into_result().unwrap_err();
+        assert_eq!(
+            (r.code(), r.from.as_str(), r.id.clone()),
+            (200, "hyperty://localhost/b", m.id.clone())
+        );
+        let e = m
+            .reply_error(404, "no such address")
+            .into_result()
+            .unwrap_err();
         assert!(matches!(e, ClientError::Protocol { code: 404, .. }), "{e}");
     }
 

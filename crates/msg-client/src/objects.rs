@@ -113,15 +113,26 @@ impl Reporter {
     /// Deletes the object; observers get a `delete`.
     pub async fn delete(self) -> Result<(), ClientError> {
         self.client
-            .call(MessageType::Delete, &self.hyperty, &self.state.url, Value::Null)
+            .call(
+                MessageType::Delete,
+                &self.hyperty,
+                &self.state.url,
+                Value::Null,
+            )
             .await
             .map(drop)
     }
 }
 
 /// Reads the state of `url` as `from`.
-pub async fn read(client: &Client, from: &Address, url: &Address) -> Result<ObjectState, ClientError> {
-    let value = client.call(MessageType::Read, from, url, Value::Null).await?;
+pub async fn read(
+    client: &Client,
+    from: &Address,
+    url: &Address,
+) -> Result<ObjectState, ClientError> {
+    let value = client
+        .call(MessageType::Read, from, url, Value::Null)
+        .await?;
     ObjectState::from_value(&value, None)
 }
 
@@ -207,7 +218,9 @@ impl Observer {
     async fn next_change_forever(&mut self) -> Result<Change, ClientError> {
         loop {
             let Some(message) = self.changes.recv().await else {
-                return Err(ClientError::Unexpected("the observer's route was removed".into()));
+                return Err(ClientError::Unexpected(
+                    "the observer's route was removed".into(),
+                ));
             };
             let Some(version) = message.body["version"].as_u64() else {
                 tracing::warn!(%message, "object change without a version");
@@ -255,7 +268,12 @@ impl Observer {
     /// Ends the subscription.
     pub async fn unsubscribe(self) -> Result<(), ClientError> {
         self.client
-            .call(MessageType::Unsubscribe, &self.hyperty, &self.state.url, Value::Null)
+            .call(
+                MessageType::Unsubscribe,
+                &self.hyperty,
+                &self.state.url,
+                Value::Null,
+            )
             .await
             .map(drop)
     }

@@ -13,9 +13,7 @@ use tokio::{net::TcpStream, sync::mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_tungstenite::{
     MaybeTlsStream, WebSocketStream,
-    tungstenite::{
-        self, Message as Frame, client::IntoClientRequest, protocol::WebSocketConfig,
-    },
+    tungstenite::{self, Message as Frame, client::IntoClientRequest, protocol::WebSocketConfig},
 };
 
 use crate::{
@@ -156,11 +154,17 @@ impl WsLink {
 
     /// Sends `message` and waits for the response with its id; anything else that arrives in
     /// between is dropped. For setup before a load generator takes the stream over.
-    pub async fn request(&mut self, message: &Message, wait: Duration) -> Result<Message, ClientError> {
+    pub async fn request(
+        &mut self,
+        message: &Message,
+        wait: Duration,
+    ) -> Result<Message, ClientError> {
         self.ws.send(Frame::text(message.to_string())).await?;
         tokio::time::timeout(wait, async {
             loop {
-                let m = next_message(&mut self.ws).await.map_err(ClientError::Closed)?;
+                let m = next_message(&mut self.ws)
+                    .await
+                    .map_err(ClientError::Closed)?;
                 if m.is_response() && m.id == message.id && m.to == message.from {
                     return Ok(m);
                 }
@@ -232,9 +236,9 @@ impl GrpcLink {
             .map_err(|_| ClientError::Transport("the token is not valid metadata".into()))?;
         request.metadata_mut().insert("authorization", bearer);
         if let Some(resume) = resume {
-            let value = resume
-                .parse()
-                .map_err(|_| ClientError::Transport("the resume token is not valid metadata".into()))?;
+            let value = resume.parse().map_err(|_| {
+                ClientError::Transport("the resume token is not valid metadata".into())
+            })?;
             request.metadata_mut().insert(RESUME_METADATA, value);
         }
         let mut rx = match tokio::time::timeout(wait, client.attach(request)).await {
@@ -326,8 +330,13 @@ pub fn from_proto(envelope: &pb::Envelope) -> Result<Message, ClientError> {
         from: envelope.from.parse()?,
         to: envelope.to.parse()?,
         body,
-        trace: (!envelope.trace.is_empty())
-            .then(|| envelope.trace.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+        trace: (!envelope.trace.is_empty()).then(|| {
+            envelope
+                .trace
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        }),
     })
 }
 
@@ -352,11 +361,11 @@ impl Link {
     /// Sends one message.
     pub async fn send(&mut self, message: &Message) -> Result<(), Closed> {
         match self {
-            Link::Ws(l) => l
-                .ws
-                .send(Frame::text(message.to_string()))
-                .await
-                .map_err(|e| Closed::abnormal(e.to_string())),
+            Link::Ws(l) => {
+                l.ws.send(Frame::text(message.to_string()))
+                    .await
+                    .map_err(|e| Closed::abnormal(e.to_string()))
+            }
             Link::Grpc(l) => match &l.tx {
                 Some(tx) => tx
                     .send(to_proto(message))
@@ -371,11 +380,11 @@ impl Link {
     /// nothing, so it is refused).
     pub async fn send_text(&mut self, text: String) -> Result<(), Closed> {
         match self {
-            Link::Ws(l) => l
-                .ws
-                .send(Frame::text(text))
-                .await
-                .map_err(|e| Closed::abnormal(e.to_string())),
+            Link::Ws(l) => {
+                l.ws.send(Frame::text(text))
+                    .await
+                    .map_err(|e| Closed::abnormal(e.to_string()))
+            }
             Link::Grpc(_) => Err(Closed::abnormal("raw frames need the WebSocket transport")),
         }
     }
@@ -419,7 +428,10 @@ mod tests {
     fn proto_round_trip_keeps_ids_and_null_bodies() {
         let a = Address::parse("hyperty://localhost/a").unwrap();
         let b = Address::parse("hyperty://localhost/b").unwrap();
-        for (id, body) in [(MessageId::Int(5), json!({"k": 1})), (MessageId::from("x"), Value::Null)] {
+        for (id, body) in [
+            (MessageId::Int(5), json!({"k": 1})),
+            (MessageId::from("x"), Value::Null),
+        ] {
             let m = Message::new(MessageType::Forward, &a, &b, body).with_id(id);
             let pb = to_proto(&m);
             assert_eq!(from_proto(&pb).unwrap(), m);

@@ -9,11 +9,12 @@ use rethink_msg_client::{
     Address, Change, Client, ClientError, ClientOptions, Closed, Message, MessageType, Observer,
     Reporter, Target,
 };
-use rethink_testbed::{TestBed, WAIT};
+use rethink_testbed::TestBed;
 use serde_json::json;
 
 #[tokio::test]
-async fn a_websocket_and_an_attach_client_exchange_requests_matched_by_sender_and_id() -> Result<()> {
+async fn a_websocket_and_an_attach_client_exchange_requests_matched_by_sender_and_id() -> Result<()>
+{
     let bed = TestBed::start().await?;
     let a = bed.default_msg_node("node-a").await?;
     let b = bed.default_msg_node("node-b").await?;
@@ -35,7 +36,13 @@ async fn a_websocket_and_an_attach_client_exchange_requests_matched_by_sender_an
 
     // Both hyperties ask with the same id; each gets the answer meant for it.
     let ask = |from: &Address| {
-        Message::new(MessageType::Execute, from, &conference, json!({"method": "who"})).with_id(7)
+        Message::new(
+            MessageType::Execute,
+            from,
+            &conference,
+            json!({"method": "who"}),
+        )
+        .with_id(7)
     };
     let answering = tokio::spawn({
         let service = service.clone();
@@ -53,13 +60,26 @@ async fn a_websocket_and_an_attach_client_exchange_requests_matched_by_sender_an
     let (r1, r2) = tokio::join!(alice.request(ask(&h1)), alice.request(ask(&h2)));
     answering.await??;
     let (r1, r2) = (r1?, r2?);
-    assert_eq!((r1.code(), r1.value()["you"].as_str()), (200, Some(h1.as_str())), "{r1}");
-    assert_eq!((r2.code(), r2.value()["you"].as_str()), (200, Some(h2.as_str())), "{r2}");
+    assert_eq!(
+        (r1.code(), r1.value()["you"].as_str()),
+        (200, Some(h1.as_str())),
+        "{r1}"
+    );
+    assert_eq!(
+        (r2.code(), r2.value()["you"].as_str()),
+        (200, Some(h2.as_str())),
+        "{r2}"
+    );
 
     // The node's own refusals come back as protocol errors: a `from` not owned is 403.
     let stranger = Address::hyperty("localhost", "not-mine")?;
-    let refused = alice.call(MessageType::Execute, &stranger, &conference, json!({})).await;
-    assert!(matches!(refused, Err(ClientError::Protocol { code: 403, .. })), "{refused:?}");
+    let refused = alice
+        .call(MessageType::Execute, &stranger, &conference, json!({}))
+        .await;
+    assert!(
+        matches!(refused, Err(ClientError::Protocol { code: 403, .. })),
+        "{refused:?}"
+    );
 
     // A request nobody answers times out instead of hanging.
     let impatient = Client::connect_with(
@@ -74,9 +94,17 @@ async fn a_websocket_and_an_attach_client_exchange_requests_matched_by_sender_an
     .await?;
     let bob = impatient.register(json!({})).await?;
     let unanswered = impatient
-        .request(Message::new(MessageType::Execute, &bob, &conference, json!({})))
+        .request(Message::new(
+            MessageType::Execute,
+            &bob,
+            &conference,
+            json!({}),
+        ))
         .await;
-    assert!(matches!(unanswered, Err(ClientError::Timeout(_))), "{unanswered:?}");
+    assert!(
+        matches!(unanswered, Err(ClientError::Timeout(_))),
+        "{unanswered:?}"
+    );
     // The service did get it, as an inbound message.
     assert_eq!(service.recv().await?.from, bob);
 
@@ -102,7 +130,14 @@ async fn a_resume_after_a_dropped_connection_keeps_the_address() -> Result<()> {
 
     alice.drop_connection();
     assert_eq!(alice.closed().await?.code, Closed::ABNORMAL);
-    let gone = alice.request(Message::new(MessageType::Read, &me, &alice.registry(), json!({}))).await;
+    let gone = alice
+        .request(Message::new(
+            MessageType::Read,
+            &me,
+            &alice.registry(),
+            json!({}),
+        ))
+        .await;
     assert!(matches!(gone, Err(ClientError::Closed(_))), "{gone:?}");
 
     // A fresh token of the same identity resumes the session: same runtime, same hyperty.
@@ -116,13 +151,21 @@ async fn a_resume_after_a_dropped_connection_keeps_the_address() -> Result<()> {
     bob.send(Message::new(MessageType::Forward, &bob_h, &me, json!({"n": 1})).with_id(1))
         .await?;
     let got = alice.recv().await?;
-    assert_eq!((got.from.clone(), got.body["n"].clone()), (bob_h.clone(), json!(1)), "{got}");
+    assert_eq!(
+        (got.from.clone(), got.body["n"].clone()),
+        (bob_h.clone(), json!(1)),
+        "{got}"
+    );
     // And the resumed client's requests work again.
-    assert_eq!(alice.lookup(&me, me.as_str()).await?["address"], me.as_str());
+    assert_eq!(
+        alice.lookup(&me, me.as_str()).await?["address"],
+        me.as_str()
+    );
 
     // A resume token of another identity is refused before the upgrade.
     let (mallory, _) = bed.user_token("mallory");
-    let status = rethink_testbed::refused_status(&a.resume_url(&mallory, &alice.resume_token())).await?;
+    let status =
+        rethink_testbed::refused_status(&a.resume_url(&mallory, &alice.resume_token())).await?;
     assert_eq!(status, 403);
     Ok(())
 }
@@ -138,33 +181,46 @@ async fn a_reporter_and_an_observer_on_two_replicas_sync_one_object() -> Result<
     let mut reporter = Reporter::create(&alice, &alice_h, "note", json!({"text": ""})).await?;
     assert_eq!(reporter.state().version, 1);
     let mut observer = Observer::subscribe(&bob, &bob_h, reporter.url()).await?;
-    assert_eq!((observer.version(), observer.value().clone()), (1, json!({"text": ""})));
+    assert_eq!(
+        (observer.version(), observer.value().clone()),
+        (1, json!({"text": ""}))
+    );
     assert_eq!(observer.state().reporter, alice_h);
 
     assert_eq!(reporter.update(json!({"text": "hello"})).await?, 2);
     assert_eq!(reporter.update(json!({"text": "hello bob"})).await?, 3);
     assert_eq!(
         observer.next_change().await?,
-        Change::Updated { version: 2, value: json!({"text": "hello"}) }
+        Change::Updated {
+            version: 2,
+            value: json!({"text": "hello"})
+        }
     );
     assert_eq!(
         observer.next_change().await?,
-        Change::Updated { version: 3, value: json!({"text": "hello bob"}) }
+        Change::Updated {
+            version: 3,
+            value: json!({"text": "hello bob"})
+        }
     );
     assert_eq!(observer.read().await?.value, json!({"text": "hello bob"}));
 
     // Only the reporter writes.
     let body = json!({"version": 3, "value": {"text": "mine now"}});
-    let refused = bob.call(MessageType::Update, &bob_h, reporter.url(), body).await;
+    let refused = bob
+        .call(MessageType::Update, &bob_h, reporter.url(), body)
+        .await;
     assert_eq!(refused.err().and_then(|e| e.code()), Some(403));
 
     reporter.delete().await?;
-    assert!(matches!(observer.next_change().await?, Change::Deleted { .. }));
+    assert!(matches!(
+        observer.next_change().await?,
+        Change::Deleted { .. }
+    ));
     // Changes never reached the general inbound queue.
     assert!(matches!(
         bob.recv_within(Duration::from_millis(200)).await,
         Err(ClientError::Timeout(_))
     ));
-    let _ = WAIT;
     Ok(())
 }

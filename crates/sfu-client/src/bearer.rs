@@ -69,7 +69,13 @@ mod tests {
         let clone = bearer.clone();
         clone.set("two").unwrap();
         let request = bearer.call(tonic::Request::new(())).unwrap();
-        assert_eq!(request.metadata().get("authorization").unwrap(), "Bearer two");
-        assert!(matches!(Bearer::new("bad\ntoken"), Err(SfuClientError::BadToken)));
+        assert_eq!(
+            request.metadata().get("authorization").unwrap(),
+            "Bearer two"
+        );
+        assert!(matches!(
+            Bearer::new("bad\ntoken"),
+            Err(SfuClientError::BadToken)
+        ));
     }
 }

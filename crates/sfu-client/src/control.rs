@@ -5,10 +5,9 @@ use std::time::Duration;
 
 use rethink_proto::v1::{
     SfuAddIceCandidateRequest, SfuAnswerRenegotiationRequest, SfuCloseRoomRequest,
-    SfuCreateRoomRequest, SfuEventsRequest, SfuGetParticipantStatsRequest,
-    SfuGetRoomStatsRequest, SfuJoinRequest, SfuLeaveRequest, SfuNode, SfuOfferRequest,
-    SfuParticipantEvent, SfuParticipantStats, SfuRoomStats, SfuSubscribeRequest,
-    sfu_client::SfuClient,
+    SfuCreateRoomRequest, SfuEventsRequest, SfuGetParticipantStatsRequest, SfuGetRoomStatsRequest,
+    SfuJoinRequest, SfuLeaveRequest, SfuNode, SfuOfferRequest, SfuParticipantEvent,
+    SfuParticipantStats, SfuRoomStats, SfuSubscribeRequest, sfu_client::SfuClient,
 };
 use tonic::{
     Streaming,
@@ -34,7 +33,11 @@ const MAX_MESSAGE: usize = 256 * 1024;
 
 impl SfuControl {
     /// Connects to `addr` (`host:port` or `http://host:port`) within `wait`.
-    pub async fn connect(addr: &str, bearer: Bearer, wait: Duration) -> Result<Self, SfuClientError> {
+    pub async fn connect(
+        addr: &str,
+        bearer: Bearer,
+        wait: Duration,
+    ) -> Result<Self, SfuClientError> {
         let url = if addr.contains("://") {
             addr.to_owned()
         } else {
@@ -50,7 +53,11 @@ impl SfuControl {
     }
 
     /// Connects to the node a heartbeat names.
-    pub async fn connect_node(node: &SfuNode, bearer: Bearer, wait: Duration) -> Result<Self, SfuClientError> {
+    pub async fn connect_node(
+        node: &SfuNode,
+        bearer: Bearer,
+        wait: Duration,
+    ) -> Result<Self, SfuClientError> {
         Self::connect(&node.grpc_addr, bearer, wait).await
     }
 
@@ -86,7 +93,12 @@ impl SfuControl {
     }
 
     /// Joins `participant` to `room` with its SDP offer; returns the SDP answer.
-    pub async fn join(&self, room: &str, participant: &str, offer_sdp: &str) -> Result<String, SfuClientError> {
+    pub async fn join(
+        &self,
+        room: &str,
+        participant: &str,
+        offer_sdp: &str,
+    ) -> Result<String, SfuClientError> {
         let request = SfuJoinRequest {
             room: room.into(),
             participant: participant.into(),
@@ -96,7 +108,12 @@ impl SfuControl {
     }
 
     /// Adds one trickled ICE candidate of `participant` (empty = end of candidates).
-    pub async fn trickle(&self, room: &str, participant: &str, candidate: &str) -> Result<(), SfuClientError> {
+    pub async fn trickle(
+        &self,
+        room: &str,
+        participant: &str,
+        candidate: &str,
+    ) -> Result<(), SfuClientError> {
         let request = SfuAddIceCandidateRequest {
             room: room.into(),
             participant: participant.into(),
@@ -117,14 +134,28 @@ impl SfuControl {
     }
 
     /// Starts forwarding `track_id` to `participant`.
-    pub async fn subscribe(&self, room: &str, participant: &str, track_id: &str) -> Result<(), SfuClientError> {
-        self.raw().subscribe(subscription(room, participant, track_id)).await?;
+    pub async fn subscribe(
+        &self,
+        room: &str,
+        participant: &str,
+        track_id: &str,
+    ) -> Result<(), SfuClientError> {
+        self.raw()
+            .subscribe(subscription(room, participant, track_id))
+            .await?;
         Ok(())
     }
 
     /// Stops forwarding `track_id` to `participant`.
-    pub async fn unsubscribe(&self, room: &str, participant: &str, track_id: &str) -> Result<(), SfuClientError> {
-        self.raw().unsubscribe(subscription(room, participant, track_id)).await?;
+    pub async fn unsubscribe(
+        &self,
+        room: &str,
+        participant: &str,
+        track_id: &str,
+    ) -> Result<(), SfuClientError> {
+        self.raw()
+            .unsubscribe(subscription(room, participant, track_id))
+            .await?;
         Ok(())
     }
 
@@ -135,16 +166,28 @@ impl SfuControl {
     }
 
     /// Returns the statistics of one participant.
-    pub async fn participant_stats(&self, room: &str, participant: &str) -> Result<SfuParticipantStats, SfuClientError> {
+    pub async fn participant_stats(
+        &self,
+        room: &str,
+        participant: &str,
+    ) -> Result<SfuParticipantStats, SfuClientError> {
         let request = SfuGetParticipantStatsRequest {
             room: room.into(),
             participant: participant.into(),
         };
-        Ok(self.raw().get_participant_stats(request).await?.into_inner())
+        Ok(self
+            .raw()
+            .get_participant_stats(request)
+            .await?
+            .into_inner())
     }
 
     /// Opens the `Events` stream of `participant` (replacing an earlier one).
-    pub async fn events(&self, room: &str, participant: &str) -> Result<Streaming<SfuParticipantEvent>, SfuClientError> {
+    pub async fn events(
+        &self,
+        room: &str,
+        participant: &str,
+    ) -> Result<Streaming<SfuParticipantEvent>, SfuClientError> {
         let request = SfuEventsRequest {
             room: room.into(),
             participant: participant.into(),
@@ -153,7 +196,12 @@ impl SfuControl {
     }
 
     /// Applies `participant`'s answer to the outstanding renegotiation offer.
-    pub async fn answer_renegotiation(&self, room: &str, participant: &str, answer_sdp: &str) -> Result<(), SfuClientError> {
+    pub async fn answer_renegotiation(
+        &self,
+        room: &str,
+        participant: &str,
+        answer_sdp: &str,
+    ) -> Result<(), SfuClientError> {
         let request = SfuAnswerRenegotiationRequest {
             room: room.into(),
             participant: participant.into(),
@@ -164,7 +212,12 @@ impl SfuControl {
     }
 
     /// Sends a new offer of the participant itself; returns the answer.
-    pub async fn offer(&self, room: &str, participant: &str, offer_sdp: &str) -> Result<String, SfuClientError> {
+    pub async fn offer(
+        &self,
+        room: &str,
+        participant: &str,
+        offer_sdp: &str,
+    ) -> Result<String, SfuClientError> {
         let request = SfuOfferRequest {
             room: room.into(),
             participant: participant.into(),

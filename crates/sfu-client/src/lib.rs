@@ -9,7 +9,7 @@
 //! - [`control`]: [`SfuControl`], create/close room, join (offer → answer), trickle, leave,
 //!   subscriptions, stats, events, renegotiation answers.
 //! - [`relay`]: [`Relay`], the task that answers a participant's renegotiation offers.
-//! - [`error`]: [`SfuClientError`].
+//! - [`error`]: the one error, [`SfuClientError`].
 //!
 //! [`place`] ties them together: it picks the least loaded live node from the store and
 //! connects to it.
@@ -44,7 +44,9 @@ pub async fn place(
     bearer: Bearer,
     wait: Duration,
 ) -> Result<(SfuNode, SfuControl), SfuClientError> {
-    let node = nodes::least_loaded(kv).await?.ok_or(SfuClientError::NoNode)?;
+    let node = nodes::least_loaded(kv)
+        .await?
+        .ok_or(SfuClientError::NoNode)?;
     let control = SfuControl::connect_node(&node, bearer, wait).await?;
     Ok((node, control))
 }

@@ -76,7 +76,8 @@ impl Relay {
         let mut stream = control.events(room, participant).await?;
         let (events_tx, events) = watch::channel(Vec::new());
         let (outcome_tx, outcome) = watch::channel(RelayOutcome::default());
-        let (control, room, participant) = (control.clone(), room.to_owned(), participant.to_owned());
+        let (control, room, participant) =
+            (control.clone(), room.to_owned(), participant.to_owned());
         let task = tokio::spawn(async move {
             loop {
                 let message = match stream.message().await {
@@ -156,7 +157,11 @@ impl Relay {
 
     /// Waits until at least `count` offers were answered, or an error, or the stream ended;
     /// returns the outcome then, or `Err` with the outcome after `wait`.
-    pub async fn wait_answered(&self, count: u32, wait: Duration) -> Result<RelayOutcome, RelayOutcome> {
+    pub async fn wait_answered(
+        &self,
+        count: u32,
+        wait: Duration,
+    ) -> Result<RelayOutcome, RelayOutcome> {
         let mut outcome = self.outcome.clone();
         let reached = tokio::time::timeout(
             wait,

@@ -19,8 +19,14 @@ const LOAD: u32 = 60;
 
 /// Returns a str0m SDP offer with one video m-line (a participant that never connects).
 fn idle_offer() -> Result<String> {
-    use str0m::{Candidate, RtcConfig, media::{Direction, MediaKind}};
-    let mut rtc = RtcConfig::new().clear_codecs().enable_h264(true).build(std::time::Instant::now());
+    use str0m::{
+        Candidate, RtcConfig,
+        media::{Direction, MediaKind},
+    };
+    let mut rtc = RtcConfig::new()
+        .clear_codecs()
+        .enable_h264(true)
+        .build(std::time::Instant::now());
     rtc.add_local_candidate(Candidate::host("127.0.0.1:9".parse()?, "udp")?);
     let mut api = rtc.sdp_api();
     api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
@@ -37,7 +43,9 @@ async fn placement_picks_the_least_loaded_of_two_heartbeating_nodes() -> Result<
     let control = bed.sfu_control(&busy).await?;
     assert_eq!(control.create_room("crowded").await?, "sfu-a");
     for n in 0..LOAD {
-        control.join("crowded", &format!("p{n}"), &idle_offer()?).await?;
+        control
+            .join("crowded", &format!("p{n}"), &idle_offer()?)
+            .await?;
     }
 
     // Both heartbeats are in the store, the busy one with its participants.
@@ -54,7 +62,10 @@ async fn placement_picks_the_least_loaded_of_two_heartbeating_nodes() -> Result<
         if participants("sfu-a") == Some(LOAD) && participants("sfu-b") == Some(0) {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "heartbeats: {listed:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "heartbeats: {listed:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (node, placed) = place(bed.kv().as_ref(), bed.sfu_bearer(), WAIT).await?;
@@ -68,7 +79,11 @@ async fn placement_picks_the_least_loaded_of_two_heartbeating_nodes() -> Result<
     // A bad token is refused by the node.
     placed.bearer().set("not-a-token")?;
     let refused = placed.room_stats("fresh").await.unwrap_err();
-    assert_eq!(refused.code(), Some(tonic::Code::Unauthenticated), "{refused}");
+    assert_eq!(
+        refused.code(),
+        Some(tonic::Code::Unauthenticated),
+        "{refused}"
+    );
     assert!(matches!(
         rethink_sfu_client::Bearer::new("line\nbreak"),
         Err(SfuClientError::BadToken)
@@ -77,7 +92,8 @@ async fn placement_picks_the_least_loaded_of_two_heartbeating_nodes() -> Result<
 }
 
 #[tokio::test]
-async fn a_join_gets_an_answer_and_the_relay_answers_the_renegotiation_of_a_new_publisher() -> Result<()> {
+async fn a_join_gets_an_answer_and_the_relay_answers_the_renegotiation_of_a_new_publisher()
+-> Result<()> {
     let bed = TestBed::start().await?;
     let sfu = bed.default_sfu("sfu-a").await?;
     let control = bed.sfu_control(&sfu).await?;
@@ -103,9 +119,10 @@ async fn a_join_gets_an_answer_and_the_relay_answers_the_renegotiation_of_a_new_
     let outcome = outcome.unwrap_or_else(|o| panic!("no renegotiation answered: {o:?}"));
     assert_eq!(outcome.error, None);
     let published = relay
-        .wait_event(MEDIA_WAIT, |e| {
-            matches!(e, Event::TrackPublished(t) if t.participant == "second")
-        })
+        .wait_event(
+            MEDIA_WAIT,
+            |e| matches!(e, Event::TrackPublished(t) if t.participant == "second"),
+        )
         .await;
     assert!(published.is_some(), "events: {:?}", relay.events());
     // The accepted answer shows in the SFU's view of the first participant.
@@ -119,6 +136,9 @@ async fn a_join_gets_an_answer_and_the_relay_answers_the_renegotiation_of_a_new_
         tokio::time::sleep(Duration::from_millis(50)).await;
         ended = relay.outcome();
     }
-    assert!(ended.ended, "the events stream ends when the participant leaves: {ended:?}");
+    assert!(
+        ended.ended,
+        "the events stream ends when the participant leaves: {ended:?}"
+    );
     Ok(())
 }

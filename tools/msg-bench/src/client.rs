@@ -13,9 +13,7 @@ use std::{
 
 use anyhow::Context;
 use futures::{SinkExt, StreamExt};
-use rethink_msg_client::{
-    Message, MessageType, TokenIn, WsLink, WsTarget, transport::WsStream,
-};
+use rethink_msg_client::{Message, MessageType, TokenIn, WsLink, WsTarget, transport::WsStream};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{Message as Frame, protocol::WebSocketConfig};

@@ -115,18 +115,13 @@ async fn main() -> anyhow::Result<()> {
         auth.url()
     );
     let mut channels = Channels::new(sfu.grpc, args.clients_per_channel, auth.bearer());
-    channels
-        .next()
-        .await?
-        .create_room(ROOM)
-        .await?;
+    channels.next().await?.create_room(ROOM).await?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(Sent::default());
     let pending = client::new_client(Direction::SendOnly, false).await?;
     let offer = pending.offer.clone();
-    let (answer, signal) =
-        signal::join(&channels.next().await?, ROOM, "publisher", offer).await?;
+    let (answer, signal) = signal::join(&channels.next().await?, ROOM, "publisher", offer).await?;
     tokio::spawn(client::run_publisher(
         pending,
         answer,
