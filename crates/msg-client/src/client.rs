@@ -137,7 +137,7 @@ impl Connection {
 }
 
 struct Inner {
-    target: Target,
+    target: Mutex<Target>,
     options: ClientOptions,
     shared: Arc<Mutex<Shared>>,
     welcome: Mutex<Welcome>,
@@ -164,7 +164,7 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("target", &self.inner.target)
+            .field("target", &*lock(&self.inner.target))
             .field("runtime", &self.welcome().runtime)
             .finish_non_exhaustive()
     }
@@ -197,7 +197,7 @@ impl Client {
         let connection = spawn(link, shared.clone(), inbound_tx.clone());
         Ok(Self {
             inner: Arc::new(Inner {
-                target,
+                target: Mutex::new(target),
                 options,
                 shared,
                 welcome: Mutex::new(welcome),
@@ -475,16 +475,22 @@ impl Client {
     /// open). Requests in flight fail with [`ClientError::Closed`]; routes and the inbound queue
     /// are kept, so observers go on. Returns the new welcome (`resumed`, `addresses`).
     pub async fn resume(&self, token: &str) -> Result<Welcome, ClientError> {
+        let target = lock(&self.inner.target).clone();
+        self.resume_at(target, token).await
+    }
+
+    /// Like [`Client::resume`], on `target` (another replica: the node hands the session
+    /// over); later resumes go there too.
+    pub async fn resume_at(&self, target: Target, token: &str) -> Result<Welcome, ClientError> {
         let resume_token = self.resume_token();
-        let link = self
-            .inner
-            .target
+        let link = target
             .open(
                 token,
                 Some(&resume_token),
                 self.inner.options.connect_timeout,
             )
             .await?;
+        *lock(&self.inner.target) = target;
         let welcome = link.welcome().clone();
         {
             let mut connection = lock(&self.inner.connection);

@@ -162,6 +162,20 @@ async fn a_resume_after_a_dropped_connection_keeps_the_address() -> Result<()> {
         me.as_str()
     );
 
+    // The session moves to another replica the same way, still with its address.
+    let b = bed.default_msg_node("node-b").await?;
+    alice.drop_connection();
+    let moved = alice.resume_at(b.ws(), &fresh).await?;
+    assert!(moved.resumed, "{moved:?}");
+    assert_eq!(
+        (moved.node.as_str(), moved.addresses.clone()),
+        ("node-b", vec![me.clone()])
+    );
+    assert_eq!(
+        alice.lookup(&me, me.as_str()).await?["address"],
+        me.as_str()
+    );
+
     // A resume token of another identity is refused before the upgrade.
     let (mallory, _) = bed.user_token("mallory");
     let status =

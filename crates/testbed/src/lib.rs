@@ -37,7 +37,7 @@
 //! | `bed.service_token(name)` | [`TestBed::service_token`] |
 //! | `bed.user(&replica, name)` → `(Client, String)` | [`TestBed::user`] → `(Client, Address)` |
 //! | `Client::connect(&replica, token)` | [`TestBed::connect`] or `Client::connect(replica.ws(), token)` |
-//! | `Client::resume(&replica, token, resume_token)` (new client) | `client.resume(token)` (same client, keeps routes), or `Client::connect_with(replica.ws(), token, Some(resume_token), opts)` |
+//! | `Client::resume(&replica, token, resume_token)` (new client) | `client.resume(token)` / `client.resume_at(other.ws(), token)` (same client, keeps routes), or `Client::connect_with(replica.ws(), token, Some(resume_token), opts)` for a second client (the first then ends with 4009) |
 //! | `Client::refused_status(url)` | [`refused_status`] (or match `ClientError::Refused { status, .. }`) |
 //! | `client.session["x"]`, `client.runtime`, `client.resume_token` | `client.welcome().x`, `client.runtime()`, `client.resume_token()` |
 //! | `client.send(&json)` / `send_text` | `client.send(Message)` / `client.send_text` |
@@ -64,6 +64,8 @@
 //! | `begin_drain`, `stopped`, `stop` | same names on [`SfuReplica`] |
 //! | `publish_pattern(sfu, client, room, name)` | [`publish_pattern`] |
 //! | `stream_ends(stream)` | [`stream_ends`] |
+//! | `http_status(addr, path)` → `u16` | [`http_status`] → `Result<u16>` |
+//! | `serve_page(html)`, `peer::TestPeer` (Chromium / str0m specifics) | stay in services/sfu/tests |
 //! | `kv` / `bus` | `bed.backends.kv` / `bed.backends.bus` |
 //! | three_peers/chromium `follow_events` / `relay` | [`rethink_sfu_client::Relay::start`] (`outcome()`: answered, first error) |
 //! | registry.rs `nodes::least_loaded` | [`rethink_sfu_client::nodes::least_loaded`], [`rethink_sfu_client::place`] |
@@ -453,6 +455,25 @@ pub async fn publish_pattern(
     peer.apply_answer(&answer).await?;
     peer.wait_connected(WAIT).await?;
     Ok(peer)
+}
+
+/// GETs `path` on `addr` with a bare HTTP/1.1 request; returns the status code (0 when the
+/// answer is not HTTP).
+pub async fn http_status(addr: SocketAddr, path: &str) -> Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
+        .await
+        .context("no HTTP answer in time")??;
+    let text = String::from_utf8_lossy(&response);
+    Ok(text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0))
 }
 
 /// Returns whether `stream` ends (cleanly or with an error) within [`WAIT`].
