@@ -95,7 +95,9 @@ async fn placement_picks_the_least_loaded_of_two_heartbeating_nodes() -> Result<
 async fn a_join_gets_an_answer_and_the_relay_answers_the_renegotiation_of_a_new_publisher()
 -> Result<()> {
     let bed = TestBed::start().await?;
-    let sfu = bed.default_sfu("sfu-a").await?;
+    // In-memory registry and bus: this test needs only the node and the auth service.
+    let memory = rethink_common::backends(None).await?;
+    let sfu = bed.sfu_with(bed.sfu_config("sfu-a"), memory).await?;
     let control = bed.sfu_control(&sfu).await?;
     control.create_room("call").await?;
 

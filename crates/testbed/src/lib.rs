@@ -54,7 +54,7 @@
 //!
 //! | services/sfu/tests/common | here |
 //! |---|---|
-//! | `TestSfu::start()` / `start_with(config, kv, bus)` | [`TestBed::default_sfu`] / [`TestBed::sfu`] (backends: the bed's Redis) |
+//! | `TestSfu::start()` / `start_with(config, kv, bus)` | [`TestBed::default_sfu`] (the bed's Redis) / [`TestBed::sfu`] (`config.redis`) or [`TestBed::sfu_with`] (`Backends { kv, bus }`, e.g. in-memory) |
 //! | `test_config()` | [`TestBed::sfu_config`] (same short heartbeat and drain) |
 //! | `sfu.grpc`, `sfu.http`, `sfu.udp` | [`SfuReplica`], same fields; `sfu.node_id` |
 //! | `sfu.token`, `sfu.keys.mint(grants)` | [`TestBed::sfu_token`], [`TestBed::token`] (real auth service instead of a test key) |
@@ -288,6 +288,18 @@ impl TestBed {
 
     /// Starts an SFU node with `config` (its backends: `config.redis`).
     pub async fn sfu(&self, config: SfuConfig) -> Result<SfuReplica> {
+        let deps = Deps::from_config(&config).await?;
+        self.sfu_with_deps(config, deps).await
+    }
+
+    /// Starts an SFU node with `config` on `backends` (e.g. in-memory ones), verifying tokens
+    /// with the bed's auth service.
+    pub async fn sfu_with(&self, config: SfuConfig, backends: Backends) -> Result<SfuReplica> {
+        let deps = Deps::with_backends(&config, backends).await;
+        self.sfu_with_deps(config, deps).await
+    }
+
+    async fn sfu_with_deps(&self, config: SfuConfig, deps: Deps) -> Result<SfuReplica> {
         let listeners = rethink_sfu::Listeners {
             grpc: TcpListener::bind(config.grpc_addr).await?,
             http: TcpListener::bind(config.http_addr).await?,
@@ -296,7 +308,6 @@ impl TestBed {
         let grpc = listeners.grpc.local_addr()?;
         let http = listeners.http.local_addr()?;
         let udp = listeners.udp.local_addr()?;
-        let deps = Deps::from_config(&config).await?;
         let shutdown = self.shutdown.child();
         let node_id = config.node_id.clone();
         let stop = shutdown.clone();
