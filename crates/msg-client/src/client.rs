@@ -30,7 +30,7 @@ use crate::{
     address::Address,
     error::{ClientError, Closed},
     message::{Message, MessageId, MessageType, Welcome},
-    transport::{GrpcLink, GrpcTarget, Link, TokenIn, WsLink, WsTarget},
+    transport::{GrpcLink, GrpcTarget, Link, Received, TokenIn, WsLink, WsTarget},
 };
 
 /// Where a client connects.
@@ -144,6 +144,8 @@ struct Inner {
     connection: Mutex<Connection>,
     inbound_tx: mpsc::Sender<Message>,
     inbound_rx: tokio::sync::Mutex<mpsc::Receiver<Message>>,
+    unparsed_tx: mpsc::Sender<String>,
+    unparsed_rx: tokio::sync::Mutex<mpsc::Receiver<String>>,
     next_id: AtomicI64,
 }
 
@@ -194,7 +196,12 @@ impl Client {
             routes: HashMap::new(),
         }));
         let (inbound_tx, inbound_rx) = mpsc::channel(options.queue_len.max(1));
-        let connection = spawn(link, shared.clone(), inbound_tx.clone());
+        let (unparsed_tx, unparsed_rx) = mpsc::channel(options.queue_len.max(1));
+        let queues = Queues {
+            inbound: inbound_tx.clone(),
+            unparsed: unparsed_tx.clone(),
+        };
+        let connection = spawn(link, shared.clone(), queues);
         Ok(Self {
             inner: Arc::new(Inner {
                 target: Mutex::new(target),
@@ -204,6 +211,8 @@ impl Client {
                 connection: Mutex::new(connection),
                 inbound_tx,
                 inbound_rx: tokio::sync::Mutex::new(inbound_rx),
+                unparsed_tx,
+                unparsed_rx: tokio::sync::Mutex::new(unparsed_rx),
                 next_id: AtomicI64::new(1),
             }),
         })
@@ -371,6 +380,34 @@ impl Client {
             .map_err(|_| ClientError::Timeout(wait))?
     }
 
+    /// Returns the next inbound frame that is not an envelope the client understands (not
+    /// JSON, or a `from`/`to` that is not an address, as the node's answers to malformed
+    /// frames may carry), as JSON text; waits at most [`ClientOptions::request_timeout`].
+    pub async fn recv_unparsed(&self) -> Result<String, ClientError> {
+        let wait = self.inner.options.request_timeout;
+        let mut ended = self.ended();
+        let mut unparsed = self.inner.unparsed_rx.lock().await;
+        let next = async {
+            loop {
+                if let Ok(text) = unparsed.try_recv() {
+                    return Ok(text);
+                }
+                if let Some(closed) = ended.borrow_and_update().clone() {
+                    return Err(ClientError::Closed(closed));
+                }
+                tokio::select! {
+                    t = unparsed.recv() => if let Some(t) = t { return Ok(t) },
+                    changed = ended.changed() => if changed.is_err() {
+                        return Err(ClientError::Closed(Closed::abnormal("the connection task ended")));
+                    },
+                }
+            }
+        };
+        tokio::time::timeout(wait, next)
+            .await
+            .map_err(|_| ClientError::Timeout(wait))?
+    }
+
     /// Registers a hyperty with `descriptor` (from the runtime address); returns its address.
     pub async fn register(&self, descriptor: Value) -> Result<Address, ClientError> {
         let body = json!({"resource": "hyperty", "descriptor": descriptor});
@@ -498,11 +535,11 @@ impl Client {
                 &self.inner.shared,
                 Closed::new(4009, "resumed by another connection"),
             );
-            *connection = spawn(
-                link,
-                self.inner.shared.clone(),
-                self.inner.inbound_tx.clone(),
-            );
+            let queues = Queues {
+                inbound: self.inner.inbound_tx.clone(),
+                unparsed: self.inner.unparsed_tx.clone(),
+            };
+            *connection = spawn(link, self.inner.shared.clone(), queues);
         }
         *lock(&self.inner.welcome) = welcome.clone();
         Ok(welcome)
@@ -533,13 +570,19 @@ fn address_field(value: &Value, field: &str) -> Result<Address, ClientError> {
         .parse()
 }
 
-fn spawn(link: Link, shared: Arc<Mutex<Shared>>, inbound: mpsc::Sender<Message>) -> Connection {
+/// Where the connection task puts what is not a response.
+struct Queues {
+    inbound: mpsc::Sender<Message>,
+    unparsed: mpsc::Sender<String>,
+}
+
+fn spawn(link: Link, shared: Arc<Mutex<Shared>>, queues: Queues) -> Connection {
     let (commands, rx) = mpsc::channel(64);
     let (ended_tx, ended) = watch::channel(None);
     let ended_tx = Arc::new(ended_tx);
     let ending = ended_tx.clone();
     let task = tokio::spawn(async move {
-        let closed = drive(link, rx, &shared, &inbound).await;
+        let closed = drive(link, rx, &shared, &queues).await;
         tracing::debug!(%closed, "message node connection ended");
         // Dropping the senders fails every pending request with `Closed`.
         lock(&shared).pending.clear();
@@ -557,7 +600,7 @@ async fn drive(
     mut link: Link,
     mut commands: mpsc::Receiver<Command>,
     shared: &Mutex<Shared>,
-    inbound: &mpsc::Sender<Message>,
+    queues: &Queues,
 ) -> Closed {
     let mut accepting = true;
     loop {
@@ -581,7 +624,12 @@ async fn drive(
                 }
             },
             received = link.recv() => match received {
-                Ok(message) => dispatch(message, shared, inbound),
+                Ok(Received::Message(message)) => dispatch(message, shared, &queues.inbound),
+                Ok(Received::Unparsed(text)) => {
+                    if queues.unparsed.try_send(text).is_err() {
+                        tracing::warn!("unparsed-frame queue full; dropping a frame");
+                    }
+                }
                 Err(closed) => return closed,
             },
         }

@@ -25,8 +25,8 @@
 //! - [`error`]: [`ClientError`] and [`Closed`].
 //!
 //! Contracts:
-//! - Nothing the node sends can panic the client: frames that are not envelopes are skipped
-//!   with a warning; a connection that breaks fails its pending requests with
+//! - Nothing the node sends can panic the client: frames that are not envelopes it
+//!   understands go to their own queue ([`Client::recv_unparsed`]); a connection that breaks fails its pending requests with
 //!   [`ClientError::Closed`], never a hang (every wait has a timeout from [`ClientOptions`]).
 //! - A request is completed only by a `response` addressed to the request's `from` with the
 //!   request's id; ids from [`Client::next_id`] are unique per client.
@@ -48,4 +48,4 @@ pub use client::{Client, ClientOptions, Target};
 pub use error::{ClientError, Closed};
 pub use message::{Message, MessageId, MessageType, PreviousClose, Welcome};
 pub use objects::{Change, ObjectState, Observer, Reporter};
-pub use transport::{TokenIn, WsLink, WsTarget};
+pub use transport::{Received, TokenIn, WsLink, WsTarget};

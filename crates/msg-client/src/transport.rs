@@ -180,14 +180,35 @@ impl WsLink {
     }
 }
 
-/// Reads the next message; frames that are not JSON envelopes are skipped with a warning.
+/// What one inbound frame turned out to be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Received {
+    /// An envelope the client understands.
+    Message(Message),
+    /// A frame that is not one (not JSON, an unknown type, a `from`/`to` that is not an
+    /// address: the node echoes what a bad frame carried), as JSON text.
+    Unparsed(String),
+}
+
+/// Reads the next message, skipping frames that are not envelopes (during setup).
 async fn next_message(ws: &mut WsStream) -> Result<Message, Closed> {
     loop {
+        if let Received::Message(m) = next_frame(ws).await? {
+            return Ok(m);
+        }
+    }
+}
+
+/// Reads the next text frame.
+async fn next_frame(ws: &mut WsStream) -> Result<Received, Closed> {
+    loop {
         match ws.next().await {
-            Some(Ok(Frame::Text(text))) => match serde_json::from_str::<Message>(text.as_str()) {
-                Ok(m) => return Ok(m),
-                Err(error) => tracing::warn!(%error, "skipping a frame that is not an envelope"),
-            },
+            Some(Ok(Frame::Text(text))) => {
+                return Ok(match serde_json::from_str::<Message>(text.as_str()) {
+                    Ok(m) => Received::Message(m),
+                    Err(_) => Received::Unparsed(text.as_str().to_owned()),
+                });
+            }
             Some(Ok(Frame::Close(frame))) => {
                 return Err(frame.map_or_else(
                     || Closed::new(Closed::NO_STATUS, ""),
@@ -275,14 +296,33 @@ fn refused(status: &tonic::Status) -> ClientError {
 
 async fn next_envelope(rx: &mut tonic::Streaming<pb::Envelope>) -> Result<Message, Closed> {
     loop {
-        match rx.message().await {
-            Ok(Some(envelope)) => match from_proto(&envelope) {
-                Ok(m) => return Ok(m),
-                Err(error) => tracing::warn!(%error, "skipping an envelope the client cannot read"),
-            },
-            Ok(None) => return Err(Closed::new(Closed::NORMAL, "stream ended")),
-            Err(status) => return Err(Closed::from_status(&status)),
+        if let Received::Message(m) = next_grpc(rx).await? {
+            return Ok(m);
         }
+    }
+}
+
+async fn next_grpc(rx: &mut tonic::Streaming<pb::Envelope>) -> Result<Received, Closed> {
+    match rx.message().await {
+        Ok(Some(envelope)) => Ok(match from_proto(&envelope) {
+            Ok(m) => Received::Message(m),
+            Err(_) => Received::Unparsed(
+                serde_json::json!({
+                    "id": match &envelope.id {
+                        Some(pb::envelope::Id::IdInt(n)) => Value::from(*n),
+                        Some(pb::envelope::Id::IdStr(s)) => Value::from(s.clone()),
+                        None => Value::Null,
+                    },
+                    "type": envelope.r#type,
+                    "from": envelope.from,
+                    "to": envelope.to,
+                    "body": envelope.body,
+                })
+                .to_string(),
+            ),
+        }),
+        Ok(None) => Err(Closed::new(Closed::NORMAL, "stream ended")),
+        Err(status) => Err(Closed::from_status(&status)),
     }
 }
 
@@ -389,11 +429,11 @@ impl Link {
         }
     }
 
-    /// Receives the next message, or how the connection ended.
-    pub async fn recv(&mut self) -> Result<Message, Closed> {
+    /// Receives the next frame, or how the connection ended.
+    pub async fn recv(&mut self) -> Result<Received, Closed> {
         match self {
-            Link::Ws(l) => next_message(&mut l.ws).await,
-            Link::Grpc(l) => next_envelope(&mut l.rx).await,
+            Link::Ws(l) => next_frame(&mut l.ws).await,
+            Link::Grpc(l) => next_grpc(&mut l.rx).await,
         }
     }
 

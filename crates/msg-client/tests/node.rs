@@ -114,6 +114,16 @@ async fn a_websocket_and_an_attach_client_exchange_requests_matched_by_sender_an
     let missing = alice.lookup(&h1, "hyperty://localhost/nobody").await;
     assert_eq!(missing.err().and_then(|e| e.code()), Some(404));
 
+    // A malformed frame is answered; the answer, addressed to what the frame named, comes
+    // through the unparsed queue and the connection stays usable.
+    alice.send_text(r#"{"id":1,"from":"a","to":"b"}"#).await?;
+    let answer: serde_json::Value = serde_json::from_str(&alice.recv_unparsed().await?)?;
+    assert_eq!(answer["body"]["code"], 400, "{answer}");
+    assert_eq!(
+        alice.lookup(&h1, h1.as_str()).await?["address"],
+        h1.as_str()
+    );
+
     // A clean close is reported with its code.
     let closed = service.close().await?;
     assert_eq!(closed.code, Closed::NORMAL, "{closed}");

@@ -41,6 +41,7 @@
 //! | `Client::refused_status(url)` | [`refused_status`] (or match `ClientError::Refused { status, .. }`) |
 //! | `client.session["x"]`, `client.runtime`, `client.resume_token` | `client.welcome().x`, `client.runtime()`, `client.resume_token()` |
 //! | `client.send(&json)` / `send_text` | `client.send(Message)` / `client.send_text` |
+//! | `client.recv()` of the answer to a malformed frame (frames.rs) | `client.recv()` when its `from`/`to` are addresses, else `client.recv_unparsed()` (JSON text) |
 //! | `client.recv()` | `client.recv()` (messages that are not responses to its requests) |
 //! | `client.request(kind, from, to, body)` → reply `Value` | `client.request(Message::new(kind, &from, &to, body))` → `Message` (`.code()`, `.value()`), or `client.call(..)` → `value` |
 //! | `client.send(..)` then `client.response_to(id)` | `client.request(message.with_id(id))` |
