@@ -10,7 +10,6 @@
 use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures::Stream;
-use rethink_common::token::unix_now;
 use rethink_proto::v1::{self as pb, msg_node_server::MsgNode as MsgNodeApi};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
@@ -77,8 +76,6 @@ impl MsgNodeApi for MsgNodeGrpc {
             let closer = attachment.closer.clone();
             let max = node.config.limits.max_message_bytes;
             let stop = node.shutdown.clone();
-            let expires = tokio::time::Instant::now()
-                + Duration::from_secs(u64::try_from(claims.exp - unix_now()).unwrap_or(0));
             let mut open = tx.send(Ok(welcome)).await.is_ok();
             while open {
                 // Checked first: once closed, nothing more is taken from the queue, so it is
@@ -86,6 +83,8 @@ impl MsgNodeApi for MsgNodeGrpc {
                 if closer.is_closed() {
                     break;
                 }
+                // Read each round: a token message may have renewed the session meanwhile.
+                let expires = session.expires_at();
                 tokio::select! {
                     () = closer.closed() => break,
                     () = stop.wait() => closer.close(CloseReason::Shutdown),
@@ -105,9 +104,7 @@ impl MsgNodeApi for MsgNodeGrpc {
                                 .and_then(|text| parse_frame(&text, max).map(|e| (e, text.len())));
                             match parsed {
                                 Ok((envelope, size)) => node.handle(&session, envelope, size).await,
-                                Err(error) => {
-                                    let _ = session.enqueue(error.response(node.domain.node(), &session.runtime));
-                                }
+                                Err(error) => node.refuse_frame(&session, error),
                             }
                         }
                         Ok(None) | Err(_) => open = false,
@@ -119,7 +116,9 @@ impl MsgNodeApi for MsgNodeGrpc {
                     CloseReason::Revoked | CloseReason::Expired => {
                         Status::unauthenticated(reason.text())
                     }
-                    CloseReason::SlowConsumer(_) => Status::resource_exhausted(reason.text()),
+                    CloseReason::SlowConsumer(_) | CloseReason::TooBig(_) => {
+                        Status::resource_exhausted(reason.text())
+                    }
                     CloseReason::Replaced => Status::aborted(reason.text()),
                     CloseReason::Shutdown => Status::unavailable(reason.text()),
                 };

@@ -269,7 +269,17 @@ impl Node {
             let Some((object, observer)) = key.split_once('|') else {
                 continue;
             };
-            if let Ok((snapshot, stream)) = self.sync.subscribe(object, observer).await {
+            if let Ok((snapshot, stream)) = self
+                .sync
+                .subscribe(
+                    object,
+                    crate::sync::Party {
+                        address: observer,
+                        identity: &session.identity.subject,
+                    },
+                )
+                .await
+            {
                 let catch_up = Envelope::new(
                     MessageId::Int(i64::try_from(snapshot.version).unwrap_or(i64::MAX)),
                     MessageType::Update,

@@ -50,6 +50,10 @@ pub use config::MsgNodeConfig;
 pub use error::MsgNodeError;
 pub use node::Node;
 
+/// Bytes an Attach envelope may carry beyond `limits.max_message_bytes` (protobuf tags and
+/// lengths; the JSON limit itself is checked on the rebuilt frame, with a 413).
+const GRPC_ENVELOPE_OVERHEAD: usize = 4096;
+
 /// The sockets the service serves on (HTTP: `/msg`, `/client` and the ops endpoints; gRPC:
 /// `rethink.v1.MsgNode`, health and reflection), bound by the caller (tests bind port 0).
 pub type Listeners = lifecycle::Listeners;
@@ -82,6 +86,8 @@ impl MsgNode {
             sync::SyncConfig {
                 domain: config.domain.clone(),
                 max_value_bytes: config.limits.max_message_bytes,
+                max_objects_per_reporter: config.limits.max_objects_per_identity,
+                object_ttl: config.timing.object_ttl(),
                 ..sync::SyncConfig::default()
             },
         );
@@ -93,7 +99,7 @@ impl MsgNode {
             policy,
             sync,
             shutdown,
-        );
+        )?;
         node.start().await?;
         // On shutdown every session ends, so its addresses leave the shared map at once and
         // other replicas answer 404 instead of waiting for the TTL.
@@ -126,9 +132,13 @@ impl MsgNode {
     pub fn grpc_service(
         &self,
     ) -> rethink_proto::v1::msg_node_server::MsgNodeServer<grpc::MsgNodeGrpc> {
+        // An envelope is at most `max_message_bytes` of JSON plus its protobuf framing; a
+        // larger one is refused while decoding instead of being buffered up to tonic's 4 MiB.
+        let max = self.node.config.limits.max_message_bytes + GRPC_ENVELOPE_OVERHEAD;
         rethink_proto::v1::msg_node_server::MsgNodeServer::new(grpc::MsgNodeGrpc::new(
             self.node.clone(),
         ))
+        .max_decoding_message_size(max)
     }
 }
 

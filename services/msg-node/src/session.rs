@@ -46,6 +46,9 @@ pub enum CloseReason {
     Replaced,
     /// The node is shutting down.
     Shutdown,
+    /// The client sent a WebSocket message larger than this many bytes
+    /// (`limits.max_message_bytes`); it was refused before being read whole.
+    TooBig(usize),
 }
 
 impl CloseReason {
@@ -57,6 +60,7 @@ impl CloseReason {
             CloseReason::SlowConsumer(_) => 4008,
             CloseReason::Replaced => 4009,
             CloseReason::Shutdown => 1001,
+            CloseReason::TooBig(_) => 1009,
         }
     }
 
@@ -70,6 +74,9 @@ impl CloseReason {
             }
             CloseReason::Replaced => "session resumed by another connection".into(),
             CloseReason::Shutdown => "node shutting down; reconnect and resume".into(),
+            CloseReason::TooBig(n) => {
+                format!("message larger than {n} bytes; reconnect and resume")
+            }
         }
     }
 }
@@ -352,6 +359,26 @@ impl Session {
     /// Returns the current token id.
     pub fn jti(&self) -> String {
         self.state().jti.clone()
+    }
+
+    /// Returns when the current token expires (Unix seconds).
+    pub fn exp(&self) -> i64 {
+        self.state().exp
+    }
+
+    /// Returns when the current token expires, as an instant of the tokio clock.
+    pub fn expires_at(&self) -> tokio::time::Instant {
+        let left = self.exp() - rethink_common::token::unix_now();
+        tokio::time::Instant::now()
+            + std::time::Duration::from_secs(u64::try_from(left).unwrap_or(0))
+    }
+
+    /// Replaces the session's token by a fresh one of the same identity (checked by the
+    /// caller): revoking the old token no longer ends the session, and it now expires at `exp`.
+    pub fn renew(&self, jti: String, exp: i64) {
+        let mut state = self.state();
+        state.jti = jti;
+        state.exp = exp;
     }
 
     /// Returns true when `from` is an address of this session.
