@@ -4,7 +4,7 @@
 //! services then report not-ready (`/readyz` 503, gRPC health `NOT_SERVING`), stop accepting,
 //! and drain open requests until a deadline. A second signal exits the process at once.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -17,6 +17,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::sync::watch;
+
+use crate::listener::{Admission, ListenerLimits, grpc_incoming};
 use tokio_util::sync::CancellationToken;
 
 /// A cloneable shutdown signal; every clone sees the same trigger.
@@ -139,10 +141,24 @@ impl Signals {
 /// Readiness of a service, shared by `/readyz` and the gRPC health service.
 ///
 /// Starts not ready; a service calls `set_ready(true)` once it serves, `set_ready(false)` when
-/// it begins to drain.
+/// it begins to drain. Independently, parts of the service hold it not ready while a condition
+/// they need is unmet ([`Health::set_condition`]; e.g. revocations cannot be followed), so a
+/// service that cannot enforce its rules fails closed behind its load balancer.
 #[derive(Clone, Debug)]
 pub struct Health {
-    ready: Arc<watch::Sender<bool>>,
+    inner: Arc<HealthInner>,
+}
+
+#[derive(Debug)]
+struct HealthInner {
+    state: std::sync::Mutex<HealthState>,
+    ready: watch::Sender<bool>,
+}
+
+#[derive(Debug, Default)]
+struct HealthState {
+    serving: bool,
+    unmet: std::collections::BTreeSet<&'static str>,
 }
 
 impl Default for Health {
@@ -155,23 +171,53 @@ impl Health {
     /// Returns a not-ready health state.
     pub fn new() -> Self {
         Self {
-            ready: Arc::new(watch::channel(false).0),
+            inner: Arc::new(HealthInner {
+                state: std::sync::Mutex::new(HealthState::default()),
+                ready: watch::channel(false).0,
+            }),
         }
     }
 
-    /// Sets readiness.
+    /// Sets whether the service serves (false while starting and draining).
     pub fn set_ready(&self, ready: bool) {
-        self.ready.send_replace(ready);
+        self.update(|state| state.serving = ready);
+    }
+
+    /// Records whether the condition `name` is met; the service is ready only while it serves
+    /// and every condition is met.
+    pub fn set_condition(&self, name: &'static str, met: bool) {
+        self.update(|state| {
+            if met {
+                state.unmet.remove(name);
+            } else {
+                state.unmet.insert(name);
+            }
+        });
+    }
+
+    /// Returns the names of the unmet conditions.
+    pub fn unmet_conditions(&self) -> Vec<&'static str> {
+        let state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.unmet.iter().copied().collect()
+    }
+
+    fn update(&self, change: impl FnOnce(&mut HealthState)) {
+        let mut state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
+        change(&mut state);
+        self.inner.ready.send_if_modified(|ready| {
+            let now = state.serving && state.unmet.is_empty();
+            std::mem::replace(ready, now) != now
+        });
     }
 
     /// Returns whether the service is ready.
     pub fn is_ready(&self) -> bool {
-        *self.ready.borrow()
+        *self.inner.ready.borrow()
     }
 
     /// Returns a receiver that sees every readiness change.
     pub fn subscribe(&self) -> watch::Receiver<bool> {
-        self.ready.subscribe()
+        self.inner.ready.subscribe()
     }
 }
 
@@ -256,44 +302,22 @@ pub fn grpc_health_and_reflection(
     (health_service, reflection)
 }
 
-/// Serves `router` on `listener` until `shutdown`, then drains open requests for at most `drain`.
-///
-/// Handlers can extract `axum::extract::ConnectInfo<SocketAddr>`. Connections still open at the
-/// deadline are closed. Nagle's algorithm is off on every connection: signaling frames are small
-/// and latency-bound, and with Nagle on each one can wait for the peer's delayed ACK (~40 ms).
+/// Serves `router` on `listener` until `shutdown`, then drains open requests for at most `drain`,
+/// within the default [`ListenerLimits`]; see [`crate::listener::serve_http`].
 pub async fn serve_http(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: Shutdown,
     drain: Duration,
 ) -> io::Result<()> {
-    use axum::serve::ListenerExt as _;
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "could not disable Nagle's algorithm");
-        }
-    });
-    let server = axum::serve(
+    crate::listener::serve_http(
         listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
+        router,
+        shutdown,
+        drain,
+        &ListenerLimits::default(),
     )
-    .with_graceful_shutdown(shutdown.wait())
-    .into_future();
-    let mut server = Box::pin(server);
-    tokio::select! {
-        result = &mut server => return result,
-        () = shutdown.wait() => {}
-    }
-    match tokio::time::timeout(drain, server).await {
-        Ok(result) => result,
-        Err(_) => {
-            tracing::warn!(
-                ?drain,
-                "drain deadline reached; closing remaining connections"
-            );
-            Ok(())
-        }
-    }
+    .await
 }
 
 /// The two addresses a service serves on, as its config names them.
@@ -349,7 +373,8 @@ pub enum ServeError {
 ///
 /// Readiness (`health`) is set while serving; when `shutdown` resolves it goes not-ready, `stop`
 /// is triggered (background tasks of the service watch it too) and both servers drain for at
-/// most `drain`. Returns once both have stopped.
+/// most `drain`. Both listeners are bounded by `limits`. Returns once both have stopped.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listeners: Listeners,
     router: Router,
@@ -358,17 +383,18 @@ pub async fn serve(
     stop: Shutdown,
     shutdown: impl Future<Output = ()> + Send + 'static,
     drain: Duration,
+    limits: &ListenerLimits,
 ) -> Result<(), ServeError> {
     let (grpc_health, reflection) = grpc_health_and_reflection(&health);
     let grpc = grpc
         .add_service(grpc_health)
         .add_service(reflection)
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
+            grpc_incoming(listeners.grpc, Admission::new(limits)),
             stop.wait(),
         );
     let router = router.merge(ops_router(health.clone()));
-    let http = serve_http(listeners.http, router, stop.clone(), drain);
+    let http = crate::listener::serve_http(listeners.http, router, stop.clone(), drain, limits);
     health.set_ready(true);
     let watcher = {
         let stop = stop.clone();

@@ -68,7 +68,17 @@ pub async fn serve(
     let grpc = tonic::transport::Server::builder().add_service(grpc::server(service.clone()));
     let rotation = service.run_key_rotation(stop.wait());
     tracing::info!("auth service ready");
-    let serve = lifecycle::serve(listeners, http, grpc, Health::new(), stop, shutdown, drain);
+    let limits = rethink_common::listener::ListenerLimits::default();
+    let serve = lifecycle::serve(
+        listeners,
+        http,
+        grpc,
+        Health::new(),
+        stop,
+        shutdown,
+        drain,
+        &limits,
+    );
     let (served, ()) = tokio::join!(serve, rotation);
     served.map_err(|e| AuthError::Internal(e.to_string()))?;
     tracing::info!("auth service stopped");

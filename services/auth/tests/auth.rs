@@ -282,7 +282,9 @@ async fn me_returns_identity_and_grants() {
     assert_eq!(status, 200, "{me}");
     assert_eq!(me["sub"], "user:alice");
     assert_eq!(me["name"], "alice");
-    assert_eq!(me["grants"]["rooms"]["publish"], true);
+    // A login token asks to join rooms; media rights need grants that name rooms.
+    assert_eq!(me["grants"]["rooms"]["join"], true);
+    assert_eq!(me["grants"]["rooms"]["publish"], false);
     assert_eq!(me["grants"]["cameras"]["manage"], false);
 
     let (status, json) = auth.get("/auth/me", None).await;
@@ -291,12 +293,12 @@ async fn me_returns_identity_and_grants() {
     let (status, json) = auth.get("/auth/me", Some("garbage")).await;
     assert_eq!(status, 401);
     assert_eq!(error_code(&json), "malformed_token");
-    // ?access_token= works as well (WebSocket upgrades cannot set headers).
-    let (status, me) = auth
+    // ?access_token= is for WebSocket upgrades only; HTTP routes read the header.
+    let (status, json) = auth
         .get(&format!("/auth/me?access_token={token}"), None)
         .await;
-    assert_eq!(status, 200);
-    assert_eq!(me["sub"], "user:alice");
+    assert_eq!(status, 401, "{json}");
+    assert_eq!(error_code(&json), "missing_token");
     auth.stop().await;
 }
 

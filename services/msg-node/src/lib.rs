@@ -189,6 +189,7 @@ pub async fn run(
         stop,
         shutdown,
         drain,
+        &rethink_common::listener::ListenerLimits::default(),
     )
     .await
     .map_err(|e| MsgNodeError::Internal(e.to_string()))?;

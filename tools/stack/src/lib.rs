@@ -132,7 +132,10 @@ pub async fn run(
         shutdown.await;
         tracing::info!("stack shutting down");
     };
-    let serve = lifecycle::serve(listeners, router, grpc, health, stop, shutdown, drain);
+    let limits = rethink_common::listener::ListenerLimits::default();
+    let serve = lifecycle::serve(
+        listeners, router, grpc, health, stop, shutdown, drain, &limits,
+    );
     println!("{text}");
     tracing::info!(%http_addr, %grpc_addr, "stack ready");
     let (served, ()) = tokio::join!(serve, rotation);

@@ -58,6 +58,13 @@ pub trait EventBus: Send + Sync + 'static {
     /// returns, messages published afterwards are delivered. Survives Redis restarts
     /// (re-subscribes by itself).
     async fn subscribe(&self, channels: &[String]) -> Result<Subscription, BusError>;
+
+    /// Returns a receiver whose value changes each time the bus has reconnected and subscribed
+    /// again, for buses that can lose messages while away (Redis); `None` for buses that never
+    /// disconnect. Followers re-read from the store what they may have missed.
+    fn reconnects(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// A live subscription: a stream of [`BusMessage`]; dropping it unsubscribes.

@@ -172,6 +172,10 @@ impl EventBus for RedisBus {
         }
     }
 
+    fn reconnects(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.subscriber_generation())
+    }
+
     async fn subscribe(&self, channels: &[String]) -> Result<Subscription, BusError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = mpsc::channel(SUBSCRIPTION_BUFFER);
