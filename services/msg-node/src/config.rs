@@ -23,6 +23,9 @@ pub struct MsgNodeConfig {
     pub auth_url: String,
     /// Accepted token audience.
     pub audience: String,
+    /// Seconds of clock skew allowed on a token's `exp` and `nbf`; a connection whose token
+    /// expired is closed this long after `exp`.
+    pub token_leeway_secs: u64,
     /// Redis; without a URL the registry, routing and objects live in memory (one replica).
     pub redis: RedisConfig,
     /// Policy file (see docs/policy.md); unset uses the built-in default policy.
@@ -127,6 +130,7 @@ impl Default for MsgNodeConfig {
             node_id: None,
             auth_url: "http://127.0.0.1:8081".into(),
             audience: rethink_common::token::DEFAULT_AUDIENCE.into(),
+            token_leeway_secs: 30,
             redis: RedisConfig::default(),
             policy_file: None,
             web_dir: PathBuf::from("web"),

@@ -10,6 +10,7 @@
 use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures::Stream;
+use rethink_common::token::Credential;
 use rethink_proto::v1::{self as pb, msg_node_server::MsgNode as MsgNodeApi};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
@@ -65,7 +66,7 @@ impl MsgNodeApi for MsgNodeGrpc {
             .map(str::to_owned);
         let (session, resumed) = node.open_session(&claims, true, resume.as_deref()).await?;
         let mut attachment = session
-            .attach(claims.jti.clone(), claims.exp)
+            .attach(Credential::new(&node.verifier, claims.clone()))
             .await
             .ok_or_else(|| Status::not_found("the session has ended"))?;
         let mut inbound = request.into_inner();
@@ -77,18 +78,20 @@ impl MsgNodeApi for MsgNodeGrpc {
             let max = node.config.limits.max_message_bytes;
             let stop = node.shutdown.clone();
             let mut open = tx.send(Ok(welcome)).await.is_ok();
+            // Follows renewals (token messages) by itself; resolves on revocation or expiry.
+            let credential = session.credential();
+            let lapsed = credential.lapsed();
+            tokio::pin!(lapsed);
             while open {
                 // Checked first: once closed, nothing more is taken from the queue, so it is
                 // all there for a resume.
                 if closer.is_closed() {
                     break;
                 }
-                // Read each round: a token message may have renewed the session meanwhile.
-                let expires = session.expires_at();
                 tokio::select! {
                     () = closer.closed() => break,
                     () = stop.wait() => closer.close(CloseReason::Shutdown),
-                    () = tokio::time::sleep_until(expires) => closer.close(CloseReason::Expired),
+                    lapse = &mut lapsed => closer.close(CloseReason::lapsed(&lapse)),
                     () = tx.closed() => open = false,
                     out = attachment.queue.recv() => {
                         let Some(envelope) = out else { break };
@@ -128,7 +131,8 @@ impl MsgNodeApi for MsgNodeGrpc {
             let generation = attachment.generation;
             drop(attachment);
             if session.detach(generation, closer.reason()) {
-                node.start_grace(&session, generation);
+                node.after_detach(&session, generation, closer.reason())
+                    .await;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

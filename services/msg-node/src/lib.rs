@@ -142,22 +142,25 @@ impl MsgNode {
     }
 }
 
-/// Builds a token verifier for `config`: keys from the auth service, revocations from the bus
-/// and the store.
+/// Builds a token verifier for `config`: keys from the auth service, revocations followed from
+/// the bus and the store until `shutdown` (`health` is not ready while they cannot be followed,
+/// so a replica that might miss a revocation takes no traffic).
 pub async fn verifier(
     config: &MsgNodeConfig,
     backends: &Backends,
-) -> Result<TokenVerifier, MsgNodeError> {
+    health: &Health,
+    shutdown: &Shutdown,
+) -> TokenVerifier {
     let verifier = TokenVerifier::new(
         Arc::new(HttpJwks::new(&config.auth_url)),
         VerifierOptions {
             audience: config.audience.clone(),
+            leeway: Duration::from_secs(config.token_leeway_secs),
             ..VerifierOptions::default()
         },
     );
-    verifier.follow_revocations(backends.bus.as_ref()).await?;
-    verifier.load_revocations(backends.kv.as_ref()).await?;
-    Ok(verifier)
+    verifier.follow(backends, health, shutdown).await;
+    verifier
 }
 
 /// Runs the Message Node until `shutdown` resolves, then goes not-ready, closes every
@@ -170,10 +173,11 @@ pub async fn run(
     let backends = rethink_common::backends(config.redis.url.as_deref())
         .await
         .map_err(|e| MsgNodeError::Store(format!("connecting backends: {e}")))?;
-    let verifier = verifier(&config, &backends).await?;
     let drain = Duration::from_secs(config.drain_secs);
     let config_ping = config.timing.ping();
     let stop = Shutdown::new();
+    let health = Health::new();
+    let verifier = verifier(&config, &backends, &health, &stop).await;
     let msg_node = MsgNode::start(config, backends, verifier, stop.clone()).await?;
     // HTTP/2 keepalive finds attached services whose peer vanished, as pings do for WebSockets.
     let keepalive = config_ping;
@@ -185,7 +189,7 @@ pub async fn run(
         listeners,
         msg_node.router(),
         grpc,
-        Health::new(),
+        health,
         stop,
         shutdown,
         drain,
@@ -199,6 +203,6 @@ pub async fn run(
 
 impl From<rethink_common::token::TokenError> for MsgNodeError {
     fn from(e: rethink_common::token::TokenError) -> Self {
-        MsgNodeError::Unauthorized(e.to_string())
+        MsgNodeError::Token(e)
     }
 }

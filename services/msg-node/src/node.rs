@@ -26,7 +26,7 @@ use rethink_common::{
     kv::KvStore,
     lifecycle::Shutdown,
     telemetry::propagation,
-    token::{Claims, TokenError, TokenVerifier, decode_revocation},
+    token::{Claims, Credential, TokenVerifier, decode_revocation},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -266,8 +266,7 @@ impl Node {
         let session = Session::new(
             |id| self.domain.runtime(id),
             identity,
-            claims.jti.clone(),
-            claims.exp,
+            Credential::new(&self.verifier, claims.clone()),
             self.config.limits.queue_len,
         );
         self.sessions()
@@ -306,6 +305,22 @@ impl Node {
             "max_message_bytes": self.config.limits.max_message_bytes,
             "grace_secs": self.config.timing.grace_secs,
         })
+    }
+
+    /// Handles the end of the current attachment `generation`, closed for `reason` (if the node
+    /// closed it): a revoked token ends the session at once, anything else starts the grace
+    /// period.
+    pub async fn after_detach(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        generation: u64,
+        reason: Option<CloseReason>,
+    ) {
+        if reason == Some(CloseReason::Revoked) {
+            self.end_session(session, CloseReason::Revoked).await;
+        } else {
+            self.start_grace(session, generation);
+        }
     }
 
     /// Starts the grace period after attachment `generation` ended.
@@ -502,13 +517,7 @@ impl Node {
         let token = envelope.body_str("token").ok_or_else(|| {
             MsgNodeError::BadRequest("a token update needs body.token: the fresh JWT".into())
         })?;
-        let claims = match self.verifier.verify(token).await {
-            Ok(claims) => claims,
-            Err(e @ TokenError::KeysUnavailable(_)) => {
-                return Err(MsgNodeError::Unavailable(e.to_string()));
-            }
-            Err(e) => return Err(MsgNodeError::Unauthorized(e.to_string())),
-        };
+        let claims = self.verifier.verify(token).await?;
         if claims.sub != session.identity.subject {
             return Err(MsgNodeError::Forbidden(
                 "the token belongs to another identity; open a new connection for it".into(),
@@ -519,9 +528,10 @@ impl Node {
                 "the token lacks the services.attach grant".into(),
             ));
         }
-        session.renew(claims.jti, claims.exp);
-        tracing::debug!(session = %session.id, exp = claims.exp, "token renewed");
-        Ok(envelope.reply_ok(json!({ "exp": claims.exp })))
+        session.renew(claims)?;
+        let exp = session.credential().claims().exp;
+        tracing::debug!(session = %session.id, exp, "token renewed");
+        Ok(envelope.reply_ok(json!({ "exp": exp })))
     }
 
     /// Answers a frame that did not parse (or binary data). It costs a token of the sender's

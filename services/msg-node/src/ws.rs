@@ -23,11 +23,11 @@ use axum::{
             CloseFrame, Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
         },
     },
-    http::{HeaderMap, header},
+    http::request::Parts,
     response::{IntoResponse, Response},
 };
 use futures::SinkExt;
-use rethink_common::token::TokenError;
+use rethink_common::token::{Credential, bearer_from_upgrade};
 use serde::Deserialize;
 use tungstenite::error::CapacityError;
 
@@ -48,8 +48,6 @@ const WS_READ_BUFFER_BYTES: usize = 8 * 1024;
 /// Query parameters of `/msg`.
 #[derive(Debug, Deserialize)]
 pub struct MsgQuery {
-    /// The access token (browsers cannot set headers on a WebSocket upgrade).
-    access_token: Option<String>,
     /// The resume token from a previous welcome.
     resume: Option<String>,
 }
@@ -58,15 +56,11 @@ pub struct MsgQuery {
 pub async fn upgrade(
     State(node): State<Arc<Node>>,
     Query(query): Query<MsgQuery>,
-    headers: HeaderMap,
+    parts: Parts,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let Some(token) = query.access_token.as_deref().or(bearer) else {
+    // The one route where `?access_token=` counts: browsers cannot set headers on an upgrade.
+    let Some(token) = bearer_from_upgrade(&parts) else {
         return MsgNodeError::Unauthorized(
             "missing access token: connect to /msg?access_token=<JWT>".into(),
         )
@@ -74,10 +68,7 @@ pub async fn upgrade(
     };
     let claims = match node.verifier.verify(token).await {
         Ok(claims) => claims,
-        Err(e @ TokenError::KeysUnavailable(_)) => {
-            return MsgNodeError::Unavailable(e.to_string()).into_response();
-        }
-        Err(e) => return MsgNodeError::Unauthorized(e.to_string()).into_response(),
+        Err(e) => return MsgNodeError::Token(e).into_response(),
     };
     let ws = match ws {
         Ok(ws) => ws,
@@ -99,7 +90,8 @@ pub async fn upgrade(
         .max_frame_size(limit)
         .read_buffer_size(WS_READ_BUFFER_BYTES)
         .on_upgrade(move |socket| async move {
-            connection(node, session, resumed, claims.jti, claims.exp, socket).await;
+            let credential = Credential::new(&node.verifier, claims);
+            connection(node, session, resumed, credential, socket).await;
         })
 }
 
@@ -107,17 +99,19 @@ async fn connection(
     node: Arc<Node>,
     session: Arc<Session>,
     resumed: bool,
-    jti: String,
-    exp: i64,
+    credential: Credential,
     mut socket: WebSocket,
 ) {
-    let Some(mut attachment) = session.attach(jti, exp).await else {
+    let Some(mut attachment) = session.attach(credential.clone()).await else {
         close(&mut socket, &CloseReason::Revoked).await;
         return;
     };
     metrics::gauge!("msgnode_connections", "transport" => "ws").increment(1.0);
     tracing::debug!(session = %session.id, identity = %session.identity.name, resumed, "connected");
     let closer = attachment.closer.clone();
+    // Follows renewals (token messages) by itself; resolves on revocation or expiry.
+    let lapsed = credential.lapsed();
+    tokio::pin!(lapsed);
     let welcome = node.welcome(&session, resumed).to_json();
     let mut open = socket.send(Message::Text(welcome.into())).await.is_ok();
     let max = node.config.limits.max_message_bytes;
@@ -133,8 +127,6 @@ async fn connection(
         if closer.is_closed() {
             break;
         }
-        // Read each round: a token message may have renewed the session meanwhile.
-        let expires = session.expires_at();
         tokio::select! {
             () = closer.closed() => break,
             _ = ping.tick() => {
@@ -146,7 +138,7 @@ async fn connection(
                 open = matches!(sent, Ok(Ok(())));
             }
             () = stop.wait() => closer.close(CloseReason::Shutdown),
-            () = tokio::time::sleep_until(expires) => closer.close(CloseReason::Expired),
+            lapse = &mut lapsed => closer.close(CloseReason::lapsed(&lapse)),
             out = attachment.queue.recv() => {
                 let Some(envelope) = out else { break };
                 // Write what is already queued in one go and flush once: one syscall for a
@@ -208,7 +200,8 @@ async fn connection(
     let generation = attachment.generation;
     drop(attachment);
     if session.detach(generation, closer.reason()) {
-        node.start_grace(&session, generation);
+        node.after_detach(&session, generation, closer.reason())
+            .await;
     }
 }
 

@@ -543,3 +543,36 @@ async fn the_access_token_query_parameter_is_taken_on_the_upgrade_only() -> Resu
     assert_eq!(a.node.node().session_count(), sessions);
     Ok(())
 }
+
+#[tokio::test]
+async fn refused_upgrades_answer_with_the_shared_error_shape() -> Result<()> {
+    let bed = TestBed::start().await?;
+    let a = bed.default_replica("node-a").await?;
+    let (token, claims) = bed.user_token("alice");
+    bed.auth
+        .revoke(&claims)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let http = reqwest::Client::new();
+    for (query, status, code) in [
+        (String::new(), 401, "missing_token"),
+        ("?access_token=garbage".to_owned(), 401, "malformed_token"),
+        (format!("?access_token={token}"), 401, "token_revoked"),
+    ] {
+        let r = http
+            .get(format!("http://{}/msg{query}", a.http))
+            .send()
+            .await?;
+        assert_eq!(r.status().as_u16(), status, "{query}");
+        assert_eq!(
+            r.headers()
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok()),
+            Some("Bearer")
+        );
+        let body: Value = r.json().await?;
+        assert_eq!(body["error"]["code"], code, "{query}: {body}");
+        assert!(body["error"]["message"].is_string(), "{body}");
+    }
+    Ok(())
+}

@@ -105,6 +105,8 @@ impl TestBed {
             ..MsgNodeConfig::default()
         };
         config.redis.url = Some(self.redis.url());
+        // One clock for auth and node: expiry tests need no skew allowance.
+        config.token_leeway_secs = 0;
         // Short enough for the 408 test, long enough for a loaded CI machine.
         config.timing.delivery_timeout_ms = 3_000;
         config
@@ -115,8 +117,9 @@ impl TestBed {
         let listeners = Listeners::bind(&config).await?;
         let (http, grpc) = (listeners.http_addr()?, listeners.grpc_addr()?);
         let backends = rethink_common::backends(config.redis.url.as_deref()).await?;
-        let verifier = rethink_msg_node::verifier(&config, &backends).await?;
         let shutdown = self.shutdown.child();
+        let health = rethink_common::lifecycle::Health::new();
+        let verifier = rethink_msg_node::verifier(&config, &backends, &health, &shutdown).await;
         let node = MsgNode::start(config.clone(), backends, verifier, shutdown.clone()).await?;
         let router = node.router();
         let grpc_service = node.grpc_service();
