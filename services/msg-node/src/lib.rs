@@ -19,8 +19,14 @@
 //! - [`error`]: [`MsgNodeError`], mapped to protocol codes, HTTP and gRPC in one place.
 //!
 //! Contracts: every message from the network gets either routed or an error response; the
-//! connection stays usable after any bad frame; memory per connection is bounded by
-//! `limits.queue_len` messages of at most `limits.max_message_bytes`.
+//! connection stays usable after any bad frame (but a bad frame costs a rate token like a
+//! message); no message larger than `limits.max_message_bytes` is buffered (the WebSocket
+//! closes with 1009 from the frame header); memory per connection is bounded by
+//! `limits.queue_len` messages of at most that size. Every connection holds a
+//! [`rethink_common::token::Credential`]: it closes within a second of its token's revocation,
+//! at its expiry unless renewed in-band. Well-known addresses are claimed only by the subjects
+//! `[[registry.reserved]]` allows; data objects are observed only by the identities their
+//! reporter names, and are deleted when the reporter's session ends.
 
 pub mod address;
 pub mod config;
