@@ -6,7 +6,9 @@
 //! gRPC.
 //!
 //! Contracts: each service maps its own error enum to an [`ApiError`] in one `From` impl; status
-//! codes are never chosen anywhere else. Messages are lowercase sentences that say what to fix.
+//! codes are never chosen anywhere else. Plain error responses made below the services (unknown
+//! route, wrong method, timeouts) are rewritten into the same body by [`json_errors`], which every
+//! listener applies. Messages are lowercase sentences that say what to fix.
 //! Internal errors are logged with their detail and answered with a generic message.
 
 use std::{fmt, time::Duration};
@@ -80,6 +82,8 @@ error_codes! {
     Forbidden = "forbidden", FORBIDDEN, PermissionDenied;
     /// No such resource.
     NotFound = "not_found", NOT_FOUND, NotFound;
+    /// The path exists, but not with this method.
+    MethodNotAllowed = "method_not_allowed", METHOD_NOT_ALLOWED, Unimplemented;
     /// No such user.
     UserNotFound = "user_not_found", NOT_FOUND, NotFound;
     /// The resource exists already or is held by someone else.
@@ -186,6 +190,43 @@ impl From<ApiError> for tonic::Status {
     fn from(e: ApiError) -> Self {
         tonic::Status::new(e.code.grpc_code(), e.message)
     }
+}
+
+/// Rewrites error responses that are not JSON (from axum's routing and extractors, tower's limits
+/// and timeouts, static files) into `{"error":{"code","message"}}`, keeping status and headers such as `Allow`.
+pub async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    // WebSocket upgrades and the like never carry error bodies, so rewriting them is safe.
+    if is_json {
+        return response;
+    }
+    let (code, message) = match status {
+        StatusCode::NOT_FOUND => (ErrorCode::NotFound, "no such route"),
+        StatusCode::METHOD_NOT_ALLOWED => (ErrorCode::MethodNotAllowed, "method not allowed here"),
+        StatusCode::REQUEST_TIMEOUT => (ErrorCode::Timeout, "request took too long"),
+        StatusCode::PAYLOAD_TOO_LARGE => (ErrorCode::PayloadTooLarge, "request body too large"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (ErrorCode::UnsupportedMediaType, "send a JSON body"),
+        StatusCode::TOO_MANY_REQUESTS => (ErrorCode::RateLimited, "too many requests"),
+        StatusCode::SERVICE_UNAVAILABLE => (ErrorCode::Unavailable, "service unavailable"),
+        s if s.is_server_error() => (ErrorCode::Internal, "internal error"),
+        _ => (ErrorCode::BadRequest, "bad request"),
+    };
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::CONTENT_TYPE);
+    let body = ApiError::new(code, message).body();
+    let body = Json(body).into_response();
+    let (body_parts, body) = body.into_parts();
+    parts.headers.extend(body_parts.headers);
+    Response::from_parts(parts, body)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! - [`telemetry`]: tracing, JSON logs, OTLP export, W3C trace-context propagation.
 //! - [`lifecycle`]: shutdown on signals, readiness, `/healthz` `/readyz` `/metrics`.
 //! - [`listener`]: bounds on every listening socket (connections, header and request timeouts).
+//! - [`service`]: the one shape of every service (context in, parts out) and the serve loop.
 //! - [`bus`]: the event bus (Redis pub/sub or in-memory) and its topic names.
 //! - [`kv`]: the key-value store (Redis or in-memory) behind one trait.
 //! - [`token`]: access-token claims and grants, verification against the auth service's JWKS,
@@ -24,6 +25,7 @@ pub mod error;
 pub mod kv;
 pub mod lifecycle;
 pub mod listener;
+pub mod service;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

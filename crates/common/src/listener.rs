@@ -11,11 +11,13 @@
 //! counted in `rethink_connections_refused_total`); a client that does not finish its request
 //! headers within `header_read_timeout_ms` is disconnected; a request whose handler has not
 //! answered within `request_timeout_ms` gets 408 (WebSocket sessions live on after their
-//! upgrade and are not bound by it); when `shutdown` fires, the server stops accepting and open
+//! upgrade and are not bound by it); every plain error response gets the JSON error body
+//! ([`crate::error::json_errors`]); when `shutdown` fires, the server stops accepting and open
 //! connections get `drain` to finish.
 
 use std::{
     collections::HashMap,
+    future::Future,
     io,
     net::IpAddr,
     pin::Pin,
@@ -158,15 +160,16 @@ impl Admission {
 /// Handlers can extract `ConnectInfo<SocketAddr>`; WebSocket upgrades work. Nagle's algorithm is
 /// off on every connection: signaling frames are small and latency-bound, and with Nagle each
 /// could wait for the peer's delayed ACK (~40 ms).
-pub async fn serve_http(
+pub fn serve_http(
     listener: TcpListener,
     router: Router,
     shutdown: Shutdown,
     drain: Duration,
     limits: &ListenerLimits,
-) -> io::Result<()> {
+) -> impl Future<Output = io::Result<()>> + Send + 'static {
     let admission = Admission::new(limits);
     let router = router.layer((
+        axum::middleware::map_response(crate::error::json_errors),
         tower_http::timeout::RequestBodyTimeoutLayer::new(limits.request_timeout()),
         tower_http::timeout::TimeoutLayer::with_status_code(
             http::StatusCode::REQUEST_TIMEOUT,
@@ -177,6 +180,17 @@ pub async fn serve_http(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout());
+    accept_loop(listener, router, builder, admission, shutdown, drain)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    builder: hyper::server::conn::http1::Builder,
+    admission: Admission,
+    shutdown: Shutdown,
+    drain: Duration,
+) -> io::Result<()> {
     // Every connection's task; aborting them closes whatever outlives the drain.
     let mut connections = tokio::task::JoinSet::new();
     loop {

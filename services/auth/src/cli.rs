@@ -86,14 +86,22 @@ pub enum UserCommand {
         #[arg(long, default_value = "user")]
         grants: Grants,
     },
-    /// Lists users.
+    /// Lists users with their grants.
     List,
-    /// Deletes a user.
+    /// Deletes a user and revokes every token of theirs.
     Delete {
         /// Login name.
         name: String,
     },
-    /// Sets a user's password.
+    /// Sets the grants a user's login tokens carry (their current tokens are revoked), e.g.
+    /// `rooms.join,rooms.publish,rooms.subscribe,room=demo*`.
+    Grants {
+        /// Login name.
+        name: String,
+        /// Comma-separated grants (as for `user add --grants`).
+        grants: Grants,
+    },
+    /// Sets a user's password and revokes every token of theirs.
     Passwd {
         /// Login name.
         name: String,
@@ -108,12 +116,24 @@ pub enum UserCommand {
 pub enum KeyCommand {
     /// Creates an API key and prints its id and secret (the secret is shown only once).
     Add {
-        /// Subject of the tokens minted with the key, e.g. `service:conference`.
+        /// Default subject of the tokens minted with the key, e.g. `service:conference`.
         #[arg(long)]
         subject: String,
         /// Upper bound of the grants of minted tokens.
         #[arg(long)]
         grants: Grants,
+        /// Other subjects the key may mint for, comma-separated: exact (`camera:lobby`) or
+        /// prefix (`camera:*`). `service:` and `user:` subjects need a pattern starting with
+        /// that prefix.
+        #[arg(long, value_delimiter = ',')]
+        subjects: Vec<String>,
+    },
+    /// Lists API keys (ids, subjects, grants; never secrets).
+    List,
+    /// Revokes an API key and every token it minted.
+    Revoke {
+        /// The key's id, `ak_…`.
+        key_id: String,
     },
 }
 
@@ -173,19 +193,45 @@ pub async fn execute(config: AuthConfig, command: Command) -> Result<(), AuthErr
             }
         }
         Command::User(UserCommand::Delete { name }) => {
-            if service.users().delete(&name).await? {
-                println!("deleted user {name}");
+            if service.delete_user(&name).await? {
+                println!("deleted user {name}; their tokens are revoked");
             } else {
                 return Err(AuthError::UserNotFound(name));
             }
         }
-        Command::User(UserCommand::Passwd { name, password }) => {
-            service.users().set_password(&name, &password).await?;
-            println!("password of {name} changed");
+        Command::User(UserCommand::Grants { name, grants }) => {
+            let user = service.set_user_grants(&name, grants).await?;
+            println!("grants of {} set to {}", user.username, user.grants);
         }
-        Command::Key(KeyCommand::Add { subject, grants }) => {
-            let (record, secret) = service.create_api_key(&subject, grants).await?;
+        Command::User(UserCommand::Passwd { name, password }) => {
+            service.set_password(&name, &password).await?;
+            println!("password of {name} changed; their tokens are revoked");
+        }
+        Command::Key(KeyCommand::Add {
+            subject,
+            grants,
+            subjects,
+        }) => {
+            let (record, secret) = service.create_api_key(&subject, &subjects, grants).await?;
             println!("key_id={}\nsecret={secret}", record.key_id);
+        }
+        Command::Key(KeyCommand::List) => {
+            for key in service.users().list_api_keys().await? {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    key.key_id,
+                    key.subject,
+                    key.subjects.join(","),
+                    key.grants
+                );
+            }
+        }
+        Command::Key(KeyCommand::Revoke { key_id }) => {
+            if service.revoke_api_key(&key_id).await? {
+                println!("revoked api key {key_id} and its tokens");
+            } else {
+                return Err(AuthError::ApiKeyNotFound(key_id));
+            }
         }
         Command::Token(TokenCommand::Mint { user, ttl_secs }) => {
             let issued = service

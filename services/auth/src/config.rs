@@ -5,6 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 pub use rethink_common::config::RedisConfig;
 use rethink_common::config::{ConfigError, ServiceConfig};
 use rethink_common::lifecycle::ServeAddrs;
+use rethink_common::listener::ListenerLimits;
 use serde::{Deserialize, Serialize};
 
 /// Everything the auth service can be told.
@@ -23,8 +24,10 @@ pub struct AuthConfig {
     pub http: HttpConfig,
     /// Login throttling.
     pub throttle: ThrottleConfig,
-    /// Seconds to finish in-flight requests after shutdown begins.
-    pub drain_secs: u64,
+    /// Bounds of both listeners (connections, header and request timeouts).
+    pub listener: ListenerLimits,
+    /// Milliseconds to finish in-flight requests after shutdown begins.
+    pub drain_timeout_ms: u64,
 }
 
 /// Tokens and signing keys.
@@ -45,24 +48,30 @@ pub struct TokenConfig {
 pub struct HttpConfig {
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
-    /// Time limit of one request, in milliseconds.
-    pub request_timeout_ms: u64,
 }
 
-/// Failed-login throttling (per username and per client address).
+/// Login throttling: attempts per (username, client address), per username from every address,
+/// and per client address (see [`crate::throttle`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ThrottleConfig {
-    /// Failures of one username within `window_secs` that lock it.
+    /// Attempts at one username from one client address within `window_secs` that lock that
+    /// pair (the limit a guesser at one address meets first).
+    pub max_failures_per_user_addr: u32,
+    /// Attempts at one username from all addresses together within `window_secs` that lock the
+    /// username everywhere; much higher than the pair limit, so one address cannot lock a user
+    /// out from every address.
     pub max_failures_per_user: u32,
-    /// Failures from one client address within `window_secs` that lock it.
+    /// Attempts from one client address, at any usernames, within `window_secs` that lock it.
     pub max_failures_per_addr: u32,
-    /// Window in which failures are counted, in seconds.
+    /// Window in which attempts are counted, in seconds.
     pub window_secs: u64,
-    /// How long a lock lasts, in seconds.
+    /// A counter that fills up is locked this many seconds, then starts afresh.
     pub lockout_secs: u64,
-    /// Take the client address from `X-Forwarded-For` (only behind a trusted proxy).
-    pub trust_forwarded_for: bool,
+    /// Proxies (IPs or CIDRs such as `10.0.0.0/8`) whose `X-Forwarded-For` is believed. The
+    /// client address is the last hop not in this list; with an empty list (the default) it is
+    /// always the socket's peer.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for AuthConfig {
@@ -74,7 +83,8 @@ impl Default for AuthConfig {
             tokens: TokenConfig::default(),
             http: HttpConfig::default(),
             throttle: ThrottleConfig::default(),
-            drain_secs: 10,
+            listener: ListenerLimits::default(),
+            drain_timeout_ms: 10_000,
         }
     }
 }
@@ -93,7 +103,6 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 16 * 1024,
-            request_timeout_ms: 10_000,
         }
     }
 }
@@ -101,11 +110,12 @@ impl Default for HttpConfig {
 impl Default for ThrottleConfig {
     fn default() -> Self {
         Self {
-            max_failures_per_user: 5,
+            max_failures_per_user_addr: 5,
+            max_failures_per_user: 100,
             max_failures_per_addr: 20,
             window_secs: 300,
             lockout_secs: 60,
-            trust_forwarded_for: false,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -147,15 +157,24 @@ impl ServiceConfig for AuthConfig {
                 "http.max_body_bytes must be between 256 and 1048576",
             ));
         }
-        if self.http.request_timeout_ms < 100 {
+        self.listener.validate().map_err(ConfigError::invalid)?;
+        let t = &self.throttle;
+        if t.max_failures_per_user_addr == 0
+            || t.max_failures_per_user == 0
+            || t.max_failures_per_addr == 0
+        {
             return Err(ConfigError::invalid(
-                "http.request_timeout_ms must be at least 100",
+                "throttle.max_failures_per_user_addr, throttle.max_failures_per_user and \
+                 throttle.max_failures_per_addr must be at least 1",
             ));
         }
-        if self.throttle.max_failures_per_user == 0 || self.throttle.max_failures_per_addr == 0 {
-            return Err(ConfigError::invalid(
-                "throttle.max_failures_per_user and throttle.max_failures_per_addr must be at least 1",
-            ));
+        for proxy in &t.trusted_proxies {
+            if crate::throttle::IpNet::parse(proxy).is_none() {
+                return Err(ConfigError::invalid(format!(
+                    "throttle.trusted_proxies: {proxy:?} is not an IP address or CIDR \
+                     (e.g. 10.0.0.1 or 10.0.0.0/8)"
+                )));
+            }
         }
         if self.throttle.window_secs == 0 || self.throttle.lockout_secs == 0 {
             return Err(ConfigError::invalid(

@@ -4,10 +4,14 @@ use std::time::Duration;
 
 use axum::{
     Json,
-    http::{HeaderValue, StatusCode, header},
+    http::StatusCode,
     response::{IntoResponse, Response},
 };
-use rethink_common::{kv::KvError, token::TokenError};
+use rethink_common::{
+    error::{ApiError, ErrorCode},
+    kv::KvError,
+    token::TokenError,
+};
 
 /// Everything that can go wrong in the auth service.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +40,9 @@ pub enum AuthError {
     /// No user with this name.
     #[error("user {0:?} not found")]
     UserNotFound(String),
+    /// No API key with this id.
+    #[error("api key {0:?} not found")]
+    ApiKeyNotFound(String),
     /// Too many failed attempts; retry after the given time.
     #[error("too many failed attempts; retry in {} s", .0.as_secs().max(1))]
     Throttled(Duration),
@@ -47,96 +54,78 @@ pub enum AuthError {
     Internal(String),
 }
 
+impl From<AuthError> for ApiError {
+    /// The one mapping of auth errors to the shared code table (and so to HTTP and gRPC).
+    fn from(e: AuthError) -> Self {
+        let code = match &e {
+            AuthError::InvalidCredentials => ErrorCode::InvalidCredentials,
+            AuthError::InvalidApiKey => ErrorCode::InvalidApiKey,
+            AuthError::BadRequest(_) => ErrorCode::BadRequest,
+            AuthError::TooLarge => ErrorCode::PayloadTooLarge,
+            AuthError::Token(token) => return token.clone().into(),
+            AuthError::Forbidden(_) => ErrorCode::Forbidden,
+            AuthError::UserExists(_) => ErrorCode::UserExists,
+            AuthError::UserNotFound(_) => ErrorCode::UserNotFound,
+            AuthError::ApiKeyNotFound(_) => ErrorCode::NotFound,
+            AuthError::Throttled(wait) => {
+                return ApiError::new(ErrorCode::TooManyAttempts, e.to_string()).retry_after(*wait);
+            }
+            AuthError::Storage(detail) => {
+                tracing::error!(error = %detail, "storage failure");
+                return ApiError::new(
+                    ErrorCode::StorageUnavailable,
+                    "storage unavailable; retry later",
+                );
+            }
+            AuthError::Internal(detail) => return ApiError::internal(detail),
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
 impl AuthError {
+    /// Returns the code this error is answered with.
+    pub fn error_code(&self) -> ErrorCode {
+        match self {
+            AuthError::Token(e) => e.error_code(),
+            AuthError::InvalidCredentials => ErrorCode::InvalidCredentials,
+            AuthError::InvalidApiKey => ErrorCode::InvalidApiKey,
+            AuthError::BadRequest(_) => ErrorCode::BadRequest,
+            AuthError::TooLarge => ErrorCode::PayloadTooLarge,
+            AuthError::Forbidden(_) => ErrorCode::Forbidden,
+            AuthError::UserExists(_) => ErrorCode::UserExists,
+            AuthError::UserNotFound(_) => ErrorCode::UserNotFound,
+            AuthError::ApiKeyNotFound(_) => ErrorCode::NotFound,
+            AuthError::Throttled(_) => ErrorCode::TooManyAttempts,
+            AuthError::Storage(_) => ErrorCode::StorageUnavailable,
+            AuthError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
     /// Returns the HTTP status of this error.
     pub fn status(&self) -> StatusCode {
-        match self {
-            AuthError::InvalidCredentials | AuthError::InvalidApiKey => StatusCode::UNAUTHORIZED,
-            AuthError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            AuthError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            AuthError::Token(e) => e.status(),
-            AuthError::Forbidden(_) => StatusCode::FORBIDDEN,
-            AuthError::UserExists(_) => StatusCode::CONFLICT,
-            AuthError::UserNotFound(_) => StatusCode::NOT_FOUND,
-            AuthError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
-            AuthError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
-            AuthError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        self.error_code().http_status()
     }
 
     /// Returns the stable machine-readable code sent in `{"error":{"code"}}`.
     pub fn code(&self) -> &'static str {
-        match self {
-            AuthError::InvalidCredentials => "invalid_credentials",
-            AuthError::InvalidApiKey => "invalid_api_key",
-            AuthError::BadRequest(_) => "bad_request",
-            AuthError::TooLarge => "payload_too_large",
-            AuthError::Token(e) => e.code(),
-            AuthError::Forbidden(_) => "forbidden",
-            AuthError::UserExists(_) => "user_exists",
-            AuthError::UserNotFound(_) => "user_not_found",
-            AuthError::Throttled(_) => "too_many_attempts",
-            AuthError::Storage(_) => "storage_unavailable",
-            AuthError::Internal(_) => "internal",
-        }
+        self.error_code().as_str()
     }
 }
 
 /// Builds the JSON error body every rethink HTTP error uses.
-pub fn error_body(code: &str, message: &str) -> Json<serde_json::Value> {
-    Json(serde_json::json!({"error": {"code": code, "message": message}}))
+pub fn error_body(code: ErrorCode, message: &str) -> Json<serde_json::Value> {
+    Json(ApiError::new(code, message).body())
 }
 
 impl IntoResponse for AuthError {
     fn into_response(self) -> Response {
-        if let AuthError::Token(e) = self {
-            return e.into_response();
-        }
-        let message = match &self {
-            AuthError::Storage(e) => {
-                tracing::error!(error = %e, "storage failure");
-                "storage unavailable; retry later".to_string()
-            }
-            AuthError::Internal(e) => {
-                tracing::error!(error = %e, "internal error");
-                "internal error".to_string()
-            }
-            other => other.to_string(),
-        };
-        let mut response = (self.status(), error_body(self.code(), &message)).into_response();
-        if let AuthError::Throttled(wait) = &self {
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            if let Ok(value) = HeaderValue::from_str(&secs.max(1).to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, value);
-            }
-        }
-        response
+        ApiError::from(self).into_response()
     }
 }
 
 impl From<AuthError> for tonic::Status {
     fn from(e: AuthError) -> Self {
-        use tonic::Status;
-        match e {
-            AuthError::Token(e) => e.into(),
-            AuthError::InvalidCredentials | AuthError::InvalidApiKey => {
-                Status::unauthenticated(e.to_string())
-            }
-            AuthError::BadRequest(_) | AuthError::TooLarge => {
-                Status::invalid_argument(e.to_string())
-            }
-            AuthError::Forbidden(_) => Status::permission_denied(e.to_string()),
-            AuthError::UserExists(_) => Status::already_exists(e.to_string()),
-            AuthError::UserNotFound(_) => Status::not_found(e.to_string()),
-            AuthError::Throttled(_) => Status::resource_exhausted(e.to_string()),
-            AuthError::Storage(e) => {
-                tracing::error!(error = %e, "storage failure");
-                Status::unavailable("storage unavailable; retry later")
-            }
-            AuthError::Internal(e) => {
-                tracing::error!(error = %e, "internal error");
-                Status::internal("internal error")
-            }
-        }
+        ApiError::from(e).into()
     }
 }

@@ -6,7 +6,11 @@ use rethink_common::token::{Claims, Grants};
 use rethink_proto::v1::{self as pb, auth_server};
 use tonic::{Request, Response, Status};
 
-use crate::{AuthError, AuthService, service::IssuedToken, users::UserRecord};
+use crate::{
+    AuthError, AuthService,
+    service::IssuedToken,
+    users::{ApiKeyRecord, UserRecord},
+};
 
 /// Largest gRPC message accepted; auth requests are a few hundred bytes.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -39,6 +43,16 @@ fn user_message(user: &UserRecord) -> pb::User {
     }
 }
 
+fn api_key_message(key: &ApiKeyRecord) -> pb::ApiKey {
+    pb::ApiKey {
+        key_id: key.key_id.clone(),
+        subject: key.subject.clone(),
+        subjects: key.subjects.clone(),
+        grants: Some((&key.grants).into()),
+        created_at: key.created_at,
+    }
+}
+
 impl AuthGrpc {
     async fn caller<T>(&self, request: &Request<T>) -> Result<Claims, Status> {
         self.service.verifier().verify_grpc(request).await
@@ -59,22 +73,14 @@ impl auth_server::Auth for AuthGrpc {
         &self,
         request: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::TokenResponse>, Status> {
-        let addr = request.remote_addr().map(|a| a.ip());
+        // gRPC is cluster-internal and reached directly: the peer is the client.
+        let addr = request.remote_addr().map(|a| a.ip().to_canonical());
         let body = request.into_inner();
-        let throttle = self.service.throttle();
-        throttle.check(Some(&body.username), addr)?;
-        match self.service.login(&body.username, &body.password).await {
-            Ok(issued) => {
-                throttle.success(&body.username);
-                Ok(Response::new(token_response(issued)))
-            }
-            Err(e) => {
-                if matches!(e, AuthError::InvalidCredentials) {
-                    throttle.failure(Some(&body.username), addr);
-                }
-                Err(e.into())
-            }
-        }
+        let issued = self
+            .service
+            .login(&body.username, &body.password, addr)
+            .await?;
+        Ok(Response::new(token_response(issued)))
     }
 
     async fn mint_token(
@@ -165,8 +171,7 @@ impl auth_server::Auth for AuthGrpc {
         self.admin(&request).await?;
         let deleted = self
             .service
-            .users()
-            .delete(&request.into_inner().username)
+            .delete_user(&request.into_inner().username)
             .await?;
         Ok(Response::new(pb::DeleteUserResponse { deleted }))
     }
@@ -178,10 +183,20 @@ impl auth_server::Auth for AuthGrpc {
         self.admin(&request).await?;
         let body = request.into_inner();
         self.service
-            .users()
             .set_password(&body.username, &body.password)
             .await?;
         Ok(Response::new(pb::SetPasswordResponse {}))
+    }
+
+    async fn set_user_grants(
+        &self,
+        request: Request<pb::SetUserGrantsRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        self.admin(&request).await?;
+        let body = request.into_inner();
+        let grants = body.grants.as_ref().map(Grants::from).unwrap_or_default();
+        let user = self.service.set_user_grants(&body.username, grants).await?;
+        Ok(Response::new(user_message(&user)))
     }
 
     async fn list_users(
@@ -202,11 +217,37 @@ impl auth_server::Auth for AuthGrpc {
         self.admin(&request).await?;
         let body = request.into_inner();
         let grants = body.grants.as_ref().map(Grants::from).unwrap_or_default();
-        let (record, secret) = self.service.create_api_key(&body.subject, grants).await?;
+        let (record, secret) = self
+            .service
+            .create_api_key(&body.subject, &body.subjects, grants)
+            .await?;
         Ok(Response::new(pb::CreateApiKeyResponse {
             key_id: record.key_id,
             secret,
         }))
+    }
+
+    async fn list_api_keys(
+        &self,
+        request: Request<pb::ListApiKeysRequest>,
+    ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
+        self.admin(&request).await?;
+        let keys = self.service.users().list_api_keys().await?;
+        Ok(Response::new(pb::ListApiKeysResponse {
+            keys: keys.iter().map(api_key_message).collect(),
+        }))
+    }
+
+    async fn revoke_api_key(
+        &self,
+        request: Request<pb::RevokeApiKeyRequest>,
+    ) -> Result<Response<pb::RevokeApiKeyResponse>, Status> {
+        self.admin(&request).await?;
+        let revoked = self
+            .service
+            .revoke_api_key(&request.into_inner().key_id)
+            .await?;
+        Ok(Response::new(pb::RevokeApiKeyResponse { revoked }))
     }
 
     async fn rotate_keys(

@@ -10,27 +10,29 @@
 //!
 //! Every error is `{"error":{"code","message"}}`: handler errors through [`AuthError`], and
 //! axum's and tower's own plain responses (unknown route, wrong method, body too large,
-//! timeout) through the [`json_errors`] middleware. Body size limit and request timeout are
-//! tower layers; failed logins are throttled by [`LoginThrottleLayer`].
+//! timeout) through `rethink_common::error::json_errors`, which the listener applies. The body
+//! size limit is a tower layer here, the request timeout the listener's; logins are throttled inside [`AuthService::login`] (see [`crate::throttle`]),
+//! with the client address from [`crate::throttle::client_addr`]: the socket peer, or the
+//! `X-Forwarded-For` hop behind a configured trusted proxy.
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{FromRef, FromRequest, Request, State},
+    extract::{ConnectInfo, FromRef, FromRequest, Request, State},
     http::{HeaderValue, StatusCode, header},
-    middleware,
     response::{IntoResponse, Response},
     routing::{any, get, post},
 };
-use rethink_common::token::{Authenticated, Grants, TokenVerifier};
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
-use tower_http::{limit::RequestBodyLimitLayer, timeout::TimeoutLayer};
-
-use crate::{
-    AuthError, AuthService, error::error_body, service::IssuedToken, throttle::LoginThrottleLayer,
+use rethink_common::{
+    error::ErrorCode,
+    token::{Authenticated, Grants, TokenVerifier},
 };
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use tower_http::limit::RequestBodyLimitLayer;
+
+use crate::{AuthError, AuthService, error::error_body, service::IssuedToken, throttle};
 
 impl FromRef<AuthService> for TokenVerifier {
     fn from_ref(service: &AuthService) -> Self {
@@ -41,15 +43,9 @@ impl FromRef<AuthService> for TokenVerifier {
 /// Returns the `/auth/*` routes with their limits; merge it into any router (it sets no
 /// fallback, so it merges with other services' routers).
 pub fn router(service: AuthService) -> Router {
-    let http = &service.config().http;
-    let max_body = http.max_body_bytes;
-    let timeout = Duration::from_millis(http.request_timeout_ms);
-    let login = post(login).layer(LoginThrottleLayer::new(
-        service.throttle().clone(),
-        max_body,
-    ));
+    let max_body = service.config().http.max_body_bytes;
     Router::new()
-        .route("/auth/login", login)
+        .route("/auth/login", post(login))
         .route("/auth/token", post(mint))
         .route("/auth/.well-known/jwks.json", get(jwks))
         .route("/auth/me", get(me))
@@ -57,11 +53,6 @@ pub fn router(service: AuthService) -> Router {
         .route("/auth/{*rest}", any(not_found))
         .with_state(service)
         .layer(RequestBodyLimitLayer::new(max_body))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            timeout,
-        ))
-        .layer(middleware::map_response(json_errors))
 }
 
 /// A JSON body read regardless of `Content-Type` (curl's `-d` sends a form type); parse
@@ -118,14 +109,27 @@ impl From<IssuedToken> for TokenBody {
 
 async fn login(
     State(service): State<AuthService>,
-    JsonBody(body): JsonBody<LoginBody>,
+    request: Request,
 ) -> Result<Json<TokenBody>, AuthError> {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    let forwarded = request
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let client = throttle::client_addr(peer, forwarded, service.throttle().trusted_proxies());
+    let JsonBody(body) = JsonBody::<LoginBody>::from_request(request, &()).await?;
     if body.username.is_empty() || body.password.is_empty() {
         return Err(AuthError::BadRequest(
             "username and password are required".into(),
         ));
     }
-    let issued = service.login(&body.username, &body.password).await?;
+    let issued = service
+        .login(&body.username, &body.password, client)
+        .await?;
     Ok(Json(issued.into()))
 }
 
@@ -202,41 +206,7 @@ async fn revoke(
 pub async fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
-        error_body("not_found", "no such route"),
+        error_body(ErrorCode::NotFound, "no such route"),
     )
         .into_response()
-}
-
-/// Rewrites error responses that are not JSON (from axum's routing, tower's limits and
-/// timeouts) into `{"error":{"code","message"}}`, keeping status and headers such as `Allow`.
-pub async fn json_errors(response: Response) -> Response {
-    let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) {
-        return response;
-    }
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    // WebSocket upgrades and the like never carry error bodies, so rewriting them is safe.
-    if is_json {
-        return response;
-    }
-    let (code, message) = match status {
-        StatusCode::NOT_FOUND => ("not_found", "no such route"),
-        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "method not allowed here"),
-        StatusCode::REQUEST_TIMEOUT => ("request_timeout", "request took too long"),
-        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "request body too large"),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", "send a JSON body"),
-        s if s.is_server_error() => ("internal", "internal error"),
-        _ => ("bad_request", "bad request"),
-    };
-    let (mut parts, _) = response.into_parts();
-    parts.headers.remove(header::CONTENT_LENGTH);
-    parts.headers.remove(header::CONTENT_TYPE);
-    let body = error_body(code, message).into_response();
-    let (body_parts, body) = body.into_parts();
-    parts.headers.extend(body_parts.headers);
-    Response::from_parts(parts, body)
 }

@@ -3,6 +3,12 @@
 //!
 //! Password hashing is deliberately slow, so it runs on the blocking pool. Unknown users are
 //! checked against a dummy hash so that response times do not reveal which names exist.
+//!
+//! Contracts: a user's `grants` are explicit and stored with the user (records written before
+//! the field existed load as [`Grants::user`]); login tokens carry exactly those. An API key
+//! names the subjects it may mint for ([`SubjectPattern`]); `service:` and `user:` subjects
+//! need a pattern that literally starts with that prefix. A revoked (deleted) key checks as
+//! [`AuthError::InvalidApiKey`].
 
 use std::sync::{Arc, LazyLock};
 
@@ -38,7 +44,8 @@ pub struct UserRecord {
     pub display_name: String,
     /// PHC string of the argon2id hash.
     pub password_hash: String,
-    /// What the user's tokens allow.
+    /// What the user's tokens allow; set by admins, [`Grants::user`] for older records.
+    #[serde(default = "Grants::user")]
     pub grants: Grants,
     /// Unix seconds.
     pub created_at: i64,
@@ -50,8 +57,12 @@ pub struct UserRecord {
 pub struct ApiKeyRecord {
     /// Public identifier, `ak_<hex>`.
     pub key_id: String,
-    /// Subject of the tokens minted with this key.
+    /// Subject of the tokens minted with this key when the request names none.
     pub subject: String,
+    /// Other subjects the key may mint for: exact names or `prefix*` patterns. Keys stored
+    /// before the field existed may mint only for `subject`.
+    #[serde(default)]
+    pub subjects: Vec<String>,
     /// Upper bound of the grants of minted tokens.
     pub grants: Grants,
     /// base64url SHA-256 of the secret.
@@ -237,14 +248,20 @@ impl UserStore {
         }
     }
 
-    /// Deletes a user; returns false when there was none.
-    pub async fn delete(&self, username: &str) -> Result<bool, AuthError> {
+    /// Deletes a user; returns false when there was none. Crate-only: callers go through
+    /// [`crate::AuthService::delete_user`], which also revokes the user's tokens.
+    pub(crate) async fn delete(&self, username: &str) -> Result<bool, AuthError> {
         let username = normalize_username(username)?;
         Ok(self.kv.delete(&format!("{USER_PREFIX}{username}")).await?)
     }
 
-    /// Replaces a user's password.
-    pub async fn set_password(&self, username: &str, password: &str) -> Result<(), AuthError> {
+    /// Replaces a user's password (through [`crate::AuthService::set_password`], which also
+    /// revokes the user's tokens).
+    pub(crate) async fn set_password(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<(), AuthError> {
         check_password(password)?;
         let hash = self.hash(password).await?;
         let username = normalize_username(username)?;
@@ -271,6 +288,34 @@ impl UserStore {
         ))
     }
 
+    /// Replaces a user's grants; returns the updated record (through
+    /// [`crate::AuthService::set_user_grants`]).
+    pub(crate) async fn set_grants(
+        &self,
+        username: &str,
+        grants: Grants,
+    ) -> Result<UserRecord, AuthError> {
+        let username = normalize_username(username)?;
+        let key = format!("{USER_PREFIX}{username}");
+        for _ in 0..8 {
+            let raw = self
+                .kv
+                .get(&key)
+                .await?
+                .ok_or_else(|| AuthError::UserNotFound(username.clone()))?;
+            let mut record: UserRecord = decode(&key, &raw)?;
+            record.grants = grants.clone();
+            if self
+                .kv
+                .compare_and_swap(&key, Some(&raw), Some(encode(&record)?), None)
+                .await?
+            {
+                return Ok(record);
+            }
+        }
+        Err(AuthError::Internal("grant update kept conflicting".into()))
+    }
+
     /// Returns every user, sorted by name.
     pub async fn list(&self) -> Result<Vec<UserRecord>, AuthError> {
         let mut users = Vec::new();
@@ -281,24 +326,26 @@ impl UserStore {
         Ok(users)
     }
 
-    /// Creates an API key; returns the record and the secret (shown once, stored hashed).
+    /// Creates an API key that mints for `subject` by default and for the `subjects` patterns
+    /// on request; returns the record and the secret (shown once, stored hashed).
     pub async fn create_api_key(
         &self,
         subject: &str,
+        subjects: &[String],
         grants: Grants,
     ) -> Result<(ApiKeyRecord, String), AuthError> {
-        let subject = subject.trim();
-        if subject.is_empty() || subject.len() > 128 {
-            return Err(AuthError::BadRequest(
-                "api key subject must be 1-128 characters".into(),
-            ));
-        }
+        let subject = check_subject(subject.trim())?;
+        let subjects = subjects
+            .iter()
+            .map(|p| SubjectPattern::parse(p).map(|p| p.as_str().to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut secret = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut secret);
         let secret = URL_SAFE_NO_PAD.encode(secret);
         let record = ApiKeyRecord {
             key_id: format!("ak_{}", uuid::Uuid::new_v4().simple()),
             subject: subject.to_string(),
+            subjects,
             grants,
             secret_sha256: secret_digest(&secret),
             created_at: unix_now(),
@@ -314,11 +361,7 @@ impl UserStore {
         key_id: &str,
         secret: &str,
     ) -> Result<ApiKeyRecord, AuthError> {
-        let valid_id = key_id.len() <= 64
-            && key_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
-        if !valid_id || key_id.is_empty() || secret.len() > 256 {
+        if !valid_key_id(key_id) || secret.len() > 256 {
             return Err(AuthError::InvalidApiKey);
         }
         let key = format!("{API_KEY_PREFIX}{key_id}");
@@ -332,5 +375,167 @@ impl UserStore {
         } else {
             Err(AuthError::InvalidApiKey)
         }
+    }
+
+    /// Returns every API key (records hold only the secret's digest), sorted by id.
+    pub async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>, AuthError> {
+        let mut keys = Vec::new();
+        for (key, raw) in self.kv.scan_prefix(API_KEY_PREFIX).await? {
+            keys.push(decode::<ApiKeyRecord>(&key, &raw)?);
+        }
+        keys.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+        Ok(keys)
+    }
+
+    /// Revokes an API key: it mints nothing from then on. Returns false when there was none
+    /// (through [`crate::AuthService::revoke_api_key`], which also revokes its tokens).
+    pub(crate) async fn revoke_api_key(&self, key_id: &str) -> Result<bool, AuthError> {
+        if !valid_key_id(key_id) {
+            return Ok(false);
+        }
+        Ok(self.kv.delete(&format!("{API_KEY_PREFIX}{key_id}")).await?)
+    }
+}
+
+fn valid_key_id(key_id: &str) -> bool {
+    !key_id.is_empty()
+        && key_id.len() <= 64
+        && key_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Checks a token subject: 1-128 printable characters without spaces.
+pub fn check_subject(subject: &str) -> Result<&str, AuthError> {
+    let valid = !subject.is_empty()
+        && subject.len() <= 128
+        && subject
+            .chars()
+            .all(|c| !c.is_control() && !c.is_whitespace());
+    if valid {
+        Ok(subject)
+    } else {
+        Err(AuthError::BadRequest(
+            "subject must be 1-128 characters without spaces or control characters".into(),
+        ))
+    }
+}
+
+/// Subject prefixes that name identities of their own (services, people): an API key mints
+/// for them only through a pattern that spells the prefix out.
+const PROTECTED_PREFIXES: [&str; 2] = ["service:", "user:"];
+
+/// A subject an API key may mint for: `camera:lobby` (exactly that) or `camera:*` (every
+/// subject starting with `camera:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectPattern(String);
+
+impl SubjectPattern {
+    /// Parses a pattern; `*` may appear only at the end.
+    pub fn parse(text: &str) -> Result<Self, AuthError> {
+        let text = text.trim();
+        let body = text.strip_suffix('*').unwrap_or(text);
+        if body.contains('*') || (text != "*" && check_subject(body).is_err()) || text.len() > 128 {
+            return Err(AuthError::BadRequest(format!(
+                "subject pattern {text:?} must be a subject or a prefix ending in '*', \
+                 e.g. camera:*"
+            )));
+        }
+        Ok(Self(text.to_string()))
+    }
+
+    /// Returns the pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Returns true when `subject` matches: equal, or starting with the prefix before `*`. A
+    /// subject starting with `service:` or `user:` (in any case) matches only a pattern that
+    /// starts with the same prefix, so `*` never covers other services or people.
+    pub fn matches(&self, subject: &str) -> bool {
+        let lower = subject.to_ascii_lowercase();
+        let pattern = self.0.to_ascii_lowercase();
+        if let Some(protected) = PROTECTED_PREFIXES.iter().find(|p| lower.starts_with(*p))
+            && !pattern.starts_with(protected)
+        {
+            return false;
+        }
+        match self.0.strip_suffix('*') {
+            Some(prefix) => subject.starts_with(prefix),
+            None => subject == self.0,
+        }
+    }
+}
+
+impl ApiKeyRecord {
+    /// Returns true when this key may mint tokens for `subject`: its own default subject, or a
+    /// subject matching one of its patterns.
+    pub fn may_mint_for(&self, subject: &str) -> bool {
+        subject == self.subject
+            || self
+                .subjects
+                .iter()
+                .filter_map(|p| SubjectPattern::parse(p).ok())
+                .any(|p| p.matches(subject))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(subject: &str, patterns: &[&str]) -> ApiKeyRecord {
+        ApiKeyRecord {
+            key_id: "ak_x".into(),
+            subject: subject.into(),
+            subjects: patterns.iter().map(|p| p.to_string()).collect(),
+            grants: Grants::default(),
+            secret_sha256: String::new(),
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn subject_patterns_cover_only_what_they_name() {
+        let k = key("camera:default", &["camera:*", "bot:exact"]);
+        assert!(k.may_mint_for("camera:default"));
+        assert!(k.may_mint_for("camera:lobby"));
+        assert!(k.may_mint_for("bot:exact"));
+        assert!(!k.may_mint_for("bot:exact2"));
+        assert!(!k.may_mint_for("cameras:x"));
+        // `*` alone covers everything except services and people.
+        let any = key("app:x", &["*"]);
+        assert!(any.may_mint_for("anything"));
+        for protected in ["service:sfu", "user:alice", "USER:alice", "Service:x"] {
+            assert!(!any.may_mint_for(protected), "{protected}");
+        }
+        let people = key("app:x", &["user:guest-*", "service:recorder"]);
+        assert!(people.may_mint_for("user:guest-1"));
+        assert!(!people.may_mint_for("user:alice"));
+        assert!(people.may_mint_for("service:recorder"));
+        assert!(!people.may_mint_for("service:sfu"));
+        // Old records without patterns mint only for their own subject.
+        let old: ApiKeyRecord = serde_json::from_str(
+            r#"{"key_id":"ak_1","subject":"service:conf","grants":{},"secret_sha256":"","created_at":0}"#,
+        )
+        .unwrap();
+        assert!(old.may_mint_for("service:conf") && !old.may_mint_for("service:other"));
+    }
+
+    #[test]
+    fn bad_patterns_are_refused() {
+        for bad in ["", "a*b", "**", "with space*", "x".repeat(200).as_str()] {
+            assert!(SubjectPattern::parse(bad).is_err(), "{bad}");
+        }
+        assert!(SubjectPattern::parse("*").is_ok());
+    }
+
+    #[test]
+    fn users_stored_without_grants_load_as_user() {
+        let old: UserRecord = serde_json::from_str(
+            r#"{"username":"old","display_name":"Old","password_hash":"x","created_at":1}"#,
+        )
+        .unwrap();
+        assert_eq!(old.grants, Grants::user());
     }
 }

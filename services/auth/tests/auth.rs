@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use common::{PASSWORD, TestAuth, error_code, test_config};
+use common::{PASSWORD, TestAuth, error_code, test_config, with_token};
 use jwt_compact::{AlgorithmExt, TimeOptions, UntrustedToken, alg::Ed25519};
 use rethink_common::{
     bus::RedisBus,
@@ -255,7 +255,7 @@ async fn repeated_failures_are_throttled_with_retry_after() {
 async fn slow_requests_time_out_with_json_408() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut config = test_config(None);
-    config.http.request_timeout_ms = 200;
+    config.listener.request_timeout_ms = 200;
     let auth = TestAuth::start(config).await;
     let mut stream = tokio::net::TcpStream::connect(auth.http).await.unwrap();
     // Promise 100 bytes, send 10, then wait for the server's answer.
@@ -270,7 +270,7 @@ async fn slow_requests_time_out_with_json_408() {
     let text = String::from_utf8_lossy(&response);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     let body: Value = serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap()).unwrap();
-    assert_eq!(error_code(&body), "request_timeout");
+    assert_eq!(error_code(&body), "timeout");
     auth.stop().await;
 }
 
@@ -283,6 +283,7 @@ async fn me_returns_identity_and_grants() {
     assert_eq!(me["sub"], "user:alice");
     assert_eq!(me["name"], "alice");
     // A login token asks to join rooms; media rights need grants that name rooms.
+    assert_eq!(me["grants"], serde_json::to_value(Grants::user()).unwrap());
     assert_eq!(me["grants"]["rooms"]["join"], true);
     assert_eq!(me["grants"]["rooms"]["publish"], false);
     assert_eq!(me["grants"]["cameras"]["manage"], false);
@@ -402,7 +403,7 @@ async fn api_key_minting_cannot_widen_grants() {
     let key_grants: Grants = "rooms.join,rooms.subscribe,room=lobby".parse().unwrap();
     let (key, secret) = auth
         .service
-        .create_api_key("service:conference", key_grants.clone())
+        .create_api_key("service:conference", &[], key_grants.clone())
         .await
         .unwrap();
     let verifier = auth.service.verifier();
@@ -469,14 +470,6 @@ async fn api_key_minting_cannot_widen_grants() {
     let claims = verifier.verify(&reply.token).await.unwrap();
     assert_eq!(claims.grants, key_grants);
     auth.stop().await;
-}
-
-fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
 }
 
 #[tokio::test]

@@ -46,6 +46,7 @@ async fn server() -> &'static TestAuth {
         .get_or_init(|| async {
             let mut config = test_config(None);
             // Random bodies must reach the handlers, not the throttle.
+            config.throttle.max_failures_per_user_addr = u32::MAX;
             config.throttle.max_failures_per_addr = u32::MAX;
             config.throttle.max_failures_per_user = u32::MAX;
             TestAuth::start(config).await

@@ -23,6 +23,9 @@ pub struct MsgNodeConfig {
     pub auth_url: String,
     /// Accepted token audience.
     pub audience: String,
+    /// Seconds of clock skew allowed on a token's `exp` and `nbf`; a connection whose token
+    /// expired is closed this long after `exp`.
+    pub token_leeway_secs: u64,
     /// Redis; without a URL the registry, routing and objects live in memory (one replica).
     pub redis: RedisConfig,
     /// Policy file (see docs/policy.md); unset uses the built-in default policy.
@@ -31,6 +34,8 @@ pub struct MsgNodeConfig {
     pub web_dir: PathBuf,
     /// Sizes and counts.
     pub limits: LimitsConfig,
+    /// Who may claim which well-known addresses.
+    pub registry: RegistryConfig,
     /// Timers of sessions and routing.
     pub timing: TimingConfig,
     /// Seconds to finish in-flight work after shutdown begins.
@@ -41,11 +46,10 @@ pub struct MsgNodeConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
-    /// Largest envelope accepted, in bytes; larger ones are answered with 413.
+    /// Largest envelope accepted, in bytes. On the WebSocket it is the largest message read at
+    /// all: a larger one closes the connection (1009) before it is buffered or parsed; over
+    /// gRPC a larger envelope is answered with 413.
     pub max_message_bytes: usize,
-    /// Largest WebSocket frame read at all; a larger one closes the connection (1009), so keep
-    /// it well above `max_message_bytes`.
-    pub max_frame_bytes: usize,
     /// Messages queued for one connection before it counts as a slow consumer and is closed.
     pub queue_len: usize,
     /// Hyperties one connection may register.
@@ -55,6 +59,47 @@ pub struct LimitsConfig {
     /// Live sessions of one identity on this replica (one person's tabs, one service's
     /// instances), so one token cannot take the whole replica.
     pub max_sessions_per_identity: usize,
+    /// Live data objects one identity may report, over all its hyperties and replicas.
+    pub max_objects_per_identity: usize,
+}
+
+/// The hyperty registry's rules for well-known addresses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Reserved well-known addresses and who may claim them; the first entry whose address
+    /// matches decides. Giving the list replaces the defaults (conference and cameras).
+    pub reserved: Vec<ReservedAddress>,
+}
+
+/// One reserved address pattern.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReservedAddress {
+    /// Address glob; `{domain}` stands for the node's domain, `*` matches within one path
+    /// segment, `**` across segments (e.g. `hyperty://{domain}/camera/*`).
+    pub address: String,
+    /// Token subjects that may claim a matching address, as globs (`service:conference`,
+    /// `camera:*`). Empty: nobody may.
+    pub subjects: Vec<String>,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        let entry = |address: &str, subjects: &[&str]| ReservedAddress {
+            address: address.into(),
+            subjects: subjects.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        Self {
+            reserved: vec![
+                entry("hyperty://{domain}/conference", &["service:conference"]),
+                entry(
+                    "hyperty://{domain}/camera/*",
+                    &["camera:*", "service:publisher*"],
+                ),
+            ],
+        }
+    }
 }
 
 /// Timers.
@@ -70,6 +115,10 @@ pub struct TimingConfig {
     /// Seconds between WebSocket pings; a connection silent for two intervals is dead (its
     /// session enters the grace period).
     pub ping_secs: u64,
+    /// Seconds a data object lives without a refresh; the replica of its reporter refreshes it
+    /// with the reporter's addresses, so only objects of a crashed replica expire (objects of
+    /// an ended session are deleted at once). 0: objects never expire.
+    pub object_ttl_secs: u64,
 }
 
 impl Default for MsgNodeConfig {
@@ -81,10 +130,12 @@ impl Default for MsgNodeConfig {
             node_id: None,
             auth_url: "http://127.0.0.1:8081".into(),
             audience: rethink_common::token::DEFAULT_AUDIENCE.into(),
+            token_leeway_secs: 30,
             redis: RedisConfig::default(),
             policy_file: None,
             web_dir: PathBuf::from("web"),
             limits: LimitsConfig::default(),
+            registry: RegistryConfig::default(),
             timing: TimingConfig::default(),
             drain_secs: 10,
         }
@@ -95,11 +146,11 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_message_bytes: 64 * 1024,
-            max_frame_bytes: 1024 * 1024,
             queue_len: 1024,
             max_hyperties_per_connection: 32,
             max_sessions: 20_000,
             max_sessions_per_identity: 64,
+            max_objects_per_identity: 100,
         }
     }
 }
@@ -111,6 +162,7 @@ impl Default for TimingConfig {
             delivery_timeout_ms: 5_000,
             address_ttl_secs: 30,
             ping_secs: 20,
+            object_ttl_secs: 120,
         }
     }
 }
@@ -139,6 +191,11 @@ impl TimingConfig {
     /// Returns the WebSocket ping interval.
     pub fn ping(&self) -> Duration {
         Duration::from_secs(self.ping_secs)
+    }
+
+    /// Returns the TTL of data objects, if they expire.
+    pub fn object_ttl(&self) -> Option<Duration> {
+        (self.object_ttl_secs > 0).then(|| Duration::from_secs(self.object_ttl_secs))
     }
 
     /// Returns the TTL of address map entries.
@@ -178,19 +235,16 @@ impl ServiceConfig for MsgNodeConfig {
                 "limits.max_message_bytes must be at least 1024",
             ));
         }
-        if l.max_frame_bytes < l.max_message_bytes {
-            return Err(ConfigError::invalid(
-                "limits.max_frame_bytes must be at least limits.max_message_bytes",
-            ));
-        }
         if l.queue_len == 0
             || l.max_hyperties_per_connection == 0
             || l.max_sessions == 0
             || l.max_sessions_per_identity == 0
+            || l.max_objects_per_identity == 0
         {
             return Err(ConfigError::invalid(
-                "limits.queue_len, limits.max_hyperties_per_connection, limits.max_sessions and \
-                 limits.max_sessions_per_identity must be at least 1",
+                "limits.queue_len, limits.max_hyperties_per_connection, limits.max_sessions, \
+                 limits.max_sessions_per_identity and limits.max_objects_per_identity must be \
+                 at least 1",
             ));
         }
         let t = &self.timing;
@@ -200,6 +254,14 @@ impl ServiceConfig for MsgNodeConfig {
                  timing.address_ttl_secs at least 3",
             ));
         }
+        if t.object_ttl_secs != 0 && t.object_ttl_secs < t.address_ttl_secs {
+            return Err(ConfigError::invalid(
+                "timing.object_ttl_secs must be 0 (never expire) or at least \
+                 timing.address_ttl_secs, since objects are refreshed with the addresses",
+            ));
+        }
+        crate::registry::ReservedTable::new(&self.registry, &self.domain)
+            .map_err(ConfigError::invalid)?;
         Ok(())
     }
 }
@@ -228,12 +290,18 @@ mod tests {
         };
         assert!(c.validate().is_err());
         c.domain = "example.org".into();
-        c.limits.max_frame_bytes = 10;
+        c.limits.max_message_bytes = 10;
         assert!(
             c.validate()
                 .unwrap_err()
                 .to_string()
-                .contains("max_frame_bytes")
+                .contains("max_message_bytes")
         );
+        c.limits.max_message_bytes = 65536;
+        c.registry.reserved[0].subjects = vec!["bad\\".into()];
+        assert!(c.validate().unwrap_err().to_string().contains("registry"));
+        c.registry.reserved[0].subjects.clear();
+        c.registry.reserved[0].address = "hyperty://elsewhere/conference".into();
+        assert!(c.validate().unwrap_err().to_string().contains("registry"));
     }
 }

@@ -1,10 +1,10 @@
-//! The crate's error type and its mapping to protocol codes, HTTP statuses and gRPC statuses,
-//! all in one place.
+//! The crate's error type and its mapping to protocol codes (the numeric `body.code` of the
+//! reTHINK envelope, [`MsgNodeError::code`]) and to the shared code table
+//! ([`rethink_common::error::ErrorCode`], for HTTP replies and gRPC statuses), all in one
+//! place.
 
-use axum::{
-    http::StatusCode,
-    response::{IntoResponse, Response},
-};
+use axum::response::{IntoResponse, Response};
+use rethink_common::error::{ApiError, ErrorCode};
 
 /// Everything that can go wrong in the Message Node. Each variant has a protocol code
 /// ([`MsgNodeError::code`]) used in error responses, in HTTP replies and (mapped) in gRPC.
@@ -16,6 +16,9 @@ pub enum MsgNodeError {
     /// No valid token.
     #[error("{0}")]
     Unauthorized(String),
+    /// A token was refused, for the reason given (expired, revoked, bad signature, ...).
+    #[error("{0}")]
+    Token(rethink_common::token::TokenError),
     /// Authenticated but not allowed (spoofed `from`, missing grant, policy).
     #[error("{0}")]
     Forbidden(String),
@@ -54,6 +57,7 @@ impl MsgNodeError {
         match self {
             MsgNodeError::BadRequest(_) => 400,
             MsgNodeError::Unauthorized(_) => 401,
+            MsgNodeError::Token(e) => ApiError::from(e.clone()).code.http_status().as_u16(),
             MsgNodeError::Forbidden(_) => 403,
             MsgNodeError::NotFound(_) => 404,
             MsgNodeError::Timeout(_) => 408,
@@ -97,39 +101,39 @@ impl From<rethink_common::bus::BusError> for MsgNodeError {
     }
 }
 
-/// HTTP replies (refused upgrades) are `{"error":{"code","message"}}`, like the auth service's.
+impl From<&MsgNodeError> for ApiError {
+    /// The one mapping to the shared code table: HTTP replies (refused upgrades) and gRPC
+    /// statuses both come from it. Store and internal failures are logged, and the caller gets
+    /// a generic message.
+    fn from(e: &MsgNodeError) -> Self {
+        let code = match e {
+            MsgNodeError::BadRequest(_) => ErrorCode::BadRequest,
+            MsgNodeError::Unauthorized(_) => ErrorCode::MissingToken,
+            MsgNodeError::Token(t) => return ApiError::from(t.clone()),
+            MsgNodeError::Forbidden(_) => ErrorCode::Forbidden,
+            MsgNodeError::NotFound(_) => ErrorCode::NotFound,
+            MsgNodeError::Timeout(_) => ErrorCode::Timeout,
+            MsgNodeError::Conflict(_) => ErrorCode::Conflict,
+            MsgNodeError::Gone(_) => ErrorCode::Gone,
+            MsgNodeError::TooLarge(_) => ErrorCode::PayloadTooLarge,
+            MsgNodeError::RateLimited(_) => ErrorCode::RateLimited,
+            MsgNodeError::Unavailable(_) => ErrorCode::Unavailable,
+            MsgNodeError::Store(_) | MsgNodeError::Internal(_) => return ApiError::internal(e),
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+/// HTTP replies (refused upgrades) are `{"error":{"code":"<snake_case>","message"}}`, like
+/// every service's.
 impl IntoResponse for MsgNodeError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = serde_json::json!({
-            "error": { "code": self.code(), "message": self.to_string() }
-        });
-        let mut response = (status, axum::Json(body)).into_response();
-        if status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(
-                axum::http::header::WWW_AUTHENTICATE,
-                axum::http::HeaderValue::from_static("Bearer"),
-            );
-        }
-        response
+        ApiError::from(&self).into_response()
     }
 }
 
 impl From<MsgNodeError> for tonic::Status {
     fn from(e: MsgNodeError) -> Self {
-        let message = e.to_string();
-        match e {
-            MsgNodeError::BadRequest(_) => tonic::Status::invalid_argument(message),
-            MsgNodeError::Unauthorized(_) => tonic::Status::unauthenticated(message),
-            MsgNodeError::Forbidden(_) => tonic::Status::permission_denied(message),
-            MsgNodeError::NotFound(_) | MsgNodeError::Gone(_) => tonic::Status::not_found(message),
-            MsgNodeError::Timeout(_) => tonic::Status::deadline_exceeded(message),
-            MsgNodeError::Conflict(_) => tonic::Status::already_exists(message),
-            MsgNodeError::TooLarge(_) | MsgNodeError::RateLimited(_) => {
-                tonic::Status::resource_exhausted(message)
-            }
-            MsgNodeError::Unavailable(_) => tonic::Status::unavailable(message),
-            MsgNodeError::Store(_) | MsgNodeError::Internal(_) => tonic::Status::internal(message),
-        }
+        ApiError::from(&e).into()
     }
 }

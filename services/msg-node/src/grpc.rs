@@ -10,7 +10,7 @@
 use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures::Stream;
-use rethink_common::token::unix_now;
+use rethink_common::token::Credential;
 use rethink_proto::v1::{self as pb, msg_node_server::MsgNode as MsgNodeApi};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
@@ -66,7 +66,7 @@ impl MsgNodeApi for MsgNodeGrpc {
             .map(str::to_owned);
         let (session, resumed) = node.open_session(&claims, true, resume.as_deref()).await?;
         let mut attachment = session
-            .attach(claims.jti.clone(), claims.exp)
+            .attach(Credential::new(&node.verifier, claims.clone()))
             .await
             .ok_or_else(|| Status::not_found("the session has ended"))?;
         let mut inbound = request.into_inner();
@@ -77,9 +77,11 @@ impl MsgNodeApi for MsgNodeGrpc {
             let closer = attachment.closer.clone();
             let max = node.config.limits.max_message_bytes;
             let stop = node.shutdown.clone();
-            let expires = tokio::time::Instant::now()
-                + Duration::from_secs(u64::try_from(claims.exp - unix_now()).unwrap_or(0));
             let mut open = tx.send(Ok(welcome)).await.is_ok();
+            // Follows renewals (token messages) by itself; resolves on revocation or expiry.
+            let credential = session.credential();
+            let lapsed = credential.lapsed();
+            tokio::pin!(lapsed);
             while open {
                 // Checked first: once closed, nothing more is taken from the queue, so it is
                 // all there for a resume.
@@ -89,7 +91,7 @@ impl MsgNodeApi for MsgNodeGrpc {
                 tokio::select! {
                     () = closer.closed() => break,
                     () = stop.wait() => closer.close(CloseReason::Shutdown),
-                    () = tokio::time::sleep_until(expires) => closer.close(CloseReason::Expired),
+                    lapse = &mut lapsed => closer.close(CloseReason::lapsed(&lapse)),
                     () = tx.closed() => open = false,
                     out = attachment.queue.recv() => {
                         let Some(envelope) = out else { break };
@@ -105,9 +107,7 @@ impl MsgNodeApi for MsgNodeGrpc {
                                 .and_then(|text| parse_frame(&text, max).map(|e| (e, text.len())));
                             match parsed {
                                 Ok((envelope, size)) => node.handle(&session, envelope, size).await,
-                                Err(error) => {
-                                    let _ = session.enqueue(error.response(node.domain.node(), &session.runtime));
-                                }
+                                Err(error) => node.refuse_frame(&session, error),
                             }
                         }
                         Ok(None) | Err(_) => open = false,
@@ -119,7 +119,9 @@ impl MsgNodeApi for MsgNodeGrpc {
                     CloseReason::Revoked | CloseReason::Expired => {
                         Status::unauthenticated(reason.text())
                     }
-                    CloseReason::SlowConsumer(_) => Status::resource_exhausted(reason.text()),
+                    CloseReason::SlowConsumer(_) | CloseReason::TooBig(_) => {
+                        Status::resource_exhausted(reason.text())
+                    }
                     CloseReason::Replaced => Status::aborted(reason.text()),
                     CloseReason::Shutdown => Status::unavailable(reason.text()),
                 };
@@ -129,7 +131,8 @@ impl MsgNodeApi for MsgNodeGrpc {
             let generation = attachment.generation;
             drop(attachment);
             if session.detach(generation, closer.reason()) {
-                node.start_grace(&session, generation);
+                node.after_detach(&session, generation, closer.reason())
+                    .await;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -12,7 +12,7 @@
 use std::sync::{Arc, PoisonError, atomic::Ordering};
 
 use bytes::Bytes;
-use rethink_common::token::Claims;
+use rethink_common::token::{Claims, Credential};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::oneshot;
@@ -229,8 +229,7 @@ impl Node {
             state.runtime,
             state.resume_token,
             state.identity,
-            claims.jti.clone(),
-            claims.exp,
+            Credential::new(&self.verifier, claims.clone()),
             self.config.limits.queue_len,
         );
         session.set_last_close(state.last_close);
@@ -269,7 +268,17 @@ impl Node {
             let Some((object, observer)) = key.split_once('|') else {
                 continue;
             };
-            if let Ok((snapshot, stream)) = self.sync.subscribe(object, observer).await {
+            if let Ok((snapshot, stream)) = self
+                .sync
+                .subscribe(
+                    object,
+                    crate::sync::Party {
+                        address: observer,
+                        identity: &session.identity.subject,
+                    },
+                )
+                .await
+            {
                 let catch_up = Envelope::new(
                     MessageId::Int(i64::try_from(snapshot.version).unwrap_or(i64::MAX)),
                     MessageType::Update,

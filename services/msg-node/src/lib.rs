@@ -19,8 +19,14 @@
 //! - [`error`]: [`MsgNodeError`], mapped to protocol codes, HTTP and gRPC in one place.
 //!
 //! Contracts: every message from the network gets either routed or an error response; the
-//! connection stays usable after any bad frame; memory per connection is bounded by
-//! `limits.queue_len` messages of at most `limits.max_message_bytes`.
+//! connection stays usable after any bad frame (but a bad frame costs a rate token like a
+//! message); no message larger than `limits.max_message_bytes` is buffered (the WebSocket
+//! closes with 1009 from the frame header); memory per connection is bounded by
+//! `limits.queue_len` messages of at most that size. Every connection holds a
+//! [`rethink_common::token::Credential`]: it closes within a second of its token's revocation,
+//! at its expiry unless renewed in-band. Well-known addresses are claimed only by the subjects
+//! `[[registry.reserved]]` allows; data objects are observed only by the identities their
+//! reporter names, and are deleted when the reporter's session ends.
 
 pub mod address;
 pub mod config;
@@ -49,6 +55,10 @@ use tower_http::services::ServeDir;
 pub use config::MsgNodeConfig;
 pub use error::MsgNodeError;
 pub use node::Node;
+
+/// Bytes an Attach envelope may carry beyond `limits.max_message_bytes` (protobuf tags and
+/// lengths; the JSON limit itself is checked on the rebuilt frame, with a 413).
+const GRPC_ENVELOPE_OVERHEAD: usize = 4096;
 
 /// The sockets the service serves on (HTTP: `/msg`, `/client` and the ops endpoints; gRPC:
 /// `rethink.v1.MsgNode`, health and reflection), bound by the caller (tests bind port 0).
@@ -82,6 +92,8 @@ impl MsgNode {
             sync::SyncConfig {
                 domain: config.domain.clone(),
                 max_value_bytes: config.limits.max_message_bytes,
+                max_objects_per_reporter: config.limits.max_objects_per_identity,
+                object_ttl: config.timing.object_ttl(),
                 ..sync::SyncConfig::default()
             },
         );
@@ -93,7 +105,7 @@ impl MsgNode {
             policy,
             sync,
             shutdown,
-        );
+        )?;
         node.start().await?;
         // On shutdown every session ends, so its addresses leave the shared map at once and
         // other replicas answer 404 instead of waiting for the TTL.
@@ -126,28 +138,35 @@ impl MsgNode {
     pub fn grpc_service(
         &self,
     ) -> rethink_proto::v1::msg_node_server::MsgNodeServer<grpc::MsgNodeGrpc> {
+        // An envelope is at most `max_message_bytes` of JSON plus its protobuf framing; a
+        // larger one is refused while decoding instead of being buffered up to tonic's 4 MiB.
+        let max = self.node.config.limits.max_message_bytes + GRPC_ENVELOPE_OVERHEAD;
         rethink_proto::v1::msg_node_server::MsgNodeServer::new(grpc::MsgNodeGrpc::new(
             self.node.clone(),
         ))
+        .max_decoding_message_size(max)
     }
 }
 
-/// Builds a token verifier for `config`: keys from the auth service, revocations from the bus
-/// and the store.
+/// Builds a token verifier for `config`: keys from the auth service, revocations followed from
+/// the bus and the store until `shutdown` (`health` is not ready while they cannot be followed,
+/// so a replica that might miss a revocation takes no traffic).
 pub async fn verifier(
     config: &MsgNodeConfig,
     backends: &Backends,
-) -> Result<TokenVerifier, MsgNodeError> {
+    health: &Health,
+    shutdown: &Shutdown,
+) -> TokenVerifier {
     let verifier = TokenVerifier::new(
         Arc::new(HttpJwks::new(&config.auth_url)),
         VerifierOptions {
             audience: config.audience.clone(),
+            leeway: Duration::from_secs(config.token_leeway_secs),
             ..VerifierOptions::default()
         },
     );
-    verifier.follow_revocations(backends.bus.as_ref()).await?;
-    verifier.load_revocations(backends.kv.as_ref()).await?;
-    Ok(verifier)
+    verifier.follow(backends, health, shutdown).await;
+    verifier
 }
 
 /// Runs the Message Node until `shutdown` resolves, then goes not-ready, closes every
@@ -160,10 +179,11 @@ pub async fn run(
     let backends = rethink_common::backends(config.redis.url.as_deref())
         .await
         .map_err(|e| MsgNodeError::Store(format!("connecting backends: {e}")))?;
-    let verifier = verifier(&config, &backends).await?;
     let drain = Duration::from_secs(config.drain_secs);
     let config_ping = config.timing.ping();
     let stop = Shutdown::new();
+    let health = Health::new();
+    let verifier = verifier(&config, &backends, &health, &stop).await;
     let msg_node = MsgNode::start(config, backends, verifier, stop.clone()).await?;
     // HTTP/2 keepalive finds attached services whose peer vanished, as pings do for WebSockets.
     let keepalive = config_ping;
@@ -175,7 +195,7 @@ pub async fn run(
         listeners,
         msg_node.router(),
         grpc,
-        Health::new(),
+        health,
         stop,
         shutdown,
         drain,
@@ -189,6 +209,6 @@ pub async fn run(
 
 impl From<rethink_common::token::TokenError> for MsgNodeError {
     fn from(e: rethink_common::token::TokenError) -> Self {
-        MsgNodeError::Unauthorized(e.to_string())
+        MsgNodeError::Token(e)
     }
 }

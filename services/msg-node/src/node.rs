@@ -26,7 +26,7 @@ use rethink_common::{
     kv::KvStore,
     lifecycle::Shutdown,
     telemetry::propagation,
-    token::{Claims, TokenVerifier, decode_revocation},
+    token::{Claims, Credential, TokenVerifier, decode_revocation},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -36,13 +36,13 @@ use tracing::Instrument;
 use crate::{
     address::{self, Domain},
     config::MsgNodeConfig,
-    envelope::{Envelope, MessageId, MessageType},
+    envelope::{Envelope, FrameError, MessageId, MessageType},
     error::MsgNodeError,
     handover::{HandoverReply, HandoverRequest},
     policy::{Decision, PolicyContext, PolicyEngine},
-    registry::Binding,
+    registry::{Binding, ReservedTable},
     session::{CloseReason, EnqueueError, Identity, Session},
-    sync::Syncher,
+    sync::{Party, Syncher},
 };
 
 /// What replicas say to each other on their bus channels (JSON).
@@ -82,6 +82,7 @@ pub struct Node {
     pub(crate) verifier: TokenVerifier,
     pub(crate) policy: PolicyEngine,
     pub(crate) sync: Syncher,
+    pub(crate) reserved: ReservedTable,
     pub(crate) shutdown: Shutdown,
     /// Live sessions by resume token.
     sessions: Mutex<HashMap<String, Arc<Session>>>,
@@ -102,7 +103,8 @@ impl std::fmt::Debug for Node {
 }
 
 impl Node {
-    /// Builds a node; call [`Node::start`] to run its background tasks.
+    /// Builds a node; call [`Node::start`] to run its background tasks. Fails on a config
+    /// [`MsgNodeConfig::validate`] would refuse (a bad reserved-address table).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: MsgNodeConfig,
@@ -112,12 +114,14 @@ impl Node {
         policy: PolicyEngine,
         sync: Syncher,
         shutdown: Shutdown,
-    ) -> Arc<Self> {
+    ) -> Result<Arc<Self>, MsgNodeError> {
+        let reserved = ReservedTable::new(&config.registry, &config.domain)
+            .map_err(|e| MsgNodeError::Internal(format!("config: {e}")))?;
         let node_id = config
             .node_id
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_owned());
-        Arc::new(Self {
+        Ok(Arc::new(Self {
             domain: Domain::new(&config.domain),
             channel: address::node_channel(&node_id),
             node_id,
@@ -127,13 +131,14 @@ impl Node {
             verifier,
             policy,
             sync,
+            reserved,
             shutdown,
             sessions: Mutex::new(HashMap::new()),
             local: RwLock::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             handovers: Mutex::new(HashMap::new()),
             next_seq: AtomicU64::new(1),
-        })
+        }))
     }
 
     /// Returns this replica's id.
@@ -261,8 +266,7 @@ impl Node {
         let session = Session::new(
             |id| self.domain.runtime(id),
             identity,
-            claims.jti.clone(),
-            claims.exp,
+            Credential::new(&self.verifier, claims.clone()),
             self.config.limits.queue_len,
         );
         self.sessions()
@@ -303,6 +307,22 @@ impl Node {
         })
     }
 
+    /// Handles the end of the current attachment `generation`, closed for `reason` (if the node
+    /// closed it): a revoked token ends the session at once, anything else starts the grace
+    /// period.
+    pub async fn after_detach(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        generation: u64,
+        reason: Option<CloseReason>,
+    ) {
+        if reason == Some(CloseReason::Revoked) {
+            self.end_session(session, CloseReason::Revoked).await;
+        } else {
+            self.start_grace(session, generation);
+        }
+    }
+
     /// Starts the grace period after attachment `generation` ended.
     pub fn start_grace(self: &Arc<Self>, session: &Arc<Session>, generation: u64) {
         let node = Arc::downgrade(self);
@@ -319,7 +339,8 @@ impl Node {
         });
     }
 
-    /// Ends a session: closes its connection and unregisters its addresses everywhere.
+    /// Ends a session: closes its connection, unregisters its addresses everywhere and deletes
+    /// the objects its hyperties reported (their observers get a delete).
     pub async fn end_session(&self, session: &Arc<Session>, reason: CloseReason) {
         let subscriptions = session.subscription_keys();
         let addresses = session.terminate(reason);
@@ -329,10 +350,38 @@ impl Node {
         }
         for address in addresses {
             self.unbind(session, &address).await;
+            self.delete_objects_of(session, &address).await;
         }
         for key in subscriptions {
             if let Some((object, observer)) = key.split_once('|') {
-                let _ = self.sync.unsubscribe(object, observer).await;
+                let _ = self
+                    .sync
+                    .unsubscribe(
+                        object,
+                        Party {
+                            address: observer,
+                            identity: &session.identity.subject,
+                        },
+                    )
+                    .await;
+            }
+        }
+    }
+
+    /// Deletes the objects `address` (a hyperty of `session` that is gone) reported.
+    pub(crate) async fn delete_objects_of(&self, session: &Session, address: &str) {
+        let reporter = Party {
+            address,
+            identity: &session.identity.subject,
+        };
+        match self.sync.delete_all_of(reporter).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::debug!(%address, objects = n, "objects of a departed hyperty deleted")
+            }
+            // They expire with their TTL instead.
+            Err(error) => {
+                tracing::warn!(%error, %address, "could not delete a departed hyperty's objects")
             }
         }
     }
@@ -433,13 +482,13 @@ impl Node {
         } else if to == self.domain.sync() || to.starts_with("object://") {
             self.objects(session, envelope).await
         } else if to == self.domain.node() {
-            self.node_request(session, envelope).map(Some)
+            self.node_request(session, envelope).await.map(Some)
         } else {
             self.route(session, envelope.clone()).await.map(|()| None)
         }
     }
 
-    fn node_request(
+    async fn node_request(
         &self,
         session: &Session,
         envelope: &Envelope,
@@ -448,11 +497,58 @@ impl Node {
             (MessageType::Read, Some("session")) => {
                 Ok(envelope.reply_ok(self.session_info(session, false)))
             }
+            (MessageType::Update, Some("token")) => self.renew_token(session, envelope).await,
             _ => Err(MsgNodeError::BadRequest(format!(
-                "{} understands only read with body {{\"resource\":\"session\"}}",
+                "{} understands read with body {{\"resource\":\"session\"}} and update with \
+                 body {{\"resource\":\"token\",\"token\":\"<JWT>\"}}",
                 self.domain.node()
             ))),
         }
+    }
+
+    /// Renews the session's token with the one in `body.token`: it must be valid and of the
+    /// same subject (403 otherwise). From then on the session expires and is revoked with the
+    /// new token, so a long session outlives its first token.
+    async fn renew_token(
+        &self,
+        session: &Session,
+        envelope: &Envelope,
+    ) -> Result<Envelope, MsgNodeError> {
+        let token = envelope.body_str("token").ok_or_else(|| {
+            MsgNodeError::BadRequest("a token update needs body.token: the fresh JWT".into())
+        })?;
+        let claims = self.verifier.verify(token).await?;
+        if claims.sub != session.identity.subject {
+            return Err(MsgNodeError::Forbidden(
+                "the token belongs to another identity; open a new connection for it".into(),
+            ));
+        }
+        if session.identity.is_service && !claims.grants.services.attach {
+            return Err(MsgNodeError::Forbidden(
+                "the token lacks the services.attach grant".into(),
+            ));
+        }
+        session.renew(claims)?;
+        let exp = session.credential().claims().exp;
+        tracing::debug!(session = %session.id, exp, "token renewed");
+        Ok(envelope.reply_ok(json!({ "exp": exp })))
+    }
+
+    /// Answers a frame that did not parse (or binary data). It costs a token of the sender's
+    /// rate bucket like a message does, so once the bucket is empty the answer is 429 instead
+    /// of a diagnosis: garbage cannot be sent faster than messages.
+    pub fn refuse_frame(&self, session: &Session, mut error: FrameError) {
+        let decision = self.policy.charge_malformed(
+            &session.identity.name,
+            session.identity.is_service,
+            Instant::now(),
+        );
+        if let Decision::Deny { code, reason } = decision {
+            error.code = code;
+            error.description = reason;
+        }
+        metrics::counter!("msgnode_errors_total", "code" => error.code.to_string()).increment(1);
+        let _ = session.enqueue(error.response(self.domain.node(), &session.runtime));
     }
 
     /// Delivers a message to a hyperty address, wherever it is bound.

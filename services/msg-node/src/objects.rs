@@ -1,7 +1,9 @@
 //! Glue between the protocol and the Syncher ([`crate::sync`]): data objects at
 //! `domain://sync.<domain>` and at their own `object://<domain>/<uuid>` URLs.
 //!
-//! `create` goes to `domain://sync.<domain>`; `read`, `subscribe`, `unsubscribe`, `update` and
+//! `create` goes to `domain://sync.<domain>`, with an optional `body.observers`: the identities
+//! (token subjects, or `prefix*` patterns) that may read and subscribe; without it only the
+//! reporter's own identity may. `read`, `subscribe`, `unsubscribe`, `update` and
 //! `delete` go to the object URL (or to `domain://sync.<domain>` with `body.resource` = the
 //! URL). A subscription forwards every change to the observing hyperty as an `update` or
 //! `delete` message from the object URL with the version as id. The snapshot answer is queued
@@ -17,7 +19,7 @@ use crate::{
     error::MsgNodeError,
     node::Node,
     session::Session,
-    sync::{ChangeKind, ChangeStream, SyncError},
+    sync::{ChangeKind, ChangeStream, Observers, Party, SyncError},
 };
 
 impl From<SyncError> for MsgNodeError {
@@ -35,6 +37,10 @@ impl Node {
         envelope: &Envelope,
     ) -> Result<Option<Envelope>, MsgNodeError> {
         let from = envelope.from.as_str();
+        let by = Party {
+            address: from,
+            identity: &session.identity.subject,
+        };
         if envelope.to == self.domain.sync() && envelope.kind == MessageType::Create {
             if envelope.body_str("resource") != Some("object") {
                 return Err(MsgNodeError::BadRequest(
@@ -47,7 +53,21 @@ impl Node {
                 .body_str("schema")
                 .ok_or_else(|| MsgNodeError::BadRequest("body.schema must be a string".into()))?;
             let value = envelope.body.get("value").cloned().unwrap_or(json!({}));
-            let info = self.sync.create(from, schema, value).await?;
+            let info = match envelope.body.get("observers") {
+                None | Some(Value::Null) => self.sync.create(by, schema, value).await?,
+                Some(list) => {
+                    let patterns: Vec<String> =
+                        serde_json::from_value(list.clone()).map_err(|_| {
+                            MsgNodeError::BadRequest(
+                                "body.observers must be a list of identities or patterns, such as \
+                             [\"user:bob\", \"user:*\"]"
+                                    .into(),
+                            )
+                        })?;
+                    let observers = Observers::new(patterns).map_err(MsgNodeError::BadRequest)?;
+                    self.sync.create_for(by, schema, value, observers).await?
+                }
+            };
             return Ok(Some(envelope.reply_ok(json!({
                 "url": info.url,
                 "schema": info.schema,
@@ -64,7 +84,7 @@ impl Node {
         };
         match envelope.kind {
             MessageType::Read => {
-                let s = self.sync.read(object).await?;
+                let s = self.sync.read(object, by).await?;
                 Ok(Some(envelope.reply_ok(json!({
                     "url": s.url, "schema": s.schema, "reporter": s.reporter,
                     "version": s.version, "value": s.value,
@@ -72,7 +92,7 @@ impl Node {
             }
             MessageType::Subscribe => {
                 self.require_hyperty(from, "subscribe")?;
-                let (s, stream) = self.sync.subscribe(object, from).await?;
+                let (s, stream) = self.sync.subscribe(object, by).await?;
                 let reply = envelope.reply_ok(json!({
                     "url": s.url, "schema": s.schema, "reporter": s.reporter,
                     "version": s.version, "value": s.value,
@@ -82,7 +102,7 @@ impl Node {
                 Ok(None)
             }
             MessageType::Unsubscribe => {
-                self.sync.unsubscribe(object, from).await?;
+                self.sync.unsubscribe(object, by).await?;
                 session.remove_subscription(&format!("{object}|{from}"));
                 Ok(Some(envelope.reply_ok(Value::Null)))
             }
@@ -99,11 +119,11 @@ impl Node {
                 let value = envelope.body.get("value").cloned().ok_or_else(|| {
                     MsgNodeError::BadRequest("body.value must be the new value".into())
                 })?;
-                let version = self.sync.update(object, from, version, value).await?;
+                let version = self.sync.update(object, by, version, value).await?;
                 Ok(Some(envelope.reply_ok(json!({ "version": version }))))
             }
             MessageType::Delete => {
-                self.sync.delete(object, from).await?;
+                self.sync.delete(object, by).await?;
                 Ok(Some(envelope.reply_ok(Value::Null)))
             }
             other => Err(MsgNodeError::BadRequest(format!(

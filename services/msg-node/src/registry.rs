@@ -1,6 +1,12 @@
 //! The hyperty registry at `domain://registry.<domain>`: allocation, well-known addresses,
 //! discovery, and the shared address map that routing reads.
 //!
+//! Well-known addresses (`hyperty://<domain>/conference`, `.../camera/<id>`) are claimed, not
+//! allocated. [`ReservedTable`] (config `[[registry.reserved]]`) says which identities may claim
+//! which address patterns; an address no pattern covers may be claimed by any attached
+//! service. A claim is first come, first served across replicas (409 while another identity
+//! holds it); the same identity may take its address back (a restarted service).
+//!
 //! Each bound address has an [`AddressRecord`] under [`address::address_key`] (which replica
 //! holds it, whose it is, its descriptor) and, for people, a copy under
 //! [`address::user_key`] so discovery is one prefix scan. Both expire after
@@ -16,10 +22,13 @@ use serde_json::{Value, json};
 
 use crate::{
     address,
+    config::RegistryConfig,
     envelope::{Envelope, MessageType},
     error::MsgNodeError,
     node::Node,
+    policy::glob::Glob,
     session::Session,
+    sync::Party,
 };
 
 /// Most hyperties one prefix listing returns.
@@ -42,6 +51,73 @@ pub struct AddressRecord {
     /// What the hyperty said about itself at registration.
     #[serde(default)]
     pub descriptor: Value,
+}
+
+/// The reserved well-known addresses and who may claim them, compiled from
+/// [`RegistryConfig`].
+#[derive(Debug, Clone, Default)]
+pub struct ReservedTable {
+    entries: Vec<(Glob, Vec<Glob>)>,
+}
+
+impl ReservedTable {
+    /// Compiles the table for `domain`; fails on a bad glob or an address outside the domain.
+    pub fn new(config: &RegistryConfig, domain: &str) -> Result<Self, String> {
+        let prefix = format!("hyperty://{domain}/");
+        let mut entries = Vec::new();
+        for (n, entry) in config.reserved.iter().enumerate() {
+            let address = entry.address.replace("{domain}", domain);
+            if !address.starts_with(&prefix) || address.len() == prefix.len() {
+                return Err(format!(
+                    "registry.reserved[{n}].address {:?} must start with hyperty://{{domain}}/ \
+                     and name a path",
+                    entry.address
+                ));
+            }
+            let pattern =
+                Glob::new(&address).map_err(|e| format!("registry.reserved[{n}].address: {e}"))?;
+            let subjects = entry
+                .subjects
+                .iter()
+                .map(|s| Glob::new(s).map_err(|e| format!("registry.reserved[{n}].subjects: {e}")))
+                .collect::<Result<Vec<_>, _>>()?;
+            entries.push((pattern, subjects));
+        }
+        Ok(Self { entries })
+    }
+
+    /// Decides whether `subject` may claim the well-known `address`: the first reserved
+    /// pattern that matches decides; an unreserved address is open to attached services only.
+    pub fn check(
+        &self,
+        address: &str,
+        subject: &str,
+        is_service: bool,
+    ) -> Result<(), MsgNodeError> {
+        match self
+            .entries
+            .iter()
+            .find(|(pattern, _)| pattern.matches(address))
+        {
+            Some((_, subjects)) if subjects.iter().any(|s| s.matches(subject)) => Ok(()),
+            Some((pattern, subjects)) => {
+                let allowed: Vec<&str> = subjects.iter().map(Glob::as_str).collect();
+                Err(MsgNodeError::Forbidden(format!(
+                    "{address} is reserved ({pattern}) for {}; {subject} may not claim it",
+                    if allowed.is_empty() {
+                        "nobody".to_owned()
+                    } else {
+                        allowed.join(", ")
+                    }
+                )))
+            }
+            None if is_service => Ok(()),
+            None => Err(MsgNodeError::Forbidden(
+                "only services attached over gRPC may register unreserved well-known addresses"
+                    .into(),
+            )),
+        }
+    }
 }
 
 /// An address bound on this replica.
@@ -77,6 +153,7 @@ impl Node {
                     )));
                 }
                 self.unbind(session, address).await;
+                self.delete_objects_of(session, address).await;
                 Ok(envelope.reply_ok(Value::Null))
             }
             other => Err(MsgNodeError::BadRequest(format!(
@@ -113,14 +190,11 @@ impl Node {
         let well_known = match envelope.body.get("address") {
             None | Some(Value::Null) => None,
             Some(Value::String(a)) => {
-                if !session.identity.is_service {
-                    return Err(MsgNodeError::Forbidden(
-                        "only services attached over gRPC may register well-known addresses".into(),
-                    ));
-                }
                 self.domain
                     .check_well_known(a)
                     .map_err(MsgNodeError::BadRequest)?;
+                self.reserved
+                    .check(a, &session.identity.subject, session.identity.is_service)?;
                 Some(a.clone())
             }
             Some(_) => {
@@ -299,7 +373,16 @@ impl Node {
                 && observer == address
             {
                 session.remove_subscription(&key);
-                let _ = self.sync.unsubscribe(object, observer).await;
+                let _ = self
+                    .sync
+                    .unsubscribe(
+                        object,
+                        Party {
+                            address: observer,
+                            identity: &session.identity.subject,
+                        },
+                    )
+                    .await;
             }
         }
         let Some(binding) = binding else { return };
@@ -378,6 +461,13 @@ impl Node {
             }
             if let Some(user_key) = &binding.user_key {
                 let _ = self.kv.set(user_key, record.clone(), Some(ttl)).await;
+            }
+            let reporter = Party {
+                address: &address,
+                identity: &binding.session.identity.subject,
+            };
+            if let Err(error) = self.sync.refresh_all_of(reporter).await {
+                tracing::warn!(%error, %address, "object refresh failed; retrying next round");
             }
         }
     }

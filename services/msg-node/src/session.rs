@@ -12,6 +12,7 @@ use std::{
     sync::{Arc, Mutex, OnceLock, PoisonError},
 };
 
+use rethink_common::token::{Claims, Credential, TokenError};
 use tokio::{sync::mpsc, task::AbortHandle};
 use tokio_util::sync::CancellationToken;
 
@@ -46,9 +47,20 @@ pub enum CloseReason {
     Replaced,
     /// The node is shutting down.
     Shutdown,
+    /// The client sent a WebSocket message larger than this many bytes
+    /// (`limits.max_message_bytes`); it was refused before being read whole.
+    TooBig(usize),
 }
 
 impl CloseReason {
+    /// Returns the reason for a credential that lapsed with `error`.
+    pub fn lapsed(error: &TokenError) -> CloseReason {
+        match error {
+            TokenError::Revoked => CloseReason::Revoked,
+            _ => CloseReason::Expired,
+        }
+    }
+
     /// Returns the WebSocket close code.
     pub fn ws_code(&self) -> u16 {
         match self {
@@ -57,6 +69,7 @@ impl CloseReason {
             CloseReason::SlowConsumer(_) => 4008,
             CloseReason::Replaced => 4009,
             CloseReason::Shutdown => 1001,
+            CloseReason::TooBig(_) => 1009,
         }
     }
 
@@ -70,6 +83,9 @@ impl CloseReason {
             }
             CloseReason::Replaced => "session resumed by another connection".into(),
             CloseReason::Shutdown => "node shutting down; reconnect and resume".into(),
+            CloseReason::TooBig(n) => {
+                format!("message larger than {n} bytes; reconnect and resume")
+            }
         }
     }
 }
@@ -124,15 +140,15 @@ pub struct Attachment {
     pub queue: tokio::sync::OwnedMutexGuard<mpsc::Receiver<Envelope>>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     addresses: BTreeSet<String>,
     generation: u64,
     attached: Option<(u64, Closer)>,
     last_close: Option<CloseReason>,
     terminated: bool,
-    jti: String,
-    exp: i64,
+    /// The token of the current (or last) connection, renewable in-band.
+    credential: Credential,
 }
 
 /// One client runtime's session.
@@ -158,13 +174,12 @@ impl Session {
     pub fn new(
         runtime_of: impl Fn(&str) -> String,
         identity: Identity,
-        jti: String,
-        exp: i64,
+        credential: Credential,
         queue_len: usize,
     ) -> Arc<Self> {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let runtime = runtime_of(&id);
-        Self::restore(id, runtime, random_token(), identity, jti, exp, queue_len)
+        Self::restore(id, runtime, random_token(), identity, credential, queue_len)
     }
 
     /// Recreates a detached session handed over by another replica (same id, runtime address
@@ -174,8 +189,7 @@ impl Session {
         runtime: String,
         resume_token: String,
         identity: Identity,
-        jti: String,
-        exp: i64,
+        credential: Credential,
         queue_len: usize,
     ) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(queue_len);
@@ -188,9 +202,12 @@ impl Session {
             tx,
             rx: Arc::new(tokio::sync::Mutex::new(rx)),
             state: Mutex::new(State {
-                jti,
-                exp,
-                ..State::default()
+                addresses: BTreeSet::new(),
+                generation: 0,
+                attached: None,
+                last_close: None,
+                terminated: false,
+                credential,
             }),
             subscriptions: Mutex::new(HashMap::new()),
         })
@@ -214,10 +231,9 @@ impl Session {
         }
     }
 
-    /// Attaches a connection with token id `jti` expiring at `exp`, closing the previous
-    /// attachment if there is one, and waits until the queue is free. `None` if the session
-    /// ended meanwhile.
-    pub async fn attach(&self, jti: String, exp: i64) -> Option<Attachment> {
+    /// Attaches a connection holding `credential`, closing the previous attachment if there is
+    /// one, and waits until the queue is free. `None` if the session ended meanwhile.
+    pub async fn attach(&self, credential: Credential) -> Option<Attachment> {
         let closer = Closer::default();
         let generation = {
             let mut state = self.state();
@@ -229,8 +245,7 @@ impl Session {
             }
             state.generation += 1;
             state.attached = Some((state.generation, closer.clone()));
-            state.jti = jti;
-            state.exp = exp;
+            state.credential = credential;
             state.generation
         };
         // The previous connection's writer releases the queue once it sees its cancellation.
@@ -351,7 +366,19 @@ impl Session {
 
     /// Returns the current token id.
     pub fn jti(&self) -> String {
-        self.state().jti.clone()
+        self.state().credential.claims().jti
+    }
+
+    /// Returns the credential of the current connection; [`Credential::lapsed`] resolves when
+    /// its token (as renewed) is revoked or expires.
+    pub fn credential(&self) -> Credential {
+        self.state().credential.clone()
+    }
+
+    /// Replaces the session's token by a fresh, verified one of the same subject: revoking the
+    /// old token no longer ends the session, and it expires with the new one.
+    pub fn renew(&self, fresh: Claims) -> Result<(), TokenError> {
+        self.credential().renew(fresh)
     }
 
     /// Returns true when `from` is an address of this session.
@@ -451,6 +478,21 @@ mod tests {
     use super::*;
     use crate::envelope::{MessageId, MessageType};
 
+    fn credential(jti: &str) -> Credential {
+        let verifier = rethink_common::token::TokenVerifier::from_auth_url("http://127.0.0.1:9");
+        let claims = Claims {
+            sub: "user:alice".into(),
+            name: "Alice".into(),
+            iat: 0,
+            nbf: 0,
+            exp: i64::MAX / 2,
+            jti: jti.into(),
+            aud: "rethink".into(),
+            grants: Default::default(),
+        };
+        Credential::new(&verifier, claims)
+    }
+
     fn session(queue: usize) -> Arc<Session> {
         Session::new(
             |id| format!("runtime://localhost/{id}"),
@@ -461,8 +503,7 @@ mod tests {
                 user: Some("user://localhost/alice".into()),
                 is_service: false,
             },
-            "jti-1".into(),
-            i64::MAX,
+            credential("jti-1"),
             queue,
         )
     }
@@ -480,13 +521,13 @@ mod tests {
     #[tokio::test]
     async fn queue_survives_detach_and_resume() {
         let s = session(4);
-        let a = s.attach("j".into(), 0).await.unwrap();
+        let a = s.attach(credential("j")).await.unwrap();
         s.enqueue(msg(1)).unwrap();
         let generation = a.generation;
         drop(a);
         assert!(s.detach(generation, None));
         s.enqueue(msg(2)).unwrap();
-        let mut b = s.attach("j2".into(), 0).await.unwrap();
+        let mut b = s.attach(credential("j2")).await.unwrap();
         assert_eq!(b.queue.recv().await.unwrap().id, MessageId::Int(1));
         assert_eq!(b.queue.recv().await.unwrap().id, MessageId::Int(2));
         assert!(!s.expired_since(generation));
@@ -496,7 +537,7 @@ mod tests {
     #[tokio::test]
     async fn full_queue_closes_as_slow_consumer() {
         let s = session(2);
-        let a = s.attach("j".into(), 0).await.unwrap();
+        let a = s.attach(credential("j")).await.unwrap();
         s.enqueue(msg(1)).unwrap();
         s.enqueue(msg(2)).unwrap();
         assert_eq!(s.enqueue(msg(3)), Err(EnqueueError::Full));
@@ -507,10 +548,10 @@ mod tests {
     #[tokio::test]
     async fn resume_replaces_the_previous_attachment() {
         let s = session(2);
-        let a = s.attach("j".into(), 0).await.unwrap();
+        let a = s.attach(credential("j")).await.unwrap();
         let closer = a.closer.clone();
         let s2 = s.clone();
-        let second = tokio::spawn(async move { s2.attach("k".into(), 0).await.is_some() });
+        let second = tokio::spawn(async move { s2.attach(credential("k")).await.is_some() });
         closer.closed().await;
         assert_eq!(closer.reason(), Some(CloseReason::Replaced));
         assert!(!s.detach(a.generation, None));
@@ -529,6 +570,6 @@ mod tests {
             vec!["hyperty://localhost/x"]
         );
         assert!(!s.add_address("hyperty://localhost/y"));
-        assert!(s.attach("j".into(), 0).await.is_none());
+        assert!(s.attach(credential("j")).await.is_none());
     }
 }

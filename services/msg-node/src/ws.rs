@@ -1,12 +1,18 @@
 //! The browser gateway: WebSocket `/msg?access_token=<JWT>[&resume=<token>]`.
 //!
 //! The token is checked before the upgrade (401 without a valid one, 410 for an unknown resume
-//! token), so a refused client never gets a socket. After the upgrade the connection attaches
-//! to its session, sends the welcome, and then one task both reads frames (each parsed and
-//! handed to [`Node::handle`], errors answered in-band) and writes the session's queue. The
-//! node closes the socket with an application close code when the token is revoked (4001) or
-//! expires (4002), the client is a slow consumer (4008), or the session is resumed elsewhere
-//! (4009).
+//! token), so a refused client never gets a socket. `?access_token=` is accepted here only:
+//! browsers cannot set headers on a WebSocket upgrade; every other route takes the
+//! `Authorization` header alone. After the upgrade the connection attaches to its session,
+//! sends the welcome, and then one task both reads frames (each parsed and handed to
+//! [`Node::handle`], errors answered in-band) and writes the session's queue.
+//!
+//! Contracts: no message larger than `limits.max_message_bytes` is ever buffered: the
+//! WebSocket layer refuses it from its header and the node closes with 1009. Malformed frames
+//! cost a rate token like messages (429 once the bucket is empty). The node closes the socket
+//! with an application close code when the token is revoked (4001) or expires (4002), the
+//! client is a slow consumer (4008), or the session is resumed elsewhere (4009); a `token`
+//! update (docs/protocol.md) moves the expiry.
 
 use std::{sync::Arc, time::Duration};
 
@@ -17,12 +23,13 @@ use axum::{
             CloseFrame, Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
         },
     },
-    http::{HeaderMap, header},
+    http::request::Parts,
     response::{IntoResponse, Response},
 };
 use futures::SinkExt;
-use rethink_common::token::{TokenError, unix_now};
+use rethink_common::token::{Credential, bearer_from_upgrade};
 use serde::Deserialize;
+use tungstenite::error::CapacityError;
 
 use crate::{
     envelope::parse_frame,
@@ -41,8 +48,6 @@ const WS_READ_BUFFER_BYTES: usize = 8 * 1024;
 /// Query parameters of `/msg`.
 #[derive(Debug, Deserialize)]
 pub struct MsgQuery {
-    /// The access token (browsers cannot set headers on a WebSocket upgrade).
-    access_token: Option<String>,
     /// The resume token from a previous welcome.
     resume: Option<String>,
 }
@@ -51,15 +56,11 @@ pub struct MsgQuery {
 pub async fn upgrade(
     State(node): State<Arc<Node>>,
     Query(query): Query<MsgQuery>,
-    headers: HeaderMap,
+    parts: Parts,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let Some(token) = query.access_token.as_deref().or(bearer) else {
+    // The one route where `?access_token=` counts: browsers cannot set headers on an upgrade.
+    let Some(token) = bearer_from_upgrade(&parts) else {
         return MsgNodeError::Unauthorized(
             "missing access token: connect to /msg?access_token=<JWT>".into(),
         )
@@ -67,10 +68,7 @@ pub async fn upgrade(
     };
     let claims = match node.verifier.verify(token).await {
         Ok(claims) => claims,
-        Err(e @ TokenError::KeysUnavailable(_)) => {
-            return MsgNodeError::Unavailable(e.to_string()).into_response();
-        }
-        Err(e) => return MsgNodeError::Unauthorized(e.to_string()).into_response(),
+        Err(e) => return MsgNodeError::Token(e).into_response(),
     };
     let ws = match ws {
         Ok(ws) => ws,
@@ -83,14 +81,17 @@ pub async fn upgrade(
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
-    let limit = node.config.limits.max_frame_bytes;
+    // The protocol's size limit is the transport's: a frame header announcing more is refused
+    // before its payload is read, so an oversized message is never buffered or parsed.
+    let limit = node.config.limits.max_message_bytes;
     // Signaling frames are small: axum's 128 KiB default read buffer is zero-filled before every
     // read and, at a thousand connections, dominated both CPU and memory in the relay benchmark.
     ws.max_message_size(limit)
         .max_frame_size(limit)
         .read_buffer_size(WS_READ_BUFFER_BYTES)
         .on_upgrade(move |socket| async move {
-            connection(node, session, resumed, claims.jti, claims.exp, socket).await;
+            let credential = Credential::new(&node.verifier, claims);
+            connection(node, session, resumed, credential, socket).await;
         })
 }
 
@@ -98,19 +99,19 @@ async fn connection(
     node: Arc<Node>,
     session: Arc<Session>,
     resumed: bool,
-    jti: String,
-    exp: i64,
+    credential: Credential,
     mut socket: WebSocket,
 ) {
-    let Some(mut attachment) = session.attach(jti, exp).await else {
+    let Some(mut attachment) = session.attach(credential.clone()).await else {
         close(&mut socket, &CloseReason::Revoked).await;
         return;
     };
     metrics::gauge!("msgnode_connections", "transport" => "ws").increment(1.0);
     tracing::debug!(session = %session.id, identity = %session.identity.name, resumed, "connected");
     let closer = attachment.closer.clone();
-    let expires = tokio::time::Instant::now()
-        + Duration::from_secs(u64::try_from(exp - unix_now()).unwrap_or(0));
+    // Follows renewals (token messages) by itself; resolves on revocation or expiry.
+    let lapsed = credential.lapsed();
+    tokio::pin!(lapsed);
     let welcome = node.welcome(&session, resumed).to_json();
     let mut open = socket.send(Message::Text(welcome.into())).await.is_ok();
     let max = node.config.limits.max_message_bytes;
@@ -137,7 +138,7 @@ async fn connection(
                 open = matches!(sent, Ok(Ok(())));
             }
             () = stop.wait() => closer.close(CloseReason::Shutdown),
-            () = tokio::time::sleep_until(expires) => closer.close(CloseReason::Expired),
+            lapse = &mut lapsed => closer.close(CloseReason::lapsed(&lapse)),
             out = attachment.queue.recv() => {
                 let Some(envelope) = out else { break };
                 // Write what is already queued in one go and flush once: one syscall for a
@@ -167,13 +168,14 @@ async fn connection(
             incoming = socket.recv() => {
                 last_seen = tokio::time::Instant::now();
                 match incoming {
+                Some(Err(error)) if is_too_big(&error) => {
+                    metrics::counter!("msgnode_errors_total", "code" => "1009").increment(1);
+                    closer.close(CloseReason::TooBig(max));
+                }
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => open = false,
                 Some(Ok(Message::Text(text))) => match parse_frame(text.as_str(), max) {
                     Ok(envelope) => node.handle(&session, envelope, text.len()).await,
-                    Err(error) => {
-                        metrics::counter!("msgnode_errors_total", "code" => error.code.to_string()).increment(1);
-                        let _ = session.enqueue(error.response(node.domain.node(), &session.runtime));
-                    }
+                    Err(error) => node.refuse_frame(&session, error),
                 },
                 Some(Ok(Message::Binary(_))) => {
                     let error = crate::envelope::FrameError {
@@ -183,7 +185,7 @@ async fn connection(
                         code: 400,
                         description: "binary frames are not part of the protocol; send JSON text frames".into(),
                     };
-                    let _ = session.enqueue(error.response(node.domain.node(), &session.runtime));
+                    node.refuse_frame(&session, error);
                 }
                 Some(Ok(_)) => {}
                 }
@@ -198,8 +200,20 @@ async fn connection(
     let generation = attachment.generation;
     drop(attachment);
     if session.detach(generation, closer.reason()) {
-        node.start_grace(&session, generation);
+        node.after_detach(&session, generation, closer.reason())
+            .await;
     }
+}
+
+/// Returns true for the read error of a message or frame over the size limit.
+fn is_too_big(error: &axum::Error) -> bool {
+    let inner = std::error::Error::source(error);
+    matches!(
+        inner.and_then(|e| e.downcast_ref::<tungstenite::Error>()),
+        Some(tungstenite::Error::Capacity(
+            CapacityError::MessageTooLong { .. }
+        ))
+    )
 }
 
 async fn close(socket: &mut WebSocket, reason: &CloseReason) {

@@ -4,98 +4,19 @@
 mod common;
 
 use anyhow::Result;
-use common::{TestBed, code};
-use rethink_proto::v1::{Envelope as PbEnvelope, envelope::Id, msg_node_client::MsgNodeClient};
-use serde_json::{Value, json};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::Streaming;
-
-struct Service {
-    tx: mpsc::Sender<PbEnvelope>,
-    rx: Streaming<PbEnvelope>,
-    runtime: String,
-}
-
-async fn attach(grpc: std::net::SocketAddr, token: &str) -> Result<Result<Service, tonic::Status>> {
-    let mut client = MsgNodeClient::connect(format!("http://{grpc}")).await?;
-    let (tx, rx) = mpsc::channel(16);
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    let mut stream = match client.attach(request).await {
-        Ok(r) => r.into_inner(),
-        Err(status) => return Ok(Err(status)),
-    };
-    let welcome = next(&mut stream).await?;
-    assert_eq!(welcome["id"], "session", "{welcome}");
-    let runtime = welcome["body"]["value"]["runtime"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    Ok(Ok(Service {
-        tx,
-        rx: stream,
-        runtime,
-    }))
-}
-
-impl Service {
-    /// Asks the registry for the well-known `address` (request `id`); returns the response.
-    async fn claim(&mut self, id: i64, address: &str, descriptor: Option<Value>) -> Result<Value> {
-        let mut body = json!({"resource": "hyperty", "address": address});
-        if let Some(descriptor) = descriptor {
-            body["descriptor"] = descriptor;
-        }
-        let runtime = self.runtime.clone();
-        self.tx
-            .send(envelope(
-                id,
-                "create",
-                &runtime,
-                "domain://registry.localhost",
-                body,
-            ))
-            .await?;
-        next(&mut self.rx).await
-    }
-}
-
-fn envelope(id: i64, kind: &str, from: &str, to: &str, body: Value) -> PbEnvelope {
-    PbEnvelope {
-        id: Some(Id::IdInt(id)),
-        r#type: kind.into(),
-        from: from.into(),
-        to: to.into(),
-        body: body.to_string(),
-        ..PbEnvelope::default()
-    }
-}
-
-async fn next(stream: &mut Streaming<PbEnvelope>) -> Result<Value> {
-    let m = tokio::time::timeout(common::WAIT, stream.message())
-        .await??
-        .ok_or_else(|| anyhow::anyhow!("stream ended"))?;
-    let id = match m.id {
-        Some(Id::IdInt(n)) => json!(n),
-        Some(Id::IdStr(s)) => json!(s),
-        None => Value::Null,
-    };
-    let body: Value = if m.body.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&m.body)?
-    };
-    Ok(json!({"id": id, "type": m.r#type, "from": m.from, "to": m.to, "body": body}))
-}
+use common::{
+    TestBed, code,
+    service::{attach, envelope, next},
+};
+use rethink_proto::v1::{Envelope as PbEnvelope, envelope::Id};
+use serde_json::json;
 
 #[tokio::test]
 async fn a_service_registers_a_well_known_address_and_talks_with_a_browser() -> Result<()> {
     let bed = TestBed::start().await?;
     let a = bed.default_replica("node-a").await?;
     let b = bed.default_replica("node-b").await?;
-    let mut conference = attach(a.grpc, &bed.service_token("conference"))
+    let mut conference = attach(a.grpc, &bed.service_token("service:conference"))
         .await?
         .unwrap();
 
@@ -159,17 +80,18 @@ async fn a_service_registers_a_well_known_address_and_talks_with_a_browser() -> 
         "{answer}"
     );
 
-    // Another identity cannot take the well-known address; browsers cannot register one.
-    let mut other = attach(b.grpc, &bed.service_token("impostor"))
+    // Another identity cannot take the well-known address (it is reserved for the conference
+    // service); browsers cannot register one.
+    let mut impostor = attach(b.grpc, &bed.service_token("service:impostor"))
         .await?
         .unwrap();
     assert_eq!(
         code(
-            &other
+            &impostor
                 .claim(1, "hyperty://localhost/conference", None)
                 .await?
         ),
-        409
+        403
     );
     let refused = alice
         .request(
@@ -181,7 +103,10 @@ async fn a_service_registers_a_well_known_address_and_talks_with_a_browser() -> 
         .await?;
     assert_eq!(code(&refused), 403, "{refused}");
 
-    // Cameras get well-known addresses too.
+    // Cameras get well-known addresses too, from a publisher service.
+    let mut other = attach(b.grpc, &bed.service_token("service:publisher-1"))
+        .await?
+        .unwrap();
     assert_eq!(
         code(
             &other
@@ -235,7 +160,7 @@ async fn revoking_a_service_token_ends_its_stream() -> Result<()> {
     };
     let issued = bed
         .auth
-        .issue("service:camera-1", "camera-1", grants, None)
+        .issue("service:publisher-cam-1", "publisher-cam-1", grants, None)
         .unwrap();
     let mut camera = attach(a.grpc, &issued.token).await?.unwrap();
     assert_eq!(

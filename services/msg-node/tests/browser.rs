@@ -81,7 +81,8 @@ async fn the_web_client_logs_in_messages_and_syncs_with_another_user() -> Result
         "{result}"
     );
 
-    // The page creates an object; bob observes it; the page updates it.
+    // The page creates an object; another connection of alice observes it (the page names no
+    // observers, so only its own identity may); bob may not; the page updates it.
     let script = format!(
         r#"(async () => {{ {HELPERS}
           $('object-value').value = '{{"text": "first"}}';
@@ -92,7 +93,10 @@ async fn the_web_client_logs_in_messages_and_syncs_with_another_user() -> Result
     );
     let url = page.eval(&script).await?;
     let url = url.as_str().context("no object url")?.to_owned();
-    let snapshot = bob.request("subscribe", &bob_h, &url, json!({})).await?;
+    let refused = bob.request("subscribe", &bob_h, &url, json!({})).await?;
+    assert_eq!(code(&refused), 403, "{refused}");
+    let (mut tab, tab_h) = bed.user(&replica, "alice").await?;
+    let snapshot = tab.request("subscribe", &tab_h, &url, json!({})).await?;
     assert_eq!(code(&snapshot), 200, "{snapshot}");
     assert_eq!(snapshot["body"]["value"]["value"]["text"], "first");
     let script = format!(
@@ -104,7 +108,7 @@ async fn the_web_client_logs_in_messages_and_syncs_with_another_user() -> Result
         }})()"#
     );
     page.eval(&script).await?;
-    let update = bob.recv().await?;
+    let update = tab.recv().await?;
     assert_eq!(update["type"], "update", "{update}");
     assert_eq!(update["from"], url.as_str());
     assert_eq!(

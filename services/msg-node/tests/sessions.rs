@@ -221,7 +221,7 @@ async fn resume_on_another_replica_moves_the_session() -> Result<()> {
             "create",
             &bob_h,
             "domain://sync.localhost",
-            json!({"resource": "object", "schema": "s", "value": {"v": 1}}),
+            json!({"resource": "object", "schema": "s", "value": {"v": 1}, "observers": ["user:alice"]}),
         )
         .await?;
     let url = created["body"]["value"]["url"].as_str().unwrap().to_owned();

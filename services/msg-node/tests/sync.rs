@@ -21,7 +21,7 @@ async fn observers_on_both_replicas_see_every_change_in_order() -> Result<()> {
             "create",
             &alice_h,
             "domain://sync.localhost",
-            json!({"resource": "object", "schema": "room", "value": {"participants": []}}),
+            json!({"resource": "object", "schema": "room", "value": {"participants": []}, "observers": ["user:*"]}),
         )
         .await?;
     assert_eq!(code(&created), 200, "{created}");
@@ -115,7 +115,7 @@ async fn unsubscribe_stops_changes_and_objects_need_a_hyperty() -> Result<()> {
             "create",
             &alice_h,
             "domain://sync.localhost",
-            json!({"resource": "object", "schema": "s", "value": {"a": 1}}),
+            json!({"resource": "object", "schema": "s", "value": {"a": 1}, "observers": ["user:bob"]}),
         )
         .await?;
     let url = created["body"]["value"]["url"].as_str().unwrap().to_owned();

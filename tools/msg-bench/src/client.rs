@@ -1,6 +1,6 @@
 //! One bench client: a WebSocket connection with one registered hyperty.
 //!
-//! Setup speaks the protocol in full (welcome, registry `create`). Under load the client
+//! Setup goes through the shared client (`rethink-msg-client`: welcome, registry `create`). Under load the client
 //! writes `forward` messages to its group's other hyperties when the pacer tells it to and
 //! reads whatever arrives: a forward carries its send time in `body.t` (nanoseconds since the
 //! bench started; sender and receiver share this process's monotonic clock), anything else is
@@ -11,21 +11,22 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use futures::{SinkExt, StreamExt};
-use serde_json::Value;
-use tokio::{net::TcpStream, sync::mpsc};
-use tokio_tungstenite::{
-    MaybeTlsStream, WebSocketStream,
-    tungstenite::{Message, protocol::WebSocketConfig},
-};
+use rethink_msg_client::{Message, MessageType, TokenIn, WsLink, WsTarget, transport::WsStream};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::{Message as Frame, protocol::WebSocketConfig};
 
 use crate::stats::Stats;
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Ws = WsStream;
 
 /// Read buffer per connection; frames larger than this still arrive (the buffer grows).
 const READ_BUFFER_BYTES: usize = 8 * 1024;
+
+/// Longest wait of one setup step (connect, welcome, registration).
+const SETUP_WAIT: Duration = Duration::from_secs(10);
 
 /// Returns nanoseconds since the bench's clock started.
 pub fn now_nanos() -> u64 {
@@ -40,52 +41,38 @@ pub struct Connected {
     pub hyperty: String,
 }
 
-/// Connects to `ws_url` with `token`, reads the welcome and registers one hyperty.
+/// Connects to `ws_url` with `token` through the shared client's WebSocket transport (welcome
+/// included) and registers one hyperty; the load loop then writes frames on the raw stream.
 pub async fn connect(ws_url: &str, token: &str) -> anyhow::Result<Connected> {
-    let url = format!("{ws_url}?access_token={token}");
     // A small read buffer: tungstenite zero-fills the free part of it before every read, which
-    // with the default 128 KiB costs more than the messages. Nagle off: every forward is a small
-    // frame that should leave at once.
-    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+    // with the default 128 KiB costs more than the messages. (The transport turns Nagle off:
+    // every forward is a small frame that should leave at once.)
+    let target = WsTarget {
+        url: ws_url.to_owned(),
+        token_in: TokenIn::Query,
+        config: Some(WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES)),
+    };
+    let mut link = WsLink::connect(&target, token, None, SETUP_WAIT)
         .await
         .context("WebSocket connect")?;
-    let welcome = next_json(&mut ws).await?;
-    let runtime = welcome["body"]["value"]["runtime"]
-        .as_str()
-        .context("welcome without body.value.runtime")?
-        .to_owned();
-    let registry = format!(
-        "domain://registry.{}",
-        welcome["body"]["value"]["domain"]
-            .as_str()
-            .context("welcome without body.value.domain")?
-    );
-    let create = serde_json::json!({
-        "id": 1, "type": "create", "from": runtime, "to": registry,
-        "body": { "resource": "hyperty", "descriptor": { "name": "msg-bench" } }
-    });
-    ws.send(Message::text(create.to_string())).await?;
-    let reply = next_json(&mut ws).await?;
-    if reply["body"]["code"] != 200 {
-        bail!("hyperty registration refused: {reply}");
-    }
-    let hyperty = reply["body"]["value"]["address"]
+    let welcome = link.welcome().clone();
+    let create = Message::new(
+        MessageType::Create,
+        &welcome.runtime,
+        &welcome.registry(),
+        json!({ "resource": "hyperty", "descriptor": { "name": "msg-bench" } }),
+    )
+    .with_id(1);
+    let reply = link.request(&create, SETUP_WAIT).await?;
+    let registered = reply
+        .into_result()
+        .context("hyperty registration refused")?;
+    let hyperty = registered["address"]
         .as_str()
         .context("registration reply without body.value.address")?
         .to_owned();
+    let (ws, _) = link.into_stream();
     Ok(Connected { ws, hyperty })
-}
-
-async fn next_json(ws: &mut Ws) -> anyhow::Result<Value> {
-    let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
-        .await
-        .context("no frame within 10 s")?
-        .context("connection closed")??;
-    match frame {
-        Message::Text(text) => Ok(serde_json::from_str(text.as_str())?),
-        other => bail!("unexpected frame {other:?}"),
-    }
 }
 
 /// The running client: its task and the channel the pacer uses to make it send.
@@ -138,7 +125,7 @@ async fn run(
                         r#"{{"id":{seq},"type":"forward","from":"{hyperty}","to":"{to}","body":{{"t":{t},"pad":"{payload}"}}}}"#,
                         t = now_nanos(),
                     );
-                    if ws.feed(Message::text(frame)).await.is_err() {
+                    if ws.feed(Frame::text(frame)).await.is_err() {
                         failed = true;
                         break;
                     }
@@ -152,14 +139,14 @@ async fn run(
             frame = ws.next() => {
                 let now = now_nanos();
                 match frame {
-                    Some(Ok(Message::Text(text))) => {
+                    Some(Ok(Frame::Text(text))) => {
                         let text = text.as_str();
                         match forward_time(text) {
                             Some(t) => lock(&stats).on_received(now.saturating_sub(t)),
                             None => lock(&stats).on_other_frame(text),
                         }
                     }
-                    Some(Ok(Message::Close(close))) => {
+                    Some(Ok(Frame::Close(close))) => {
                         let reason = close.map_or_else(
                             || "closed without a reason".to_owned(),
                             |c| format!("closed {}: {}", u16::from(c.code), c.reason),

@@ -5,14 +5,10 @@
 
 use rethink_auth::{AuthConfig, LocalAuth};
 use rethink_common::token::{Grants, RoomGrants};
-use rethink_proto::v1::sfu_client::SfuClient;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
+use rethink_sfu_client::{Bearer, SfuControl};
 
-/// A gRPC client of the SFU whose calls carry the bench's token.
-pub type Client = SfuClient<InterceptedService<Channel, Bearer>>;
+/// A control client of the SFU whose calls carry the bench's token.
+pub type Client = SfuControl;
 
 /// The in-process auth service and the bench's service token.
 pub struct BenchAuth {
@@ -38,7 +34,7 @@ impl BenchAuth {
         let issued = local
             .service()
             .issue("service:sfu-bench", "sfu-bench", grants, None)?;
-        let bearer = Bearer(format!("Bearer {}", issued.token).parse()?);
+        let bearer = Bearer::new(&issued.token)?;
         Ok(Self { local, bearer })
     }
 
@@ -50,21 +46,5 @@ impl BenchAuth {
     /// Returns the interceptor that adds the token to a call.
     pub fn bearer(&self) -> Bearer {
         self.bearer.clone()
-    }
-}
-
-/// Adds `authorization: Bearer <token>` to every request.
-#[derive(Clone)]
-pub struct Bearer(MetadataValue<Ascii>);
-
-impl Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
-        Ok(request)
     }
 }

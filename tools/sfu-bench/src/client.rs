@@ -1,19 +1,21 @@
 //! Lightweight str0m clients: one tokio task per client owns its `Rtc` and its UDP socket.
-//! Renegotiation offers come in through a channel and answers go out through another, so
-//! the media loop never waits on gRPC.
+//! Renegotiation offers come in through the shared relay's channel (`rethink-sfu-client`) and
+//! are answered through it, so the media loop never waits on gRPC.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rethink_sfu_client::RenegotiationOffer;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+
+use crate::signal::Signal;
 
 use crate::media::{self, VideoLoop};
 use crate::pacing::{self, Pacer, SendLog};
@@ -93,17 +95,11 @@ struct Session {
     rtc: Rtc,
     socket: UdpSocket,
     local: SocketAddr,
-    offers: mpsc::UnboundedReceiver<String>,
-    answers: mpsc::UnboundedSender<String>,
+    signal: Signal,
 }
 
 impl Pending {
-    fn accept(
-        mut self,
-        answer: &str,
-        offers: mpsc::UnboundedReceiver<String>,
-        answers: mpsc::UnboundedSender<String>,
-    ) -> anyhow::Result<(Session, Mid)> {
+    fn accept(mut self, answer: &str, signal: Signal) -> anyhow::Result<(Session, Mid)> {
         let answer = SdpAnswer::from_sdp_string(answer)?;
         self.rtc.sdp_api().accept_answer(self.pending, answer)?;
         Ok((
@@ -111,8 +107,7 @@ impl Pending {
                 rtc: self.rtc,
                 socket: self.socket,
                 local: self.local,
-                offers,
-                answers,
+                signal,
             },
             self.mid,
         ))
@@ -161,15 +156,16 @@ impl Session {
         }
     }
 
-    fn renegotiate(&mut self, offer: &str) {
-        let answer = SdpOffer::from_sdp_string(offer)
+    fn renegotiate(&mut self, offer: RenegotiationOffer) {
+        let answer = SdpOffer::from_sdp_string(&offer.sdp)
             .map_err(anyhow::Error::from)
             .and_then(|o| Ok(self.rtc.sdp_api().accept_offer(o)?));
         match answer {
-            Ok(answer) => {
-                let _ = self.answers.send(answer.to_sdp_string());
+            Ok(answer) => offer.answer(answer.to_sdp_string()),
+            Err(error) => {
+                eprintln!("renegotiation offer refused: {error}");
+                offer.refuse(error.to_string());
             }
-            Err(error) => eprintln!("renegotiation offer refused: {error}"),
         }
     }
 }
@@ -178,13 +174,12 @@ impl Session {
 pub async fn run_subscriber(
     pending: Pending,
     answer: String,
-    offers: mpsc::UnboundedReceiver<String>,
-    answers: mpsc::UnboundedSender<String>,
+    signal: Signal,
     received: Arc<Received>,
     sent_log: Arc<Sent>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
-    let (mut session, _mid) = pending.accept(&answer, offers, answers)?;
+    let (mut session, _mid) = pending.accept(&answer, signal)?;
     let mut buf = vec![0u8; 2048];
     // RTP timestamp of a frame whose stamped packet arrived → (frame number, sent, first latency).
     let mut open_frames: std::collections::VecDeque<(u32, u64, u64, u32)> = Default::default();
@@ -237,9 +232,9 @@ pub async fn run_subscriber(
                     session.receive(&buf[..len], source);
                 }
             }
-            offer = session.offers.recv() => {
+            offer = session.signal.offers.recv() => {
                 if let Some(offer) = offer {
-                    session.renegotiate(&offer);
+                    session.renegotiate(offer);
                 }
             }
             () = tokio::time::sleep_until(wake) => {
@@ -255,15 +250,14 @@ pub async fn run_subscriber(
 pub async fn run_publisher(
     pending: Pending,
     answer: String,
-    offers: mpsc::UnboundedReceiver<String>,
-    answers: mpsc::UnboundedSender<String>,
+    signal: Signal,
     video: Arc<VideoLoop>,
     fps: u32,
     pacing_bps: u64,
     sent: Arc<Sent>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
-    let (mut session, mid) = pending.accept(&answer, offers, answers)?;
+    let (mut session, mid) = pending.accept(&answer, signal)?;
     let mut pacer = Pacer::new(pacing_bps);
     let mut last_rtp_time = None;
     let mut buf = vec![0u8; 2048];
@@ -310,9 +304,9 @@ pub async fn run_publisher(
                     session.receive(&buf[..len], source);
                 }
             }
-            offer = session.offers.recv() => {
+            offer = session.signal.offers.recv() => {
                 if let Some(offer) = offer {
-                    session.renegotiate(&offer);
+                    session.renegotiate(offer);
                 }
             }
             _ = ticker.tick() => {

@@ -24,11 +24,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use rethink_proto::v1::SfuCreateRoomRequest;
-use rethink_proto::v1::sfu_client::SfuClient;
+use rethink_sfu_client::{Bearer, SfuControl};
 use str0m::media::Direction;
 
-use crate::auth::{Bearer, BenchAuth, Client};
+use crate::auth::{BenchAuth, Client};
 use crate::client::{Received, Sent};
 
 const ROOM: &str = "bench";
@@ -116,23 +115,17 @@ async fn main() -> anyhow::Result<()> {
         auth.url()
     );
     let mut channels = Channels::new(sfu.grpc, args.clients_per_channel, auth.bearer());
-    channels
-        .next()
-        .await?
-        .create_room(SfuCreateRoomRequest { room: ROOM.into() })
-        .await?;
+    channels.next().await?.create_room(ROOM).await?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(Sent::default());
     let pending = client::new_client(Direction::SendOnly, false).await?;
     let offer = pending.offer.clone();
-    let (answer, offers, answers) =
-        signal::join(&channels.next().await?, ROOM, "publisher", offer).await?;
+    let (answer, signal) = signal::join(&channels.next().await?, ROOM, "publisher", offer).await?;
     tokio::spawn(client::run_publisher(
         pending,
         answer,
-        offers,
-        answers,
+        signal,
         Arc::clone(&video),
         args.fps,
         (f64::from(args.bitrate) * args.pacing_factor) as u64,
@@ -164,14 +157,12 @@ async fn main() -> anyhow::Result<()> {
                     let pending = client::new_client(Direction::RecvOnly, true).await?;
                     let offer = pending.offer.clone();
                     let name = format!("sub-{id}");
-                    let (answer, offers, answers) =
-                        signal::join(&client, ROOM, &name, offer).await?;
+                    let (answer, signal) = signal::join(&client, ROOM, &name, offer).await?;
                     let received = Arc::new(Received::default());
                     tokio::spawn(client::run_subscriber(
                         pending,
                         answer,
-                        offers,
-                        answers,
+                        signal,
                         Arc::clone(&received),
                         sent,
                         stop,
@@ -280,12 +271,8 @@ async fn main() -> anyhow::Result<()> {
 
 /// The SFU's downlink bandwidth estimates of the subscribers (min, mean), from room stats.
 async fn subscriber_estimates(channels: &mut Channels) -> Option<(f64, f64)> {
-    let mut client = channels.next().await.ok()?;
-    let stats = client
-        .get_room_stats(rethink_proto::v1::SfuGetRoomStatsRequest { room: ROOM.into() })
-        .await
-        .ok()?
-        .into_inner();
+    let client = channels.next().await.ok()?;
+    let stats = client.room_stats(ROOM).await.ok()?;
     let estimates: Vec<f64> = stats
         .participant_stats
         .iter()
@@ -387,7 +374,7 @@ impl Channels {
             let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))?
                 .connect()
                 .await?;
-            self.current = Some(SfuClient::with_interceptor(channel, self.bearer.clone()));
+            self.current = Some(SfuControl::with_channel(channel, self.bearer.clone()));
         }
         self.handed_out += 1;
         self.current

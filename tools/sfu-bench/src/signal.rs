@@ -1,64 +1,32 @@
-//! Signalling through the real gRPC API: join, then relay renegotiation offers from the
-//! `Events` stream to the client task and its answers back.
+//! Signalling through the real gRPC API with the shared SFU client: join, then the
+//! renegotiation relay hands the `Events` stream's offers to the client task and sends its
+//! answers back.
 
-use rethink_proto::v1::sfu_participant_event::Event;
-use rethink_proto::v1::{SfuAnswerRenegotiationRequest, SfuEventsRequest, SfuJoinRequest};
+use rethink_sfu_client::{Relay, RenegotiationOffer, SfuControl};
 use tokio::sync::mpsc;
 
-use crate::auth::Client;
+/// A participant's renegotiation channel; the relay stops when this is dropped.
+pub struct Signal {
+    /// Keeps the relay task alive.
+    _relay: Relay,
+    /// Offers to apply; each is answered through [`RenegotiationOffer::answer`].
+    pub offers: mpsc::UnboundedReceiver<RenegotiationOffer>,
+}
 
-/// Joins `participant` with `offer`; returns the answer and the renegotiation channels (offers
-/// to the client, answers from it), relayed by two background tasks.
+/// Joins `participant` with `offer`; returns the answer and the renegotiation channel.
 pub async fn join(
-    client: &Client,
+    control: &SfuControl,
     room: &str,
     participant: &str,
     offer: String,
-) -> anyhow::Result<(
-    String,
-    mpsc::UnboundedReceiver<String>,
-    mpsc::UnboundedSender<String>,
-)> {
-    let mut client = client.clone();
-    let answer = client
-        .join(SfuJoinRequest {
-            room: room.into(),
-            participant: participant.into(),
-            offer_sdp: offer,
-        })
-        .await?
-        .into_inner()
-        .answer_sdp;
-    let mut events = client
-        .events(SfuEventsRequest {
-            room: room.into(),
-            participant: participant.into(),
-        })
-        .await?
-        .into_inner();
-    let (offers_tx, offers_rx) = mpsc::unbounded_channel();
-    let (answers_tx, mut answers_rx) = mpsc::unbounded_channel::<String>();
-    tokio::spawn(async move {
-        while let Ok(Some(message)) = events.message().await {
-            if let Some(Event::Renegotiation(r)) = message.event
-                && offers_tx.send(r.offer_sdp).is_err()
-            {
-                break;
-            }
-        }
-    });
-    let (room, participant) = (room.to_owned(), participant.to_owned());
-    tokio::spawn(async move {
-        while let Some(answer_sdp) = answers_rx.recv().await {
-            let request = SfuAnswerRenegotiationRequest {
-                room: room.clone(),
-                participant: participant.clone(),
-                answer_sdp,
-            };
-            if let Err(status) = client.answer_renegotiation(request).await {
-                eprintln!("{participant}: AnswerRenegotiation failed: {status}");
-            }
-        }
-    });
-    Ok((answer, offers_rx, answers_tx))
+) -> anyhow::Result<(String, Signal)> {
+    let answer = control.join(room, participant, &offer).await?;
+    let (relay, offers) = Relay::start_channel(control, room, participant).await?;
+    Ok((
+        answer,
+        Signal {
+            _relay: relay,
+            offers,
+        },
+    ))
 }

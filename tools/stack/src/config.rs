@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 pub use rethink_common::config::RedisConfig;
 use rethink_common::config::{ConfigError, ServiceConfig};
 use rethink_common::lifecycle::ServeAddrs;
+use rethink_common::listener::ListenerLimits;
 use serde::{Deserialize, Serialize};
 
 /// What the stack can be told (file, `RETHINK_*` env, flags).
@@ -19,8 +20,10 @@ pub struct StackConfig {
     pub redis: RedisConfig,
     /// Create the demo users alice, bob and carol (password `rethink-demo`).
     pub demo_users: bool,
-    /// Seconds to finish in-flight requests after shutdown begins.
-    pub drain_secs: u64,
+    /// Bounds of the stack's two listeners.
+    pub listener: ListenerLimits,
+    /// Milliseconds to finish in-flight requests after shutdown begins.
+    pub drain_timeout_ms: u64,
 }
 
 impl Default for StackConfig {
@@ -30,7 +33,8 @@ impl Default for StackConfig {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
             redis: RedisConfig::default(),
             demo_users: true,
-            drain_secs: 5,
+            listener: ListenerLimits::default(),
+            drain_timeout_ms: 5_000,
         }
     }
 }
@@ -47,6 +51,7 @@ impl ServeAddrs for StackConfig {
 
 impl ServiceConfig for StackConfig {
     fn validate(&self) -> Result<(), ConfigError> {
+        self.listener.validate().map_err(ConfigError::invalid)?;
         self.redis.validate()
     }
 }

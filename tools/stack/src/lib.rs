@@ -1,7 +1,8 @@
 //! The all-in-one local stack: every rethink service in one process.
 //!
-//! Layout: [`config`] ([`StackConfig`]), [`services`] (how each service is built and plugged in;
-//! the one file to touch when adding a service), and [`run`] here.
+//! Layout: [`config`] ([`StackConfig`]), [`services`] (every service started from one shared
+//! context; the one file to touch when adding a service), and [`run`] here, which serves their
+//! parts with `rethink_common::service::serve`, as each service's own binary does.
 //!
 //! Contracts: the embedded default is the in-memory bus and store (Redis with a URL); every
 //! browser-facing route is served on one HTTP address with the paths Traefik routes in
@@ -15,10 +16,12 @@ pub mod services;
 use std::{net::SocketAddr, time::Duration};
 
 use rethink_auth::AuthService;
-use rethink_common::lifecycle::{self, Health, Shutdown};
+use rethink_common::{
+    lifecycle,
+    service::{ServeOptions, ServiceContext, ServiceParts},
+};
 
 pub use config::StackConfig;
-pub use services::{Mount, StackContext};
 
 /// The demo users created at start: (login, display name).
 pub const DEMO_USERS: [(&str, &str); 3] = [("alice", "Alice"), ("bob", "Bob"), ("carol", "Carol")];
@@ -62,19 +65,20 @@ pub async fn create_demo_users(auth: &AuthService) -> Result<(), StackError> {
     Ok(())
 }
 
-fn banner(http: SocketAddr, grpc: SocketAddr, mount: &Mount, demo_users: bool) -> String {
+fn banner(http: SocketAddr, grpc: SocketAddr, parts: &[ServiceParts], demo_users: bool) -> String {
     let base = format!("http://{http}");
     let mut out = format!("\nrethink stack is running\n\n  http  {base}\n");
-    for (label, path) in &mount.links {
+    for (label, path) in parts.iter().flat_map(|p| p.links()) {
         out.push_str(&format!("    {label:<12} {base}{path}\n"));
     }
     out.push_str(&format!(
         "    {:<12} {base}/healthz  /readyz  /metrics\n",
         "ops"
     ));
+    let grpc_names: Vec<&str> = parts.iter().flat_map(|p| p.grpc_names()).copied().collect();
     out.push_str(&format!(
         "  grpc  {grpc}  ({}, health, reflection)\n",
-        mount.grpc_names.join(", ")
+        grpc_names.join(", ")
     ));
     if demo_users {
         let names: Vec<&str> = DEMO_USERS.iter().map(|(n, _)| *n).collect();
@@ -93,55 +97,31 @@ pub async fn run(
     listeners: StackListeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StackError> {
-    let http_addr = listeners
-        .http
-        .local_addr()
-        .map_err(|e| StackError::Serve("http", e.to_string()))?;
-    let grpc_addr = listeners
-        .grpc
-        .local_addr()
-        .map_err(|e| StackError::Serve("grpc", e.to_string()))?;
+    let addr = |result: std::io::Result<SocketAddr>, what| {
+        result.map_err(|e| StackError::Serve(what, e.to_string()))
+    };
+    let http_addr = addr(listeners.http.local_addr(), "http")?;
+    let grpc_addr = addr(listeners.grpc.local_addr(), "grpc")?;
     let backends = rethink_common::backends(config.redis.url.as_deref())
         .await
         .map_err(|e| StackError::Backends(e.to_string()))?;
-    let stop = Shutdown::new();
-    let health = Health::new();
-
-    let mut mount = Mount::default();
-    let auth = services::auth(&backends, &mut mount).await?;
+    let auth = services::auth(&backends).await?;
     if config.demo_users {
         create_demo_users(&auth).await?;
     }
-    let ctx = StackContext {
-        backends,
-        verifier: auth.verifier(),
-        auth: auth.clone(),
-        shutdown: stop.clone(),
-        http_url: format!("http://{http_addr}"),
-        grpc_url: format!("http://{grpc_addr}"),
+    let ctx = ServiceContext::with_verifier(backends, auth.verifier(), &listeners)
+        .await
+        .map_err(|e| StackError::Backends(e.to_string()))?;
+    let mut parts = vec![rethink_auth::parts(auth, &ctx)];
+    parts.extend(services::start(&ctx).await?);
+    let text = banner(http_addr, grpc_addr, &parts, config.demo_users);
+    let options = ServeOptions {
+        drain: Duration::from_millis(config.drain_timeout_ms),
+        limits: config.listener.clone(),
     };
-    services::mount(&ctx, &mut mount).await?;
-    let text = banner(http_addr, grpc_addr, &mount, config.demo_users);
-
-    let Mount { router, grpc, .. } = mount;
-    let grpc = tonic::transport::Server::builder().add_routes(grpc.routes());
-    let router = router.fallback(rethink_auth::http::not_found);
-    let drain = Duration::from_secs(config.drain_secs);
-    let rotation = auth.run_key_rotation(stop.wait());
-    let shutdown = async move {
-        shutdown.await;
-        tracing::info!("stack shutting down");
-    };
-    let limits = rethink_common::listener::ListenerLimits::default();
-    let serve = lifecycle::serve(
-        listeners, router, grpc, health, stop, shutdown, drain, &limits,
-    );
     println!("{text}");
     tracing::info!(%http_addr, %grpc_addr, "stack ready");
-    let (served, ()) = tokio::join!(serve, rotation);
-    served.map_err(|e| match e {
-        lifecycle::ServeError::Http(e) => StackError::Serve("http", e.to_string()),
-        lifecycle::ServeError::Grpc(e) => StackError::Serve("grpc", e.to_string()),
-    })?;
-    Ok(())
+    rethink_common::service::serve(parts, listeners, &ctx, shutdown, options)
+        .await
+        .map_err(|e| StackError::Serve("stack", e.to_string()))
 }

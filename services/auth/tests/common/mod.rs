@@ -26,7 +26,7 @@ pub struct TestAuth {
 pub fn test_config(redis_url: Option<&str>) -> AuthConfig {
     let mut config = AuthConfig::default();
     config.redis.url = redis_url.map(str::to_string);
-    config.drain_secs = 1;
+    config.drain_timeout_ms = 1000;
     config
 }
 
@@ -36,6 +36,11 @@ impl TestAuth {
         let backends = rethink_common::backends(config.redis.url.as_deref())
             .await
             .expect("backends");
+        Self::start_with(config, backends).await
+    }
+
+    /// Starts a service on the given bus and store (tests wrap them to inject faults).
+    pub async fn start_with(config: AuthConfig, backends: rethink_common::Backends) -> Self {
         let service = AuthService::new(config, backends.kv, backends.bus)
             .await
             .expect("auth service");
@@ -95,6 +100,35 @@ impl TestAuth {
         split(response).await
     }
 
+    /// Logs in with `X-Forwarded-For: <forwarded_for>`; returns status, headers and JSON.
+    pub async fn login_via(
+        &self,
+        forwarded_for: &str,
+        username: &str,
+        password: &str,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let body = serde_json::json!({"username": username, "password": password});
+        let response = self
+            .client
+            .post(self.url("/auth/login"))
+            .header("content-type", "application/json")
+            .header("x-forwarded-for", forwarded_for)
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("request");
+        split(response).await
+    }
+
+    /// Returns a gRPC client of this service.
+    pub async fn grpc_client(
+        &self,
+    ) -> rethink_proto::v1::auth_client::AuthClient<tonic::transport::Channel> {
+        rethink_proto::v1::auth_client::AuthClient::connect(format!("http://{}", self.grpc))
+            .await
+            .expect("grpc connect")
+    }
+
     pub async fn login(&self, username: &str, password: &str) -> (u16, Value) {
         let body = serde_json::json!({"username": username, "password": password});
         let (status, _, json) = self.post_raw("/auth/login", body.to_string()).await;
@@ -147,4 +181,30 @@ pub fn error_code(json: &Value) -> String {
         "no error message in {json}"
     );
     error["code"].as_str().expect("error code").to_string()
+}
+
+/// Wraps `message` in a request carrying `authorization: Bearer <token>`.
+pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// Polls `verifier` until it refuses `token` (bounded); returns the refusal.
+pub async fn refused(
+    verifier: &rethink_common::token::TokenVerifier,
+    token: &str,
+) -> rethink_common::token::TokenError {
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match verifier.verify(token).await {
+                Err(e) => return e,
+                Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            }
+        }
+    })
+    .await
+    .expect("the verifier refuses the token within 10 s")
 }

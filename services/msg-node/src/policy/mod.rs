@@ -17,7 +17,7 @@
 //! A reload that fails (unreadable file, bad TOML, invalid rule) keeps the policy in force.
 
 mod file;
-mod glob;
+pub(crate) mod glob;
 mod limits;
 #[cfg(test)]
 mod tests;
@@ -250,6 +250,30 @@ impl PolicyEngine {
             Some(rule) => deny(ctx, 403, &rule.name, rule.reason.clone()),
             None if policy.default_action == Action::Allow => Decision::Allow,
             None => deny(ctx, 403, "default", policy.default_reason.clone()),
+        }
+    }
+
+    /// Charges a frame that never became a message (malformed JSON, wrong shape, binary) to its
+    /// sender's rate bucket, so a flood of garbage is limited like a flood of messages. Returns
+    /// the 429 decision when the bucket is empty.
+    pub fn charge_malformed(&self, identity: &str, is_service: bool, now: Instant) -> Decision {
+        let limits = self.current().limits_for(identity, is_service);
+        let buckets = if is_service {
+            &self.inner.service_buckets
+        } else {
+            &self.inner.user_buckets
+        };
+        if lock(buckets).try_take(identity, &limits, now) {
+            return Decision::Allow;
+        }
+        metrics::counter!(DENIED_METRIC, "reason" => "rate_limited").increment(1);
+        Decision::Deny {
+            code: 429,
+            reason: format!(
+                "rate limit of {} messages per second (bursts of {}) exceeded, malformed frames \
+                 included; slow down",
+                limits.rate, limits.burst
+            ),
         }
     }
 

@@ -1,7 +1,11 @@
 //! The Syncher's server side: data objects at `domain://sync.<domain>`.
 //!
 //! A hyperty (the *reporter*) creates an object and is the only one that may update or delete
-//! it; other hyperties (*observers*) subscribe and receive every change in version order.
+//! it; other hyperties (*observers*) subscribe and receive every change in version order. The
+//! reporter decides who may observe: the object's [`Observers`] list names identities (token
+//! subjects) or `prefix*` patterns; everyone else gets [`SyncError::NotObserver`] on read and
+//! subscribe. Every call names its caller as a [`Party`]: the hyperty address and the identity
+//! behind it.
 //!
 //! Layout: [`record`] holds the stored record, key and channel names and the change messages;
 //! [`fanout`] delivers changes to this replica's observers in order. [`Syncher`] is the API the
@@ -16,7 +20,11 @@
 //! - A change is published on the bus after it is stored; every replica's dispatcher hands it to
 //!   its local streams, which deliver versions in increasing order (see [`fanout`] for how gaps
 //!   and reordering are handled).
-//! - Sizes are bounded: value bytes, objects per reporter, observers per object.
+//! - Sizes are bounded: value bytes, objects per owner identity (over all its hyperties, so a
+//!   fresh address does not reset the count), observers per object.
+//! - Objects do not outlive their reporter: the router calls [`Syncher::delete_all_of`] when a
+//!   reporter's session ends, and with [`SyncConfig::object_ttl`] set an object whose replica
+//!   died expires unless [`Syncher::refresh_all_of`] keeps it.
 
 mod fanout;
 mod record;
@@ -36,8 +44,8 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use self::fanout::ChangeStream;
 use self::fanout::{Registry, lock};
-pub use self::record::SYNC_CHANNEL;
-use self::record::{BusChange, ObjectRecord, decode_list, object_key, observers_key, reporter_key};
+use self::record::{BusChange, ObjectRecord, decode_list, object_key, observers_key, owner_key};
+pub use self::record::{MAX_OBSERVER_PATTERNS, Observers, SYNC_CHANNEL};
 
 /// Longest accepted address (reporter, observer) or schema, in bytes.
 pub const MAX_NAME_LEN: usize = 512;
@@ -55,7 +63,7 @@ pub struct SyncConfig {
     pub domain: String,
     /// Largest object value, in bytes of JSON.
     pub max_value_bytes: usize,
-    /// How many live objects one reporter may own.
+    /// How many live objects one identity may own, over all its hyperties.
     pub max_objects_per_reporter: usize,
     /// How many observers one object may have: live streams per replica, and entries in the
     /// stored observer list (the oldest entry is dropped to make room).
@@ -64,9 +72,10 @@ pub struct SyncConfig {
     pub gap_timeout: Duration,
     /// Changes queued per local stream before it is marked lagged and catches up from the store.
     pub stream_capacity: usize,
-    /// When set, an object not updated for this long expires from the store (silently: its
-    /// observers get no delete). A safety net against objects whose reporter vanished without
-    /// [`Syncher::delete_all_of`] being called; `None` keeps objects until deleted.
+    /// When set, an object not updated or refreshed ([`Syncher::refresh_all_of`]) for this long
+    /// expires from the store (silently: its observers get no delete). A safety net against
+    /// objects whose replica died before [`Syncher::delete_all_of`] ran; `None` keeps objects
+    /// until deleted.
     pub object_ttl: Option<Duration>,
 }
 
@@ -93,6 +102,9 @@ pub enum SyncError {
     /// The caller is not the object's reporter.
     #[error("only the reporter of an object may update or delete it")]
     Forbidden,
+    /// The caller's identity is not among the object's observers.
+    #[error("this object's reporter does not allow this identity to observe it")]
+    NotObserver,
     /// The update was based on an old version.
     #[error("version conflict: the object is at version {current}; read it and retry")]
     Conflict {
@@ -129,13 +141,22 @@ impl SyncError {
     pub fn code(&self) -> u16 {
         match self {
             SyncError::NotFound => 404,
-            SyncError::Forbidden | SyncError::LimitReached(_) => 403,
+            SyncError::Forbidden | SyncError::NotObserver | SyncError::LimitReached(_) => 403,
             SyncError::Conflict { .. } => 409,
             SyncError::BadRequest(_) => 400,
             SyncError::TooLarge { .. } => 413,
             SyncError::Store(_) | SyncError::Bus(_) | SyncError::Corrupt(_) => 500,
         }
     }
+}
+
+/// Who calls: a hyperty address and the identity (token subject) behind it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Party<'a> {
+    /// The hyperty (or runtime) address.
+    pub address: &'a str,
+    /// The token subject (`user:alice`, `service:conference`).
+    pub identity: &'a str,
 }
 
 /// What `create` returns.
@@ -328,21 +349,38 @@ impl Syncher {
         Ok(())
     }
 
-    /// Creates an object owned by `reporter` (a hyperty address) at version 1.
+    /// Creates an object reported by `reporter` at version 1 that only the reporter's own
+    /// identity may observe.
     pub async fn create(
         &self,
-        reporter: &str,
+        reporter: Party<'_>,
         schema: &str,
         value: Value,
     ) -> Result<ObjectInfo, SyncError> {
-        check_name("reporter", reporter)?;
+        let own =
+            Observers::new(vec![reporter.identity.to_owned()]).map_err(SyncError::BadRequest)?;
+        self.create_for(reporter, schema, value, own).await
+    }
+
+    /// Creates an object reported by `reporter` at version 1 that `observers` (and the
+    /// reporter's identity) may read and subscribe to.
+    pub async fn create_for(
+        &self,
+        reporter: Party<'_>,
+        schema: &str,
+        value: Value,
+        observers: Observers,
+    ) -> Result<ObjectInfo, SyncError> {
+        check_name("reporter", reporter.address)?;
+        check_name("reporter identity", reporter.identity)?;
         check_name("schema", schema)?;
         self.check_value(&value)?;
         let shared = &self.shared;
         let url = format!("object://{}/{}", shared.config.domain, uuid::Uuid::new_v4());
         let max = shared.config.max_objects_per_reporter;
+        let owner = reporter.identity;
         // Reserve the slot first, so concurrent creates cannot exceed the limit together.
-        let owned_key = reporter_key(reporter);
+        let owned_key = owner_key(owner);
         let mut pruned = false;
         loop {
             let mut full = false;
@@ -361,17 +399,19 @@ impl Syncher {
             }
             if pruned {
                 return Err(SyncError::LimitReached(format!(
-                    "a reporter may own at most {max} objects; delete one first"
+                    "an identity may own at most {max} objects; delete one first"
                 )));
             }
             // Entries may outlive objects after a crash mid-delete; drop those and retry once.
-            self.prune_owned(reporter).await?;
+            self.prune_owned(owner).await?;
             pruned = true;
         }
         let record = ObjectRecord {
             url: url.clone(),
             schema: schema.to_owned(),
-            reporter: reporter.to_owned(),
+            reporter: reporter.address.to_owned(),
+            owner: owner.to_owned(),
+            observers,
             version: 1,
             value,
             deleted: false,
@@ -382,11 +422,11 @@ impl Syncher {
             .set_nx(&object_key(&url), bytes, shared.config.object_ttl)
             .await;
         if !matches!(stored, Ok(true)) {
-            self.release_owned(reporter, &url).await;
+            self.release_owned(owner, &url).await;
             stored?;
             return Err(SyncError::Corrupt(format!("object {url} already exists")));
         }
-        tracing::debug!(%url, reporter, schema, "object created");
+        tracing::debug!(%url, reporter = reporter.address, owner, schema, "object created");
         Ok(ObjectInfo {
             url,
             schema: record.schema,
@@ -395,8 +435,8 @@ impl Syncher {
         })
     }
 
-    async fn prune_owned(&self, reporter: &str) -> Result<(), SyncError> {
-        let key = reporter_key(reporter);
+    async fn prune_owned(&self, owner: &str) -> Result<(), SyncError> {
+        let key = owner_key(owner);
         let listed = decode_list(self.shared.kv.get(&key).await?.as_deref())
             .map_err(|e| SyncError::Corrupt(format!("list {key}: {e}")))?;
         let mut gone = Vec::new();
@@ -416,10 +456,10 @@ impl Syncher {
         Ok(())
     }
 
-    async fn release_owned(&self, reporter: &str, url: &str) {
+    async fn release_owned(&self, owner: &str, url: &str) {
         let result = self
             .shared
-            .edit_list(&reporter_key(reporter), |list| {
+            .edit_list(&owner_key(owner), |list| {
                 let before = list.len();
                 list.retain(|u| u != url);
                 Ok(list.len() != before)
@@ -427,13 +467,16 @@ impl Syncher {
             .await;
         if let Err(error) = result {
             // Harmless: `create` prunes entries whose object is gone when the limit is hit.
-            tracing::warn!(reporter, url, %error, "cannot release object slot");
+            tracing::warn!(owner, url, %error, "cannot release object slot");
         }
     }
 
-    /// Returns the object's current value and version.
-    pub async fn read(&self, object: &str) -> Result<ObjectSnapshot, SyncError> {
+    /// Returns the object's current value and version, if `by` may observe it.
+    pub async fn read(&self, object: &str, by: Party<'_>) -> Result<ObjectSnapshot, SyncError> {
         let (r, _) = self.shared.live(object).await?;
+        if !r.may_observe(by) {
+            return Err(SyncError::NotObserver);
+        }
         Ok(ObjectSnapshot {
             url: r.url,
             schema: r.schema,
@@ -457,9 +500,12 @@ impl Syncher {
     pub async fn subscribe(
         &self,
         object: &str,
-        observer: &str,
+        by: Party<'_>,
     ) -> Result<(ObjectSnapshot, ChangeStream), SyncError> {
+        let observer = by.address;
         check_name("observer", observer)?;
+        // Checked before a stream is registered, so a refused observer costs nothing.
+        self.read(object, by).await?;
         self.ensure_dispatcher().await?;
         // Listen before reading: every change committed after the read below is then delivered,
         // and the ones before it are filtered out by version.
@@ -476,7 +522,7 @@ impl Syncher {
             done: false,
             shared: Arc::clone(&self.shared),
         };
-        let snapshot = self.read(object).await?;
+        let snapshot = self.read(object, by).await?;
         let max = self.shared.config.max_observers_per_object.max(1);
         self.shared
             .edit_list(&observers_key(object), |list| {
@@ -500,7 +546,8 @@ impl Syncher {
 
     /// Removes `observer` from `object`; its streams end on every replica. Unsubscribing an
     /// observer that is not subscribed is not an error.
-    pub async fn unsubscribe(&self, object: &str, observer: &str) -> Result<(), SyncError> {
+    pub async fn unsubscribe(&self, object: &str, by: Party<'_>) -> Result<(), SyncError> {
+        let observer = by.address;
         check_name("observer", observer)?;
         self.shared.live(object).await?;
         self.shared
@@ -527,14 +574,14 @@ impl Syncher {
     pub async fn update(
         &self,
         object: &str,
-        by: &str,
+        by: Party<'_>,
         expected_version: u64,
         value: Value,
     ) -> Result<u64, SyncError> {
         self.check_value(&value)?;
         for _ in 0..CAS_ATTEMPTS {
             let (mut record, old) = self.shared.live(object).await?;
-            if record.reporter != by {
+            if record.reporter != by.address {
                 return Err(SyncError::Forbidden);
             }
             if record.version != expected_version {
@@ -574,11 +621,11 @@ impl Syncher {
 
     /// Deletes `object`. Only its reporter may (`by`). Observers receive a delete (at one past
     /// the last version) and their streams end.
-    pub async fn delete(&self, object: &str, by: &str) -> Result<(), SyncError> {
+    pub async fn delete(&self, object: &str, by: Party<'_>) -> Result<(), SyncError> {
         let key = object_key(object);
         for _ in 0..CAS_ATTEMPTS {
             let (record, old) = self.shared.live(object).await?;
-            if record.reporter != by {
+            if record.reporter != by.address {
                 return Err(SyncError::Forbidden);
             }
             let tombstone = ObjectRecord {
@@ -608,7 +655,8 @@ impl Syncher {
                 .compare_and_swap(&key, Some(&tomb), None, None)
                 .await?;
             self.shared.kv.delete(&observers_key(object)).await?;
-            self.release_owned(&tombstone.reporter, object).await;
+            self.release_owned(tombstone.owner_or_reporter(), object)
+                .await;
             tracing::debug!(url = object, "object deleted");
             return Ok(());
         }
@@ -617,24 +665,67 @@ impl Syncher {
         )))
     }
 
-    /// Deletes every object `reporter` owns, notifying their observers; returns how many were
-    /// deleted. For when a reporter hyperty is gone for good.
-    pub async fn delete_all_of(&self, reporter: &str) -> Result<usize, SyncError> {
-        let key = reporter_key(reporter);
-        let owned = decode_list(self.shared.kv.get(&key).await?.as_deref())
-            .map_err(|e| SyncError::Corrupt(format!("list {key}: {e}")))?;
+    /// Deletes every object that `reporter` (the hyperty address, of identity
+    /// `reporter.identity`) reports, notifying their observers; returns how many were deleted.
+    /// For when a reporter hyperty is gone for good (its session ended). Objects of the same
+    /// identity reported by its other hyperties stay.
+    pub async fn delete_all_of(&self, reporter: Party<'_>) -> Result<usize, SyncError> {
         let mut deleted = 0;
-        for url in owned {
+        for url in self.reported_by(reporter).await? {
             match self.delete(&url, reporter).await {
                 Ok(()) => deleted += 1,
-                // Already gone, or the list entry was stale.
-                Err(SyncError::NotFound | SyncError::Forbidden) => {
-                    self.release_owned(reporter, &url).await;
-                }
+                // Gone meanwhile.
+                Err(SyncError::NotFound | SyncError::Forbidden) => {}
                 Err(e) => return Err(e),
             }
         }
         Ok(deleted)
+    }
+
+    /// Renews the TTL ([`SyncConfig::object_ttl`]) of every object `reporter` reports, of their
+    /// observer lists and of its owner's list, so they live as long as the reporter does.
+    /// Returns how many objects were refreshed; without a TTL it does nothing.
+    pub async fn refresh_all_of(&self, reporter: Party<'_>) -> Result<usize, SyncError> {
+        let Some(ttl) = self.shared.config.object_ttl else {
+            return Ok(0);
+        };
+        let kv = &self.shared.kv;
+        let owned = owner_key(reporter.identity);
+        if let Some(list) = kv.get(&owned).await? {
+            // Lost to a concurrent edit: that edit set the TTL anyway.
+            let _ = kv
+                .compare_and_swap(&owned, Some(&list), Some(list.clone()), Some(ttl))
+                .await?;
+        }
+        let mut refreshed = 0;
+        for url in self.reported_by(reporter).await? {
+            for key in [object_key(&url), observers_key(&url)] {
+                if let Some(bytes) = kv.get(&key).await? {
+                    let _ = kv
+                        .compare_and_swap(&key, Some(&bytes), Some(bytes.clone()), Some(ttl))
+                        .await?;
+                }
+            }
+            refreshed += 1;
+        }
+        Ok(refreshed)
+    }
+
+    /// Returns the URLs of the live objects `reporter` reports, dropping list entries whose
+    /// object is gone.
+    async fn reported_by(&self, reporter: Party<'_>) -> Result<Vec<String>, SyncError> {
+        let key = owner_key(reporter.identity);
+        let owned = decode_list(self.shared.kv.get(&key).await?.as_deref())
+            .map_err(|e| SyncError::Corrupt(format!("list {key}: {e}")))?;
+        let mut mine = Vec::new();
+        for url in owned {
+            match self.shared.load(&url).await? {
+                Some(r) if !r.deleted && r.reporter == reporter.address => mine.push(url),
+                Some(_) => {}
+                None => self.release_owned(reporter.identity, &url).await,
+            }
+        }
+        Ok(mine)
     }
 
     /// Starts the dispatcher that feeds local streams, once.

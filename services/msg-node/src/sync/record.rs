@@ -21,10 +21,10 @@ pub fn observers_key(url: &str) -> String {
     format!("msgnode:sync:observers:{url}")
 }
 
-/// Key of the list of objects a reporter owns (JSON array of URLs), which bounds how many it
-/// may hold.
-pub fn reporter_key(reporter: &str) -> String {
-    format!("msgnode:sync:reporter:{reporter}")
+/// Key of the list of objects an identity owns (JSON array of URLs, over all its hyperties),
+/// which bounds how many it may hold: a new hyperty address does not start a new count.
+pub fn owner_key(owner: &str) -> String {
+    format!("msgnode:sync:owner:{owner}")
 }
 
 /// One stored object.
@@ -37,10 +37,82 @@ pub struct ObjectRecord {
     pub url: String,
     pub schema: String,
     pub reporter: String,
+    /// The identity (token subject) behind the reporter; its list bounds its objects.
+    #[serde(default)]
+    pub owner: String,
+    /// Who may read and subscribe: identities or `prefix*` patterns (see [`Observers`]).
+    #[serde(default)]
+    pub observers: Observers,
     pub version: u64,
     pub value: Value,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deleted: bool,
+}
+
+impl ObjectRecord {
+    /// Returns true when `who` may read or subscribe: the reporter hyperty itself, its owner, or
+    /// an identity the observer list admits.
+    pub fn may_observe(&self, who: super::Party<'_>) -> bool {
+        who.address == self.reporter
+            || (!self.owner.is_empty() && who.identity == self.owner)
+            || self.observers.admits(who.identity)
+    }
+
+    /// Returns the identity whose list counts this object (records written before owners were
+    /// kept count under their reporter address).
+    pub fn owner_or_reporter(&self) -> &str {
+        if self.owner.is_empty() {
+            &self.reporter
+        } else {
+            &self.owner
+        }
+    }
+}
+
+/// Most entries of an observer list.
+pub const MAX_OBSERVER_PATTERNS: usize = 32;
+
+/// The identities allowed to observe an object, chosen by its reporter at creation: each entry
+/// is an exact token subject (`user:bob`), a prefix ending in `*` (`user:*`, `service:camera-*`)
+/// or `*` alone (anyone authenticated). Nothing else is a wildcard, so a pattern never admits
+/// more than it visibly says.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Observers(Vec<String>);
+
+impl Observers {
+    /// Checks and builds an observer list.
+    pub fn new(patterns: Vec<String>) -> Result<Observers, String> {
+        if patterns.len() > MAX_OBSERVER_PATTERNS {
+            return Err(format!(
+                "observers may list at most {MAX_OBSERVER_PATTERNS} identities or patterns"
+            ));
+        }
+        for p in &patterns {
+            let body = p.strip_suffix('*').unwrap_or(p);
+            if p.is_empty() || p.len() > super::MAX_NAME_LEN || body.contains('*') {
+                return Err(format!(
+                    "observer {p:?} must be an identity such as user:bob, a prefix ending in '*' \
+                     such as user:*, or '*'"
+                ));
+            }
+        }
+        Ok(Observers(patterns))
+    }
+
+    /// Returns true when `identity` matches an entry.
+    pub fn admits(&self, identity: &str) -> bool {
+        !identity.is_empty()
+            && self.0.iter().any(|p| match p.strip_suffix('*') {
+                Some(prefix) => identity.starts_with(prefix),
+                None => p == identity,
+            })
+    }
+
+    /// Returns the entries.
+    pub fn patterns(&self) -> &[String] {
+        &self.0
+    }
 }
 
 /// A change as it travels between replicas.

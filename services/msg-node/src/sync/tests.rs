@@ -10,8 +10,27 @@ use serde_json::json;
 use super::*;
 
 const WAIT: Duration = Duration::from_secs(10);
-const ALICE: &str = "hyperty://localhost/alice-1";
-const BOB: &str = "hyperty://localhost/bob-1";
+const ALICE: Party<'static> = Party {
+    address: "hyperty://localhost/alice-1",
+    identity: "user:alice",
+};
+const BOB: Party<'static> = Party {
+    address: "hyperty://localhost/bob-1",
+    identity: "user:bob",
+};
+
+/// Observers that admit every identity, for tests about delivery rather than access.
+fn everyone() -> Observers {
+    Observers::new(vec!["*".into()]).unwrap()
+}
+
+/// A hyperty of user `name`.
+fn party(address: &'static str) -> Party<'static> {
+    Party {
+        address,
+        identity: "user:someone",
+    }
+}
 const SCHEMA: &str = "hyperty-catalogue://localhost/.well-known/dataschema/Room";
 
 fn memory_pair(config: SyncConfig) -> (Syncher, Syncher) {
@@ -50,16 +69,22 @@ async fn next(stream: &mut ChangeStream) -> Option<ObjectChange> {
 #[tokio::test]
 async fn create_read_subscribe_update_delete() {
     let s = memory();
-    let info = s.create(ALICE, SCHEMA, json!({"n": 0})).await.unwrap();
+    let info = s
+        .create_for(ALICE, SCHEMA, json!({"n": 0}), everyone())
+        .await
+        .unwrap();
     assert!(info.url.starts_with("object://localhost/"), "{}", info.url);
-    assert_eq!((info.version, info.reporter.as_str()), (1, ALICE));
+    assert_eq!((info.version, info.reporter.as_str()), (1, ALICE.address));
     assert_eq!(s.address(), "domain://sync.localhost");
 
     let (snap, mut changes) = s.subscribe(&info.url, BOB).await.unwrap();
     assert_eq!(snap.version, 1);
     assert_eq!(snap.value, json!({"n": 0}));
     assert_eq!(snap.schema, SCHEMA);
-    assert_eq!(s.observers(&info.url).await.unwrap(), vec![BOB.to_owned()]);
+    assert_eq!(
+        s.observers(&info.url).await.unwrap(),
+        vec![BOB.address.to_owned()]
+    );
 
     assert_eq!(
         s.update(&info.url, ALICE, 1, json!({"n": 1}))
@@ -92,7 +117,10 @@ async fn create_read_subscribe_update_delete() {
         ]
     );
     assert_eq!(next(&mut changes).await, None);
-    assert!(matches!(s.read(&info.url).await, Err(SyncError::NotFound)));
+    assert!(matches!(
+        s.read(&info.url, BOB).await,
+        Err(SyncError::NotFound)
+    ));
     assert!(matches!(
         s.subscribe(&info.url, BOB).await,
         Err(SyncError::NotFound)
@@ -102,7 +130,11 @@ async fn create_read_subscribe_update_delete() {
 #[tokio::test]
 async fn only_the_reporter_writes_and_stale_versions_conflict() {
     let s = memory();
-    let url = s.create(ALICE, SCHEMA, json!(1)).await.unwrap().url;
+    let url = s
+        .create_for(ALICE, SCHEMA, json!(1), everyone())
+        .await
+        .unwrap()
+        .url;
     let err = s.update(&url, BOB, 1, json!(2)).await.unwrap_err();
     assert!(matches!(err, SyncError::Forbidden));
     assert_eq!(err.code(), 403);
@@ -115,22 +147,31 @@ async fn only_the_reporter_writes_and_stale_versions_conflict() {
     let err = s.update(&url, ALICE, 1, json!(3)).await.unwrap_err();
     assert!(matches!(err, SyncError::Conflict { current: 2 }), "{err}");
     assert_eq!(err.code(), 409);
-    assert_eq!(s.read(&url).await.unwrap().value, json!(2));
+    assert_eq!(s.read(&url, BOB).await.unwrap().value, json!(2));
 
     let missing = "object://localhost/nope";
     for err in [
         s.update(missing, ALICE, 1, json!(0)).await.unwrap_err(),
         s.delete(missing, ALICE).await.unwrap_err(),
-        s.read(missing).await.unwrap_err(),
+        s.read(missing, BOB).await.unwrap_err(),
         s.unsubscribe(missing, BOB).await.unwrap_err(),
     ] {
         assert_eq!(err.code(), 404, "{err}");
     }
     assert_eq!(
-        s.create("", SCHEMA, json!(0)).await.unwrap_err().code(),
+        s.create_for(party(""), SCHEMA, json!(0), everyone())
+            .await
+            .unwrap_err()
+            .code(),
         400
     );
-    assert_eq!(s.create(ALICE, "", json!(0)).await.unwrap_err().code(), 400);
+    assert_eq!(
+        s.create_for(ALICE, "", json!(0), everyone())
+            .await
+            .unwrap_err()
+            .code(),
+        400
+    );
 }
 
 #[tokio::test]
@@ -143,29 +184,51 @@ async fn sizes_and_counts_are_bounded() {
     };
     let (s, _) = memory_pair(config);
     let big = json!("x".repeat(200));
-    let err = s.create(ALICE, SCHEMA, big.clone()).await.unwrap_err();
+    let err = s
+        .create_for(ALICE, SCHEMA, big.clone(), everyone())
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, SyncError::TooLarge { limit: 100, .. }),
         "{err}"
     );
     assert_eq!(err.code(), 413);
 
-    let a = s.create(ALICE, SCHEMA, json!(1)).await.unwrap().url;
+    let a = s
+        .create_for(ALICE, SCHEMA, json!(1), everyone())
+        .await
+        .unwrap()
+        .url;
     assert_eq!(s.update(&a, ALICE, 1, big).await.unwrap_err().code(), 413);
-    let _b = s.create(ALICE, SCHEMA, json!(1)).await.unwrap().url;
-    let err = s.create(ALICE, SCHEMA, json!(1)).await.unwrap_err();
+    let _b = s
+        .create_for(ALICE, SCHEMA, json!(1), everyone())
+        .await
+        .unwrap()
+        .url;
+    let err = s
+        .create_for(ALICE, SCHEMA, json!(1), everyone())
+        .await
+        .unwrap_err();
     assert!(matches!(err, SyncError::LimitReached(_)), "{err}");
     // Another reporter has its own allowance; deleting frees a slot.
-    s.create(BOB, SCHEMA, json!(1)).await.unwrap();
+    s.create_for(BOB, SCHEMA, json!(1), everyone())
+        .await
+        .unwrap();
     s.delete(&a, ALICE).await.unwrap();
-    s.create(ALICE, SCHEMA, json!(1)).await.unwrap();
+    s.create_for(ALICE, SCHEMA, json!(1), everyone())
+        .await
+        .unwrap();
 
-    let c = s.create(BOB, SCHEMA, json!(1)).await.unwrap().url;
+    let c = s
+        .create_for(BOB, SCHEMA, json!(1), everyone())
+        .await
+        .unwrap()
+        .url;
     let (_snap, _stream) = s.subscribe(&c, ALICE).await.unwrap();
     // The same observer again is fine; a second one is over the limit.
     let (_snap, _stream2) = s.subscribe(&c, ALICE).await.unwrap();
     let err = s
-        .subscribe(&c, "hyperty://localhost/carol")
+        .subscribe(&c, party("hyperty://localhost/carol"))
         .await
         .unwrap_err();
     assert!(matches!(err, SyncError::LimitReached(_)), "{err}");
@@ -179,9 +242,16 @@ async fn departed_observers_leave_the_list_and_the_list_stays_bounded() {
         ..SyncConfig::default()
     };
     let (a, b) = memory_pair(config);
-    let url = a.create(ALICE, SCHEMA, json!(0)).await.unwrap().url;
+    let url = a
+        .create_for(ALICE, SCHEMA, json!(0), everyone())
+        .await
+        .unwrap()
+        .url;
     let (_, stream) = a.subscribe(&url, BOB).await.unwrap();
-    assert_eq!(a.observers(&url).await.unwrap(), vec![BOB.to_owned()]);
+    assert_eq!(
+        a.observers(&url).await.unwrap(),
+        vec![BOB.address.to_owned()]
+    );
     drop(stream);
     tokio::time::timeout(WAIT, async {
         while !a.observers(&url).await.unwrap().is_empty() {
@@ -196,20 +266,23 @@ async fn departed_observers_leave_the_list_and_the_list_stays_bounded() {
     let (_, _second) = a.subscribe(&url, BOB).await.unwrap();
     drop(first);
     tokio::task::yield_now().await;
-    assert_eq!(a.observers(&url).await.unwrap(), vec![BOB.to_owned()]);
+    assert_eq!(
+        a.observers(&url).await.unwrap(),
+        vec![BOB.address.to_owned()]
+    );
 
     // Two more observers on the other replica: the list keeps the newest two.
     let carol = "hyperty://localhost/carol-1";
     let dave = "hyperty://localhost/dave-1";
-    let (_, _c) = b.subscribe(&url, carol).await.unwrap();
-    let (_, _d) = b.subscribe(&url, dave).await.unwrap();
+    let (_, _c) = b.subscribe(&url, party(carol)).await.unwrap();
+    let (_, _d) = b.subscribe(&url, party(dave)).await.unwrap();
     assert_eq!(
         a.observers(&url).await.unwrap(),
         vec![carol.to_owned(), dave.to_owned()]
     );
     // Live streams per replica are limited.
     let err = b
-        .subscribe(&url, "hyperty://localhost/erin-1")
+        .subscribe(&url, party("hyperty://localhost/erin-1"))
         .await
         .unwrap_err();
     assert!(matches!(err, SyncError::LimitReached(_)), "{err}");
@@ -218,15 +291,27 @@ async fn departed_observers_leave_the_list_and_the_list_stays_bounded() {
 #[tokio::test]
 async fn delete_all_of_a_reporter_notifies_observers() {
     let (a, b) = memory_pair(SyncConfig::default());
-    let one = a.create(ALICE, SCHEMA, json!(1)).await.unwrap().url;
-    let two = a.create(ALICE, SCHEMA, json!(2)).await.unwrap().url;
-    let bobs = b.create(BOB, SCHEMA, json!(3)).await.unwrap().url;
+    let one = a
+        .create_for(ALICE, SCHEMA, json!(1), everyone())
+        .await
+        .unwrap()
+        .url;
+    let two = a
+        .create_for(ALICE, SCHEMA, json!(2), everyone())
+        .await
+        .unwrap()
+        .url;
+    let bobs = b
+        .create_for(BOB, SCHEMA, json!(3), everyone())
+        .await
+        .unwrap()
+        .url;
     let (_, mut on_one) = b.subscribe(&one, BOB).await.unwrap();
     assert_eq!(b.delete_all_of(ALICE).await.unwrap(), 2);
     let change = next(&mut on_one).await.unwrap();
     assert_eq!((change.version, change.kind), (2, ChangeKind::Delete));
-    assert!(matches!(a.read(&two).await, Err(SyncError::NotFound)));
-    assert_eq!(a.read(&bobs).await.unwrap().value, json!(3));
+    assert!(matches!(a.read(&two, BOB).await, Err(SyncError::NotFound)));
+    assert_eq!(a.read(&bobs, BOB).await.unwrap().value, json!(3));
     assert_eq!(a.delete_all_of(ALICE).await.unwrap(), 0);
 }
 
@@ -243,7 +328,11 @@ async fn objects_can_expire_when_a_ttl_is_set() {
             ..SyncConfig::default()
         },
     );
-    let url = s.create(ALICE, SCHEMA, json!(1)).await.unwrap().url;
+    let url = s
+        .create_for(ALICE, SCHEMA, json!(1), everyone())
+        .await
+        .unwrap()
+        .url;
     s.update(&url, ALICE, 1, json!(2)).await.unwrap();
     // Ask Redis itself which TTL it holds (-1 would mean none); an update keeps one in place.
     let out = std::process::Command::new("redis-cli")
@@ -264,7 +353,7 @@ async fn concurrent_updates_never_lose_data() {
     // stream wait for every version instead of skipping to the store's state on a slow machine.
     let (a, b) = memory_pair(patient());
     let url = a
-        .create(ALICE, SCHEMA, json!({"count": 0}))
+        .create_for(ALICE, SCHEMA, json!({"count": 0}), everyone())
         .await
         .unwrap()
         .url;
@@ -276,7 +365,7 @@ async fn concurrent_updates_never_lose_data() {
         tasks.push(tokio::spawn(async move {
             let mut done = 0;
             while done < EACH {
-                let snap = s.read(&url).await.unwrap();
+                let snap = s.read(&url, BOB).await.unwrap();
                 let count = snap.value["count"].as_u64().unwrap();
                 match s
                     .update(&url, ALICE, snap.version, json!({"count": count + 1}))
@@ -293,7 +382,7 @@ async fn concurrent_updates_never_lose_data() {
         t.await.unwrap();
     }
     let total = WRITERS * EACH;
-    let snap = a.read(&url).await.unwrap();
+    let snap = a.read(&url, BOB).await.unwrap();
     assert_eq!(snap.value, json!({"count": total}));
     assert_eq!(snap.version, total + 1);
     for version in 2..=total + 1 {
@@ -309,7 +398,11 @@ async fn concurrent_updates_never_lose_data() {
 #[tokio::test]
 async fn changes_cross_replicas_and_unsubscribe_ends_streams_everywhere() {
     let (a, b) = memory_pair(SyncConfig::default());
-    let url = a.create(ALICE, SCHEMA, json!("v1")).await.unwrap().url;
+    let url = a
+        .create_for(ALICE, SCHEMA, json!("v1"), everyone())
+        .await
+        .unwrap()
+        .url;
     let (snap, mut on_b) = b.subscribe(&url, BOB).await.unwrap();
     assert_eq!(snap.value, json!("v1"));
     a.update(&url, ALICE, 1, json!("v2")).await.unwrap();
@@ -329,7 +422,11 @@ async fn changes_cross_replicas_and_unsubscribe_ends_streams_everywhere() {
 #[tokio::test]
 async fn resubscribing_replaces_the_old_stream() {
     let s = memory();
-    let url = s.create(ALICE, SCHEMA, json!(0)).await.unwrap().url;
+    let url = s
+        .create_for(ALICE, SCHEMA, json!(0), everyone())
+        .await
+        .unwrap()
+        .url;
     let (_, mut first) = s.subscribe(&url, BOB).await.unwrap();
     let (_, mut second) = s.subscribe(&url, BOB).await.unwrap();
     assert_eq!(next(&mut first).await, None);
@@ -341,14 +438,20 @@ async fn resubscribing_replaces_the_old_stream() {
 #[tokio::test]
 async fn out_of_order_changes_are_reordered() {
     let (s, _) = memory_pair(patient());
-    let url = s.create(ALICE, SCHEMA, json!(1)).await.unwrap().url;
+    let url = s
+        .create_for(ALICE, SCHEMA, json!(1), everyone())
+        .await
+        .unwrap()
+        .url;
     let (_, mut changes) = s.subscribe(&url, BOB).await.unwrap();
     // Store version 3 (as two real updates would), then publish their changes swapped.
     let store = |version, value| {
         let record = ObjectRecord {
             url: url.clone(),
             schema: SCHEMA.into(),
-            reporter: ALICE.into(),
+            reporter: ALICE.address.into(),
+            owner: ALICE.identity.into(),
+            observers: everyone(),
             version,
             value,
             deleted: false,
@@ -381,13 +484,19 @@ async fn a_lost_change_is_bridged_from_the_store() {
         ..SyncConfig::default()
     };
     let (s, _) = memory_pair(config);
-    let url = s.create(ALICE, SCHEMA, json!(1)).await.unwrap().url;
+    let url = s
+        .create_for(ALICE, SCHEMA, json!(1), everyone())
+        .await
+        .unwrap()
+        .url;
     let (_, mut changes) = s.subscribe(&url, BOB).await.unwrap();
     // Version 2 is committed but its publish is lost; version 3 is committed and published.
     let record = |version, value| ObjectRecord {
         url: url.clone(),
         schema: SCHEMA.into(),
-        reporter: ALICE.into(),
+        reporter: ALICE.address.into(),
+        owner: ALICE.identity.into(),
+        observers: everyone(),
         version,
         value,
         deleted: false,
@@ -423,7 +532,11 @@ async fn a_slow_observer_catches_up_without_unbounded_queues() {
         ..SyncConfig::default()
     };
     let (s, _) = memory_pair(config);
-    let url = s.create(ALICE, SCHEMA, json!(1)).await.unwrap().url;
+    let url = s
+        .create_for(ALICE, SCHEMA, json!(1), everyone())
+        .await
+        .unwrap()
+        .url;
     let (_, mut changes) = s.subscribe(&url, BOB).await.unwrap();
     let mut version = 1;
     for i in 0..50 {
@@ -447,7 +560,11 @@ async fn a_slow_observer_catches_up_without_unbounded_queues() {
 #[tokio::test]
 async fn malformed_bus_messages_are_ignored() {
     let s = memory();
-    let url = s.create(ALICE, SCHEMA, json!(1)).await.unwrap().url;
+    let url = s
+        .create_for(ALICE, SCHEMA, json!(1), everyone())
+        .await
+        .unwrap()
+        .url;
     let (_, mut changes) = s.subscribe(&url, BOB).await.unwrap();
     s.shared
         .bus
@@ -464,7 +581,7 @@ async fn two_replicas_on_real_redis_deliver_in_order() {
     let a = redis_syncher(&server).await;
     let b = redis_syncher(&server).await;
     let url = a
-        .create(ALICE, SCHEMA, json!({"step": 0}))
+        .create_for(ALICE, SCHEMA, json!({"step": 0}), everyone())
         .await
         .unwrap()
         .url;
@@ -491,7 +608,7 @@ async fn two_replicas_on_real_redis_deliver_in_order() {
     let change = next(&mut on_b).await.unwrap();
     assert_eq!((change.version, change.kind), (22, ChangeKind::Delete));
     assert_eq!(next(&mut on_b).await, None);
-    assert!(matches!(b.read(&url).await, Err(SyncError::NotFound)));
+    assert!(matches!(b.read(&url, BOB).await, Err(SyncError::NotFound)));
 }
 
 #[tokio::test]
@@ -500,7 +617,7 @@ async fn objects_survive_a_msg_node_restart_on_redis() {
     let url = {
         let first = redis_syncher(&server).await;
         let url = first
-            .create(ALICE, SCHEMA, json!({"title": "standup"}))
+            .create_for(ALICE, SCHEMA, json!({"title": "standup"}), everyone())
             .await
             .unwrap()
             .url;
@@ -512,14 +629,147 @@ async fn objects_survive_a_msg_node_restart_on_redis() {
     };
     // A new node process: fresh connections, no shared memory with the first.
     let second = redis_syncher(&server).await;
-    let snap = second.read(&url).await.unwrap();
+    let snap = second.read(&url, BOB).await.unwrap();
     assert_eq!(snap.version, 2);
     assert_eq!(snap.value, json!({"title": "retro"}));
-    assert_eq!(snap.reporter, ALICE);
+    assert_eq!(snap.reporter, ALICE.address);
     let (_, mut changes) = second.subscribe(&url, BOB).await.unwrap();
     second
         .update(&url, ALICE, 2, json!({"title": "done"}))
         .await
         .unwrap();
     assert_eq!(next(&mut changes).await.unwrap().version, 3);
+}
+
+#[tokio::test]
+async fn only_the_observers_the_reporter_names_may_read_and_subscribe() {
+    let s = memory();
+    let carol = Party {
+        address: "hyperty://localhost/carol-1",
+        identity: "user:carol",
+    };
+    let camera = Party {
+        address: "hyperty://localhost/cam-1",
+        identity: "service:camera-7",
+    };
+    // By default only the reporter's own identity (any of its hyperties).
+    let private = s.create(ALICE, SCHEMA, json!(1)).await.unwrap().url;
+    assert!(matches!(
+        s.read(&private, BOB).await,
+        Err(SyncError::NotObserver)
+    ));
+    assert_eq!(s.subscribe(&private, BOB).await.unwrap_err().code(), 403);
+    let other_tab = Party {
+        address: "hyperty://localhost/alice-2",
+        identity: "user:alice",
+    };
+    assert_eq!(s.read(&private, other_tab).await.unwrap().value, json!(1));
+    assert_eq!(s.read(&private, ALICE).await.unwrap().value, json!(1));
+
+    // Exact identities and prefixes.
+    let shared = s
+        .create_for(
+            ALICE,
+            SCHEMA,
+            json!(2),
+            Observers::new(vec!["user:bob".into(), "service:camera-*".into()]).unwrap(),
+        )
+        .await
+        .unwrap()
+        .url;
+    s.subscribe(&shared, BOB).await.unwrap();
+    s.subscribe(&shared, camera).await.unwrap();
+    assert!(matches!(
+        s.read(&shared, carol).await,
+        Err(SyncError::NotObserver)
+    ));
+    // Nobody is added to the observer list by a refused subscribe.
+    assert_eq!(
+        s.observers(&shared).await.unwrap(),
+        vec![BOB.address.to_owned(), camera.address.to_owned()]
+    );
+}
+
+#[test]
+fn observer_lists_are_checked() {
+    for bad in ["", "us*er:*", "**", "a*b"] {
+        assert!(Observers::new(vec![bad.into()]).is_err(), "{bad:?}");
+    }
+    assert!(Observers::new(vec!["x".into(); MAX_OBSERVER_PATTERNS + 1]).is_err());
+    let o = Observers::new(vec!["user:*".into(), "service:conference".into()]).unwrap();
+    assert!(o.admits("user:bob"));
+    assert!(o.admits("service:conference"));
+    assert!(!o.admits("service:conference-2"));
+    assert!(!o.admits(""));
+    assert!(Observers::new(vec!["*".into()]).unwrap().admits("anyone"));
+}
+
+#[tokio::test]
+async fn the_object_limit_holds_per_identity_across_its_hyperties() {
+    let (s, _) = memory_pair(SyncConfig {
+        max_objects_per_reporter: 2,
+        ..SyncConfig::default()
+    });
+    let tab = |address| Party {
+        address,
+        identity: "user:alice",
+    };
+    s.create(tab("hyperty://localhost/a1"), SCHEMA, json!(1))
+        .await
+        .unwrap();
+    s.create(tab("hyperty://localhost/a2"), SCHEMA, json!(1))
+        .await
+        .unwrap();
+    let err = s
+        .create(tab("hyperty://localhost/a3"), SCHEMA, json!(1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SyncError::LimitReached(_)), "{err}");
+    // Deleting what one hyperty reported frees its slots, and only its objects go.
+    assert_eq!(
+        s.delete_all_of(tab("hyperty://localhost/a1"))
+            .await
+            .unwrap(),
+        1
+    );
+    s.create(tab("hyperty://localhost/a3"), SCHEMA, json!(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.delete_all_of(tab("hyperty://localhost/a2"))
+            .await
+            .unwrap(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn refreshing_keeps_a_reporters_objects_past_their_ttl() {
+    let server = RedisServer::start().await.unwrap();
+    let kv = Arc::new(RedisKv::connect(&server.url()).await.unwrap());
+    let bus = Arc::new(RedisBus::connect(&server.url()).await.unwrap());
+    let s = Syncher::new(
+        kv,
+        bus,
+        SyncConfig {
+            object_ttl: Some(Duration::from_secs(3)),
+            ..SyncConfig::default()
+        },
+    );
+    let kept = s.create(ALICE, SCHEMA, json!(1)).await.unwrap().url;
+    let lost = s.create(BOB, SCHEMA, json!(1)).await.unwrap().url;
+    // Refresh ALICE's objects well within the TTL until BOB's, never refreshed, has expired.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        assert_eq!(s.refresh_all_of(ALICE).await.unwrap(), 1);
+        if matches!(s.read(&lost, BOB).await, Err(SyncError::NotFound)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "an object nobody refreshed did not expire"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(s.read(&kept, ALICE).await.unwrap().value, json!(1));
 }

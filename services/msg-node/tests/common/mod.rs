@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod service;
+
 use std::{collections::VecDeque, net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -103,6 +105,8 @@ impl TestBed {
             ..MsgNodeConfig::default()
         };
         config.redis.url = Some(self.redis.url());
+        // One clock for auth and node: expiry tests need no skew allowance.
+        config.token_leeway_secs = 0;
         // Short enough for the 408 test, long enough for a loaded CI machine.
         config.timing.delivery_timeout_ms = 3_000;
         config
@@ -113,8 +117,9 @@ impl TestBed {
         let listeners = Listeners::bind(&config).await?;
         let (http, grpc) = (listeners.http_addr()?, listeners.grpc_addr()?);
         let backends = rethink_common::backends(config.redis.url.as_deref()).await?;
-        let verifier = rethink_msg_node::verifier(&config, &backends).await?;
         let shutdown = self.shutdown.child();
+        let health = rethink_common::lifecycle::Health::new();
+        let verifier = rethink_msg_node::verifier(&config, &backends, &health, &shutdown).await;
         let node = MsgNode::start(config.clone(), backends, verifier, shutdown.clone()).await?;
         let router = node.router();
         let grpc_service = node.grpc_service();
@@ -400,4 +405,86 @@ impl Client {
 /// Returns the response code of a response envelope.
 pub fn code(reply: &Value) -> u64 {
     reply["body"]["code"].as_u64().unwrap_or(0)
+}
+
+/// A WebSocket client below the protocol library, for what a well-behaved library never sends
+/// (a frame header announcing more than it then sends).
+pub struct RawWs {
+    stream: TcpStream,
+}
+
+impl RawWs {
+    /// Upgrades `/msg?access_token=<token>` by hand and returns once the 101 arrived.
+    pub async fn connect(replica: &Replica, token: &str) -> Result<Self> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = TcpStream::connect(replica.http).await?;
+        let request = format!(
+            "GET /msg?access_token={token} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n",
+            replica.http
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            let n = tokio::time::timeout(WAIT, stream.read(&mut byte)).await??;
+            if n == 0 {
+                bail!("connection closed during the upgrade");
+            }
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        if !head.starts_with("HTTP/1.1 101") {
+            bail!("upgrade refused: {head}");
+        }
+        Ok(Self { stream })
+    }
+
+    /// Sends the header of a masked text frame of `len` bytes, then only `sent` of them.
+    pub async fn send_partial_text(&mut self, len: u64, sent: usize) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let mut frame = vec![0x81, 0x80 | 127];
+        frame.extend_from_slice(&len.to_be_bytes());
+        frame.extend_from_slice(&[1, 2, 3, 4]);
+        frame.extend(std::iter::repeat_n(b'x' ^ 1, sent));
+        self.stream.write_all(&frame).await?;
+        Ok(())
+    }
+
+    /// Reads server frames until a close frame; returns its code, or `None` when the
+    /// connection ended without one.
+    pub async fn close_code(&mut self) -> Result<Option<u16>> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            let mut head = [0u8; 2];
+            let read = tokio::time::timeout(WAIT, self.stream.read_exact(&mut head))
+                .await
+                .context("no close within the wait")?;
+            if read.is_err() {
+                return Ok(None);
+            }
+            let len = match head[1] & 0x7f {
+                126 => u64::from(self.stream.read_u16().await?),
+                127 => self.stream.read_u64().await?,
+                n => u64::from(n),
+            };
+            let mut payload = vec![0u8; usize::try_from(len)?];
+            self.stream.read_exact(&mut payload).await?;
+            if head[0] & 0x0f == 8 {
+                return Ok(payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]])));
+            }
+        }
+    }
+}
+
+/// Mints a token for any subject with the given grants, valid for `ttl` (None: the maximum).
+pub fn token_for(
+    bed: &TestBed,
+    sub: &str,
+    grants: Grants,
+    ttl: Option<Duration>,
+) -> (String, Claims) {
+    let issued = bed.auth.issue(sub, sub, grants, ttl).unwrap();
+    (issued.token, issued.claims)
 }
