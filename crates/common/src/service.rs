@@ -45,6 +45,9 @@ pub struct AuthClientConfig {
     pub url: String,
     /// Accepted token audience.
     pub audience: String,
+    /// Seconds of clock skew allowed on a token's `exp` and `nbf`; a session whose token
+    /// expired ends this long after `exp` unless it renewed its token.
+    pub leeway_secs: u64,
 }
 
 impl Default for AuthClientConfig {
@@ -52,6 +55,7 @@ impl Default for AuthClientConfig {
         Self {
             url: "http://127.0.0.1:8081".into(),
             audience: crate::token::DEFAULT_AUDIENCE.into(),
+            leeway_secs: 30,
         }
     }
 }
@@ -117,6 +121,7 @@ impl ServiceContext {
             std::sync::Arc::new(crate::token::HttpJwks::new(&auth.url)),
             VerifierOptions {
                 audience: auth.audience.clone(),
+                leeway: Duration::from_secs(auth.leeway_secs),
                 ..VerifierOptions::default()
             },
         );

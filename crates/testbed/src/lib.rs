@@ -78,6 +78,7 @@ use rethink_auth::{AuthConfig, AuthService, service::IssuedToken};
 use rethink_common::{
     Backends,
     lifecycle::Shutdown,
+    service::{ServeOptions, ServiceContext},
     testing::RedisServer,
     token::{Claims, Grants, RoomGrants, ServiceGrants},
 };
@@ -198,39 +199,47 @@ impl TestBed {
             http_addr: loopback,
             grpc_addr: loopback,
             node_id: Some(node_id.into()),
-            auth_url: self.auth_url.clone(),
             web_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../web"),
             ..MsgNodeConfig::default()
         };
         config.redis.url = Some(self.redis.url());
+        config.auth.url = self.auth_url.clone();
+        // Expiry tests use tokens of a few seconds.
+        config.auth.leeway_secs = 0;
         // Short enough for a 408 test, long enough for a loaded machine.
         config.timing.delivery_timeout_ms = 3_000;
+        config.drain_timeout_ms = 1_000;
         config
     }
 
-    /// Starts a msg-node replica with `config`.
+    /// Starts a msg-node replica with `config`, served as its binary serves it
+    /// (`rethink_common::service::serve`), until the replica is stopped or dropped.
     pub async fn msg_node(&self, config: MsgNodeConfig) -> Result<MsgReplica> {
         let listeners = rethink_msg_node::Listeners::bind(&config).await?;
         let (http, grpc) = (listeners.http_addr()?, listeners.grpc_addr()?);
-        let backends = rethink_common::backends(config.redis.url.as_deref()).await?;
-        let verifier = rethink_msg_node::verifier(&config, &backends).await?;
+        let ctx = ServiceContext::standalone(&config.redis, &config.auth, &listeners).await?;
+        let options = ServeOptions {
+            drain: Duration::from_millis(config.drain_timeout_ms),
+            limits: config.listener.clone(),
+        };
+        let node = MsgNode::start(
+            config,
+            ctx.backends.clone(),
+            ctx.verifier.clone(),
+            ctx.shutdown.clone(),
+        )
+        .await?;
         let shutdown = self.shutdown.child();
-        let node = MsgNode::start(config, backends, verifier, shutdown.clone()).await?;
-        tokio::spawn(rethink_common::lifecycle::serve_http(
-            listeners.http,
-            node.router(),
-            shutdown.clone(),
-            Duration::from_secs(1),
-        ));
+        let parts = rethink_msg_node::parts(&node);
         let stop = shutdown.clone();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(node.grpc_service())
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
-                    async move { stop.wait().await },
-                ),
-        );
+        tokio::spawn(async move {
+            let served =
+                rethink_common::service::serve(vec![parts], listeners, &ctx, stop.wait(), options)
+                    .await;
+            if let Err(error) = served {
+                tracing::warn!(%error, "test msg-node stopped with an error");
+            }
+        });
         Ok(MsgReplica {
             http,
             grpc,

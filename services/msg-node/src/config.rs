@@ -5,6 +5,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 pub use rethink_common::config::RedisConfig;
 use rethink_common::config::{ConfigError, ServiceConfig};
 use rethink_common::lifecycle::ServeAddrs;
+use rethink_common::listener::ListenerLimits;
+use rethink_common::service::AuthClientConfig;
 use serde::{Deserialize, Serialize};
 
 /// Everything the Message Node can be told.
@@ -19,13 +21,9 @@ pub struct MsgNodeConfig {
     pub domain: String,
     /// This replica's id in the address map and bus channel names; unset picks a random one.
     pub node_id: Option<String>,
-    /// Where the auth service's HTTP surface is (for its public keys).
-    pub auth_url: String,
-    /// Accepted token audience.
-    pub audience: String,
-    /// Seconds of clock skew allowed on a token's `exp` and `nbf`; a connection whose token
-    /// expired is closed this long after `exp`.
-    pub token_leeway_secs: u64,
+    /// The auth service whose tokens are accepted: URL (for its public keys), audience and the
+    /// clock leeway (a connection whose token expired is closed this long after `exp`).
+    pub auth: AuthClientConfig,
     /// Redis; without a URL the registry, routing and objects live in memory (one replica).
     pub redis: RedisConfig,
     /// Policy file (see docs/policy.md); unset uses the built-in default policy.
@@ -38,8 +36,10 @@ pub struct MsgNodeConfig {
     pub registry: RegistryConfig,
     /// Timers of sessions and routing.
     pub timing: TimingConfig,
-    /// Seconds to finish in-flight work after shutdown begins.
-    pub drain_secs: u64,
+    /// Bounds of both listeners.
+    pub listener: ListenerLimits,
+    /// Milliseconds to finish in-flight work after shutdown begins.
+    pub drain_timeout_ms: u64,
 }
 
 /// Sizes and counts that bound memory per connection.
@@ -128,16 +128,15 @@ impl Default for MsgNodeConfig {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 9082)),
             domain: "localhost".into(),
             node_id: None,
-            auth_url: "http://127.0.0.1:8081".into(),
-            audience: rethink_common::token::DEFAULT_AUDIENCE.into(),
-            token_leeway_secs: 30,
+            auth: AuthClientConfig::default(),
             redis: RedisConfig::default(),
             policy_file: None,
             web_dir: PathBuf::from("web"),
             limits: LimitsConfig::default(),
             registry: RegistryConfig::default(),
             timing: TimingConfig::default(),
-            drain_secs: 10,
+            listener: ListenerLimits::default(),
+            drain_timeout_ms: 10_000,
         }
     }
 }
@@ -229,6 +228,8 @@ impl ServiceConfig for MsgNodeConfig {
                 "node_id {id:?} must be 1-64 letters, digits, '-' or '_'"
             )));
         }
+        self.auth.validate()?;
+        self.listener.validate().map_err(ConfigError::invalid)?;
         let l = &self.limits;
         if l.max_message_bytes < 1024 {
             return Err(ConfigError::invalid(

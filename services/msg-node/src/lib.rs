@@ -47,8 +47,9 @@ use std::{sync::Arc, time::Duration};
 use axum::{Router, response::Redirect, routing::get};
 use rethink_common::{
     Backends,
-    lifecycle::{self, Health, Shutdown},
-    token::{HttpJwks, TokenVerifier, VerifierOptions},
+    lifecycle::{self, Shutdown},
+    service::{ServeOptions, ServiceContext, ServiceParts},
+    token::TokenVerifier,
 };
 use tower_http::services::ServeDir;
 
@@ -148,25 +149,29 @@ impl MsgNode {
     }
 }
 
-/// Builds a token verifier for `config`: keys from the auth service, revocations followed from
-/// the bus and the store until `shutdown` (`health` is not ready while they cannot be followed,
-/// so a replica that might miss a revocation takes no traffic).
-pub async fn verifier(
-    config: &MsgNodeConfig,
-    backends: &Backends,
-    health: &Health,
-    shutdown: &Shutdown,
-) -> TokenVerifier {
-    let verifier = TokenVerifier::new(
-        Arc::new(HttpJwks::new(&config.auth_url)),
-        VerifierOptions {
-            audience: config.audience.clone(),
-            leeway: Duration::from_secs(config.token_leeway_secs),
-            ..VerifierOptions::default()
-        },
-    );
-    verifier.follow(backends, health, shutdown).await;
-    verifier
+/// Starts a Message Node on the context's backends and verifier and returns its parts: `/msg`,
+/// `/client`, and `rethink.v1.MsgNode`. Its sessions end when the context shuts down.
+pub async fn start(
+    config: MsgNodeConfig,
+    ctx: &ServiceContext,
+) -> Result<ServiceParts, MsgNodeError> {
+    let node = MsgNode::start(
+        config,
+        ctx.backends.clone(),
+        ctx.verifier.clone(),
+        ctx.shutdown.clone(),
+    )
+    .await?;
+    Ok(parts(&node))
+}
+
+/// Returns the parts of a started node.
+pub fn parts(node: &MsgNode) -> ServiceParts {
+    ServiceParts::new("msg-node")
+        .http(node.router())
+        .grpc(node.grpc_service())
+        .link("messages", "/msg")
+        .link("web client", "/client/")
 }
 
 /// Runs the Message Node until `shutdown` resolves, then goes not-ready, closes every
@@ -176,33 +181,17 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), MsgNodeError> {
-    let backends = rethink_common::backends(config.redis.url.as_deref())
+    let ctx = ServiceContext::standalone(&config.redis, &config.auth, &listeners)
         .await
-        .map_err(|e| MsgNodeError::Store(format!("connecting backends: {e}")))?;
-    let drain = Duration::from_secs(config.drain_secs);
-    let config_ping = config.timing.ping();
-    let stop = Shutdown::new();
-    let health = Health::new();
-    let verifier = verifier(&config, &backends, &health, &stop).await;
-    let msg_node = MsgNode::start(config, backends, verifier, stop.clone()).await?;
-    // HTTP/2 keepalive finds attached services whose peer vanished, as pings do for WebSockets.
-    let keepalive = config_ping;
-    let grpc = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(keepalive))
-        .http2_keepalive_timeout(Some(keepalive))
-        .add_service(msg_node.grpc_service());
-    lifecycle::serve(
-        listeners,
-        msg_node.router(),
-        grpc,
-        health,
-        stop,
-        shutdown,
-        drain,
-        &rethink_common::listener::ListenerLimits::default(),
-    )
-    .await
-    .map_err(|e| MsgNodeError::Internal(e.to_string()))?;
+        .map_err(|e| MsgNodeError::Store(e.to_string()))?;
+    let options = ServeOptions {
+        drain: Duration::from_millis(config.drain_timeout_ms),
+        limits: config.listener.clone(),
+    };
+    let parts = start(config, &ctx).await?;
+    rethink_common::service::serve(vec![parts], listeners, &ctx, shutdown, options)
+        .await
+        .map_err(|e| MsgNodeError::Internal(e.to_string()))?;
     tracing::info!("msg-node stopped");
     Ok(())
 }

@@ -34,9 +34,9 @@ struct Cli {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     domain: Option<String>,
-    /// Auth service base URL (for its public keys).
+    /// Auth service base URL (for its public keys); sets `auth.url`.
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip)]
     auth_url: Option<String>,
     /// Policy file.
     #[arg(long)]
@@ -53,6 +53,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut overrides = serde_json::to_value(&cli)?;
     overrides["redis"] = serde_json::json!({ "url": &cli.redis_url });
+    overrides["auth"] = serde_json::json!({ "url": &cli.auth_url });
     let config: MsgNodeConfig = config::load(cli.common.config.as_deref(), &overrides)?;
     let _telemetry = telemetry::init("rethink-msg-node", cli.common.json_logs)?;
     let listeners = Listeners::bind(&config).await?;

@@ -36,21 +36,14 @@ pub async fn start(ctx: &ServiceContext) -> Result<Vec<ServiceParts>, StackError
         .http(sfu_routes)
         .link("whip ingest", "/whip/<room>");
     // The Message Node: /msg, the web client at /client/, and rethink.v1.MsgNode.
-    let msg_node = rethink_msg_node::MsgNode::start(
+    let msg_node = rethink_msg_node::start(
         rethink_msg_node::MsgNodeConfig {
             web_dir: std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../web"),
             ..rethink_msg_node::MsgNodeConfig::default()
         },
-        ctx.backends.clone(),
-        ctx.verifier.clone(),
-        ctx.shutdown.clone(),
+        ctx,
     )
     .await
     .map_err(|e| StackError::Service("msg-node", e.to_string()))?;
-    let msg_node = ServiceParts::new("msg-node")
-        .http(msg_node.router())
-        .grpc(msg_node.grpc_service())
-        .link("messages", "/msg")
-        .link("web client", "/client/");
     Ok(vec![sfu, msg_node])
 }

@@ -100,13 +100,13 @@ impl TestBed {
             http_addr: "127.0.0.1:0".parse().unwrap(),
             grpc_addr: "127.0.0.1:0".parse().unwrap(),
             node_id: Some(node_id.into()),
-            auth_url: self.auth_url.clone(),
             web_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../web"),
             ..MsgNodeConfig::default()
         };
         config.redis.url = Some(self.redis.url());
         // One clock for auth and node: expiry tests need no skew allowance.
-        config.token_leeway_secs = 0;
+        config.auth.leeway_secs = 0;
+        config.auth.url = self.auth_url.clone();
         // Short enough for the 408 test, long enough for a loaded CI machine.
         config.timing.delivery_timeout_ms = 3_000;
         config
@@ -116,11 +116,15 @@ impl TestBed {
     pub async fn replica(&self, config: MsgNodeConfig) -> Result<Replica> {
         let listeners = Listeners::bind(&config).await?;
         let (http, grpc) = (listeners.http_addr()?, listeners.grpc_addr()?);
-        let backends = rethink_common::backends(config.redis.url.as_deref()).await?;
         let shutdown = self.shutdown.child();
-        let health = rethink_common::lifecycle::Health::new();
-        let verifier = rethink_msg_node::verifier(&config, &backends, &health, &shutdown).await;
-        let node = MsgNode::start(config.clone(), backends, verifier, shutdown.clone()).await?;
+        let ctx = rethink_common::service::ServiceContext::standalone(
+            &config.redis,
+            &config.auth,
+            &listeners,
+        )
+        .await?;
+        let node =
+            MsgNode::start(config.clone(), ctx.backends, ctx.verifier, shutdown.clone()).await?;
         let router = node.router();
         let grpc_service = node.grpc_service();
         let stop = shutdown.clone();
