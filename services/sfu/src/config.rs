@@ -6,6 +6,8 @@ use std::time::Duration;
 
 pub use rethink_common::config::RedisConfig;
 use rethink_common::config::{ConfigError, ServiceConfig};
+use rethink_common::listener::ListenerLimits;
+use rethink_common::service::AuthClientConfig;
 use serde::{Deserialize, Serialize};
 
 /// Every setting of the SFU service.
@@ -35,7 +37,9 @@ pub struct SfuConfig {
     /// Redis; without it the node registry and events stay in memory (single-process stack).
     pub redis: RedisConfig,
     /// The auth service whose JWKS verifies the service tokens of gRPC callers.
-    pub auth: AuthConfig,
+    pub auth: AuthClientConfig,
+    /// Bounds of the HTTP and gRPC listeners.
+    pub listener: ListenerLimits,
     /// How often the node writes its heartbeat, in milliseconds.
     pub heartbeat_interval_ms: u64,
     /// How long a heartbeat stays valid, in milliseconds; must exceed the interval.
@@ -59,25 +63,6 @@ pub struct SfuConfig {
     pub bandwidth_estimation: bool,
 }
 
-/// Token verification.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuthConfig {
-    /// Base URL of the auth service (its JWKS is at `<url>/auth/.well-known/jwks.json`).
-    pub url: String,
-    /// The audience service tokens must carry.
-    pub audience: String,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        Self {
-            url: "http://127.0.0.1:8080".into(),
-            audience: "rethink".into(),
-        }
-    }
-}
-
 impl Default for SfuConfig {
     fn default() -> Self {
         Self {
@@ -90,7 +75,8 @@ impl Default for SfuConfig {
             advertise_grpc_addr: String::new(),
             advertise_http_url: String::new(),
             redis: RedisConfig::default(),
-            auth: AuthConfig::default(),
+            auth: AuthClientConfig::default(),
+            listener: ListenerLimits::default(),
             heartbeat_interval_ms: 2_000,
             heartbeat_ttl_ms: 6_000,
             drain_timeout_ms: 120_000,
@@ -126,6 +112,8 @@ impl SfuConfig {
 
 impl ServiceConfig for SfuConfig {
     fn validate(&self) -> Result<(), ConfigError> {
+        self.auth.validate()?;
+        self.listener.validate().map_err(ConfigError::invalid)?;
         if self.heartbeat_interval_ms == 0 {
             return Err(ConfigError::invalid(
                 "heartbeat_interval_ms must be positive",

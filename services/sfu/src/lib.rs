@@ -48,23 +48,19 @@ use std::time::Duration;
 use rethink_common::Backends;
 use rethink_common::bus::EventBus;
 use rethink_common::kv::KvStore;
-use rethink_common::lifecycle::{
-    Health, Shutdown, grpc_health_and_reflection, ops_router, serve_http,
-};
+use rethink_common::lifecycle::{Health, Shutdown};
+use rethink_common::service::{ServeOptions, ServiceContext, ServiceParts};
 use rethink_common::token::{HttpJwks, TokenVerifier, VerifierOptions};
 use rethink_proto::v1::sfu_server::SfuServer;
 use rethink_sfu_core::{CoreConfig, SfuCore};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::TcpListenerStream;
 
 pub use crate::config::SfuConfig;
 pub use crate::error::SfuError;
 
 /// Largest gRPC message accepted (an SDP is at most 64 KiB).
 const MAX_GRPC_MESSAGE: usize = 256 * 1024;
-/// Most requests in flight on one gRPC connection (event streams count).
-const GRPC_CONCURRENCY_PER_CONNECTION: usize = 1024;
 /// How long the servers get to finish open requests once the drain is over.
 const SERVER_STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -155,8 +151,115 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), SfuError> {
-    let deps = Deps::from_config(&config).await?;
-    run_with(config, listeners, deps, shutdown).await
+    let Listeners { grpc, http, udp } = listeners;
+    let tcp = rethink_common::lifecycle::Listeners { http, grpc };
+    let ctx = ServiceContext::standalone(&config.redis, &config.auth, &tcp)
+        .await
+        .map_err(|e| SfuError::Internal(e.to_string()))?;
+    serve_node(config, tcp, udp, ctx, shutdown).await
+}
+
+/// Like [`run`], with the backends and token checks given (tests inject Redis and test keys).
+pub async fn run_with(
+    config: SfuConfig,
+    listeners: Listeners,
+    deps: Deps,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), SfuError> {
+    let Listeners { grpc, http, udp } = listeners;
+    let tcp = rethink_common::lifecycle::Listeners { http, grpc };
+    let io = |e: std::io::Error| SfuError::Internal(format!("listener: {e}"));
+    let ctx = ServiceContext {
+        backends: Backends {
+            kv: deps.kv,
+            bus: deps.bus,
+        },
+        verifier: deps.auth.verifier().clone(),
+        health: deps.health,
+        shutdown: Shutdown::new(),
+        http_url: format!("http://{}", tcp.http_addr().map_err(io)?),
+        grpc_url: format!("http://{}", tcp.grpc_addr().map_err(io)?),
+    };
+    serve_node(config, tcp, udp, ctx, shutdown).await
+}
+
+async fn serve_node(
+    config: SfuConfig,
+    tcp: rethink_common::lifecycle::Listeners,
+    udp: UdpSocket,
+    ctx: ServiceContext,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), SfuError> {
+    let options = ServeOptions {
+        // Rooms get `drain_timeout_ms` to empty; the servers a little more to close.
+        drain: config.drain_timeout() + SERVER_STOP_GRACE,
+        limits: config.listener.clone(),
+    };
+    let parts = start_on(&config, udp, &ctx)?;
+    rethink_common::service::serve(vec![parts], tcp, &ctx, shutdown, options)
+        .await
+        .map_err(|e| SfuError::Internal(e.to_string()))
+}
+
+/// Starts an SFU node on the context (media on a UDP socket bound at `udp_addr`) and returns
+/// its parts: `rethink.v1.Sfu`, WHIP and WHEP, the drain (no new rooms; rooms live until empty
+/// or `drain_timeout_ms`) and the stop (heartbeat key deleted).
+pub async fn start(config: SfuConfig, ctx: &ServiceContext) -> Result<ServiceParts, SfuError> {
+    let udp = UdpSocket::bind(config.udp_addr)
+        .await
+        .map_err(|e| SfuError::Internal(format!("udp {}: {e}", config.udp_addr)))?;
+    start_on(&config, udp, ctx)
+}
+
+fn start_on(
+    config: &SfuConfig,
+    udp: UdpSocket,
+    ctx: &ServiceContext,
+) -> Result<ServiceParts, SfuError> {
+    let deps = Deps {
+        kv: ctx.backends.kv.clone(),
+        bus: ctx.backends.bus.clone(),
+        auth: auth::Authorizer::new(ctx.verifier.clone()),
+        health: ctx.health.clone(),
+    };
+    let node = Node::start(config, udp, deps, |public| Advertised {
+        grpc: if config.advertise_grpc_addr.is_empty() {
+            advertise(&ctx.grpc_url, public)
+                .trim_start_matches("http://")
+                .to_owned()
+        } else {
+            config.advertise_grpc_addr.clone()
+        },
+        http: if config.advertise_http_url.is_empty() {
+            advertise(&ctx.http_url, public)
+        } else {
+            config.advertise_http_url.clone()
+        },
+    })?;
+    let node = Arc::new(node);
+    let (draining, stopping) = (node.clone(), node.clone());
+    Ok(ServiceParts::new("sfu")
+        .grpc(node.grpc_service())
+        .http(node.router())
+        .on_drain(move || async move { draining.drain().await })
+        .on_stop(move || async move { stopping.stop().await })
+        .link("whip ingest", "/whip/<room>")
+        .link("whep playback", "/whep/<room>"))
+}
+
+/// Returns `url` with its host replaced by `public` when the service listens on loopback only
+/// because it was bound to every address (other nodes must not be told 127.0.0.1).
+fn advertise(url: &str, public: Option<IpAddr>) -> String {
+    let Some(public) = public else {
+        return url.to_owned();
+    };
+    let addr = url.trim_start_matches("http://");
+    match addr.parse::<SocketAddr>() {
+        Ok(addr) if addr.ip().is_loopback() => {
+            format!("http://{}", SocketAddr::new(public, addr.port()))
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// Returns the ICE host candidates to advertise: each public IP with the UDP port, else the
@@ -201,7 +304,7 @@ pub struct Node {
     draining: watch::Sender<bool>,
     stop_heartbeat: Shutdown,
     drain_timeout: Duration,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -293,7 +396,7 @@ impl Node {
             drain_timeout: config.drain_timeout(),
             // Order matters for `stop`: the heartbeat ends first (it deletes the key), the
             // driver next, the publisher last (its queue closes when the driver ends).
-            tasks: vec![beat, driver_task, publisher],
+            tasks: std::sync::Mutex::new(vec![beat, driver_task, publisher]),
         })
     }
 
@@ -338,9 +441,10 @@ impl Node {
     }
 
     /// Stops the heartbeat (deleting its key), the driver and the publisher.
-    pub async fn stop(self) {
+    pub async fn stop(&self) {
         self.stop_heartbeat.trigger();
-        let mut tasks = self.tasks.into_iter();
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut tasks = tasks.into_iter();
         if let Some(beat) = tasks.next() {
             let _ = beat.await;
         }
@@ -350,156 +454,4 @@ impl Node {
         }
         tracing::info!(node_id = %self.node_id, "sfu stopped");
     }
-}
-
-/// Like [`run`], with the backends given (tests inject Redis and test keys here).
-pub async fn run_with(
-    config: SfuConfig,
-    listeners: Listeners,
-    deps: Deps,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), SfuError> {
-    let io = |what: &str, e: std::io::Error| SfuError::Internal(format!("{what}: {e}"));
-    let grpc_addr = listeners.grpc.local_addr().map_err(|e| io("grpc", e))?;
-    let http_addr = listeners.http.local_addr().map_err(|e| io("http", e))?;
-    let node = Node::start(&config, listeners.udp, deps, |public| Advertised {
-        grpc: if config.advertise_grpc_addr.is_empty() {
-            SocketAddr::new(specified(grpc_addr.ip(), public), grpc_addr.port()).to_string()
-        } else {
-            config.advertise_grpc_addr.clone()
-        },
-        http: if config.advertise_http_url.is_empty() {
-            let addr = SocketAddr::new(specified(http_addr.ip(), public), http_addr.port());
-            format!("http://{addr}")
-        } else {
-            config.advertise_http_url.clone()
-        },
-    })?;
-    tracing::info!(%grpc_addr, %http_addr, "sfu serving");
-
-    let stop_servers = Shutdown::new();
-    let (health_service, reflection) = grpc_health_and_reflection(node.health());
-    let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .concurrency_limit_per_connection(GRPC_CONCURRENCY_PER_CONNECTION)
-            // Finds dead callers whose event streams would otherwise stay open.
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(node.grpc_service())
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listeners.grpc),
-                stop_servers.wait(),
-            ),
-    );
-    let router = node.router().merge(ops_router(node.health().clone()));
-    let http = tokio::spawn(serve_http(
-        listeners.http,
-        router,
-        stop_servers.clone(),
-        SERVER_STOP_GRACE,
-    ));
-    node.health().set_ready(true);
-
-    // A server that dies on its own ends the node too, with its error.
-    let mut grpc = grpc;
-    let mut http = http;
-    let (failure, grpc_done, http_done) = tokio::select! {
-        () = shutdown => (None, false, false),
-        result = &mut grpc => {
-            (Some(format!("grpc server stopped: {}", describe(result))), true, false)
-        }
-        result = &mut http => {
-            (Some(format!("http server stopped: {}", describe(result))), false, true)
-        }
-    };
-    if let Some(failure) = &failure {
-        tracing::error!(%failure, "stopping the node");
-    } else {
-        node.drain().await;
-    }
-
-    stop_servers.trigger();
-    if !grpc_done {
-        match tokio::time::timeout(SERVER_STOP_GRACE * 2, &mut grpc).await {
-            Ok(Ok(Err(error))) => tracing::warn!(%error, "grpc server"),
-            Err(_) => {
-                tracing::warn!("grpc server did not stop in time; dropping its connections");
-                grpc.abort();
-            }
-            _ => {}
-        }
-    }
-    if !http_done && let Ok(Err(error)) = http.await {
-        tracing::warn!(%error, "http server task");
-    }
-    node.stop().await;
-    match failure {
-        Some(failure) => Err(SfuError::Internal(failure)),
-        None => Ok(()),
-    }
-}
-
-fn describe<E: std::fmt::Display>(result: Result<Result<(), E>, tokio::task::JoinError>) -> String {
-    match result {
-        Ok(Ok(())) => "without an error".into(),
-        Ok(Err(error)) => error.to_string(),
-        Err(error) => error.to_string(),
-    }
-}
-
-/// Longest drain of a node inside the all-in-one stack (the stack's own default deadline).
-pub const STACK_DRAIN: Duration = Duration::from_secs(5);
-
-/// Starts an SFU node inside the all-in-one stack and returns its gRPC service and HTTP routes
-/// for the stack's shared ports. Media uses its own UDP socket: `RETHINK_UDP_ADDR` if set, else
-/// a free port on the stack's HTTP address (where local browsers reach it). Other settings come
-/// from the `RETHINK_*` environment like the standalone service's. When `shutdown` triggers,
-/// the node drains for at most [`STACK_DRAIN`] and stops.
-pub async fn start_in_stack(
-    backends: Backends,
-    verifier: TokenVerifier,
-    http_url: &str,
-    grpc_url: &str,
-    shutdown: Shutdown,
-) -> Result<(SfuServer<service::SfuService>, axum::Router), SfuError> {
-    let no_flags: Option<()> = None;
-    let mut config: SfuConfig = rethink_common::config::load(None, &no_flags)
-        .map_err(|e| SfuError::InvalidArgument(e.to_string()))?;
-    config.drain_timeout_ms = config.drain_timeout_ms.min(STACK_DRAIN.as_millis() as u64);
-    let http_addr: Option<SocketAddr> = http_url
-        .strip_prefix("http://")
-        .and_then(|a| a.parse().ok());
-    let udp_addr = if std::env::var_os("RETHINK_UDP_ADDR").is_some() {
-        config.udp_addr
-    } else {
-        SocketAddr::new(
-            http_addr.map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |a| a.ip()),
-            0,
-        )
-    };
-    let udp = UdpSocket::bind(udp_addr)
-        .await
-        .map_err(|e| SfuError::Internal(format!("udp {udp_addr}: {e}")))?;
-    // The stack's verifier is its in-process auth service's, which learns each revocation as
-    // it makes it.
-    let deps = Deps {
-        kv: backends.kv,
-        bus: backends.bus,
-        auth: auth::Authorizer::new(verifier),
-        health: Health::new(),
-    };
-    let grpc = grpc_url.trim_start_matches("http://").to_owned();
-    let http = http_url.to_owned();
-    let node = Node::start(&config, udp, deps, |_| Advertised { grpc, http })?;
-    let parts = (node.grpc_service(), node.router());
-    node.health().set_ready(true);
-    tokio::spawn(async move {
-        shutdown.wait().await;
-        node.drain().await;
-        node.stop().await;
-    });
-    Ok(parts)
 }

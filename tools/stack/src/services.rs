@@ -21,20 +21,9 @@ pub async fn auth(backends: &Backends) -> Result<AuthService, StackError> {
 
 /// Starts every service but auth on `ctx` and returns their parts. Add yours here.
 pub async fn start(ctx: &ServiceContext) -> Result<Vec<ServiceParts>, StackError> {
-    let sfu = rethink_sfu::start_in_stack(
-        ctx.backends.clone(),
-        ctx.verifier.clone(),
-        &ctx.http_url,
-        &ctx.grpc_url,
-        ctx.shutdown.clone(),
-    )
-    .await
-    .map_err(|e| StackError::Service("sfu", e.to_string()))?;
-    let (sfu_grpc, sfu_routes) = sfu;
-    let sfu = ServiceParts::new("sfu")
-        .grpc(sfu_grpc)
-        .http(sfu_routes)
-        .link("whip ingest", "/whip/<room>");
+    let sfu = rethink_sfu::start(sfu_config(ctx)?, ctx)
+        .await
+        .map_err(|e| StackError::Service("sfu", e.to_string()))?;
     // The Message Node: /msg, the web client at /client/, and rethink.v1.MsgNode.
     let msg_node = rethink_msg_node::start(
         rethink_msg_node::MsgNodeConfig {
@@ -46,4 +35,26 @@ pub async fn start(ctx: &ServiceContext) -> Result<Vec<ServiceParts>, StackError
     .await
     .map_err(|e| StackError::Service("msg-node", e.to_string()))?;
     Ok(vec![sfu, msg_node])
+}
+
+/// Longest drain of the SFU inside the stack (the stack's own default deadline).
+const SFU_DRAIN_MS: u64 = 5_000;
+
+/// The SFU's settings come from the `RETHINK_*` environment like the standalone service's; its
+/// media socket is `RETHINK_UDP_ADDR` if set, else a free port on the stack's HTTP address
+/// (where local browsers reach it).
+fn sfu_config(ctx: &ServiceContext) -> Result<rethink_sfu::SfuConfig, StackError> {
+    let no_flags: Option<()> = None;
+    let mut config: rethink_sfu::SfuConfig = rethink_common::config::load(None, &no_flags)
+        .map_err(|e| StackError::Service("sfu", e.to_string()))?;
+    config.drain_timeout_ms = config.drain_timeout_ms.min(SFU_DRAIN_MS);
+    if std::env::var_os("RETHINK_UDP_ADDR").is_none() {
+        let http: std::net::SocketAddr = ctx
+            .http_url
+            .trim_start_matches("http://")
+            .parse()
+            .map_err(|e| StackError::Service("sfu", format!("stack address: {e}")))?;
+        config.udp_addr = std::net::SocketAddr::new(http.ip(), 0);
+    }
+    Ok(config)
 }
