@@ -27,6 +27,9 @@ pub use config::StackConfig;
 pub const DEMO_USERS: [(&str, &str); 3] = [("alice", "Alice"), ("bob", "Bob"), ("carol", "Carol")];
 /// The password of every demo user.
 pub const DEMO_PASSWORD: &str = "rethink-demo";
+/// What the demo users may do: a login token's defaults (join rooms, view cameras) plus media
+/// in the demo rooms (`demo`, `demo-1`, ...); every other room stays closed to them.
+pub const DEMO_GRANTS: &str = "user,rooms.publish,rooms.subscribe,room=demo*";
 
 /// Why the stack could not run.
 #[derive(Debug, thiserror::Error)]
@@ -48,9 +51,12 @@ pub type StackListeners = lifecycle::Listeners;
 
 /// Creates the demo users unless they exist (a Redis-backed stack keeps them across restarts).
 pub async fn create_demo_users(auth: &AuthService) -> Result<(), StackError> {
+    let grants: rethink_common::token::Grants = DEMO_GRANTS
+        .parse()
+        .map_err(|e| StackError::Service("auth", format!("demo grants: {e}")))?;
     for (name, display) in DEMO_USERS {
         match auth
-            .create_user(name, DEMO_PASSWORD, Some(display), None)
+            .create_user(name, DEMO_PASSWORD, Some(display), Some(grants.clone()))
             .await
         {
             Ok(_) | Err(rethink_auth::AuthError::UserExists(_)) => {}
