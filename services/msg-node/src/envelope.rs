@@ -5,100 +5,20 @@
 //! [`FrameError`] that knows which response to send, so a bad frame costs the sender one error
 //! response and the connection stays usable. `docs/protocol.md` is the public description.
 
-use std::{collections::BTreeMap, fmt};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 /// Longest accepted `from` / `to` address, in bytes.
 pub const MAX_ADDRESS_LEN: usize = 512;
-/// Longest accepted string `id`, in bytes.
-pub const MAX_ID_LEN: usize = 128;
 /// Most entries of a `trace` map, and the longest value.
 pub const MAX_TRACE_ENTRIES: usize = 4;
 /// Longest value in a `trace` map, in bytes.
 pub const MAX_TRACE_VALUE_LEN: usize = 512;
 
-/// The client-chosen id of a message, echoed in its response: an integer or a string.
-///
-/// `Null` only appears in error responses to frames whose id could not be read.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, Default)]
-#[serde(untagged)]
-pub enum MessageId {
-    /// A JSON integer.
-    Int(i64),
-    /// A JSON string.
-    Str(String),
-    /// JSON `null`: the id of the offending frame was missing or unreadable.
-    #[default]
-    Null,
-}
-
-impl fmt::Display for MessageId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            MessageId::Int(n) => write!(f, "{n}"),
-            MessageId::Str(s) => write!(f, "{s:?}"),
-            MessageId::Null => f.write_str("null"),
-        }
-    }
-}
-
-/// The nine message types of the protocol.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[serde(rename_all = "lowercase")]
-pub enum MessageType {
-    Create,
-    Read,
-    Update,
-    Delete,
-    Subscribe,
-    Unsubscribe,
-    Response,
-    Forward,
-    Execute,
-}
-
-impl MessageType {
-    /// Every type, in protocol order.
-    pub const ALL: [MessageType; 9] = [
-        MessageType::Create,
-        MessageType::Read,
-        MessageType::Update,
-        MessageType::Delete,
-        MessageType::Subscribe,
-        MessageType::Unsubscribe,
-        MessageType::Response,
-        MessageType::Forward,
-        MessageType::Execute,
-    ];
-
-    /// Returns the wire name (`"create"`, `"read"`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MessageType::Create => "create",
-            MessageType::Read => "read",
-            MessageType::Update => "update",
-            MessageType::Delete => "delete",
-            MessageType::Subscribe => "subscribe",
-            MessageType::Unsubscribe => "unsubscribe",
-            MessageType::Response => "response",
-            MessageType::Forward => "forward",
-            MessageType::Execute => "execute",
-        }
-    }
-
-    /// Parses a wire name; `None` for anything else (names are case-sensitive).
-    pub fn parse(name: &str) -> Option<MessageType> {
-        MessageType::ALL.into_iter().find(|t| t.as_str() == name)
-    }
-}
-
-impl fmt::Display for MessageType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+// The wire types a client and the node share live once, in the client crate.
+pub use rethink_msg_client::message::{MAX_ID_LEN, MessageId, MessageType};
 
 /// One protocol message.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
