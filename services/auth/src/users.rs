@@ -264,36 +264,17 @@ impl UserStore {
     ) -> Result<(), AuthError> {
         check_password(password)?;
         let hash = self.hash(password).await?;
-        let username = normalize_username(username)?;
-        let key = format!("{USER_PREFIX}{username}");
-        // Compare-and-swap so a concurrent grant change is not overwritten.
-        for _ in 0..8 {
-            let raw = self
-                .kv
-                .get(&key)
-                .await?
-                .ok_or_else(|| AuthError::UserNotFound(username.clone()))?;
-            let mut record: UserRecord = decode(&key, &raw)?;
-            record.password_hash = hash.clone();
-            if self
-                .kv
-                .compare_and_swap(&key, Some(&raw), Some(encode(&record)?), None)
-                .await?
-            {
-                return Ok(());
-            }
-        }
-        Err(AuthError::Internal(
-            "password update kept conflicting".into(),
-        ))
+        self.update(username, |record| record.password_hash = hash.clone())
+            .await
+            .map(drop)
     }
 
-    /// Replaces a user's grants; returns the updated record (through
-    /// [`crate::AuthService::set_user_grants`]).
-    pub(crate) async fn set_grants(
+    /// Changes a stored user with `change` by compare-and-swap, so concurrent changes of other
+    /// fields (a password and grants at once) are not lost; returns the stored record.
+    async fn update(
         &self,
         username: &str,
-        grants: Grants,
+        change: impl Fn(&mut UserRecord),
     ) -> Result<UserRecord, AuthError> {
         let username = normalize_username(username)?;
         let key = format!("{USER_PREFIX}{username}");
@@ -304,7 +285,7 @@ impl UserStore {
                 .await?
                 .ok_or_else(|| AuthError::UserNotFound(username.clone()))?;
             let mut record: UserRecord = decode(&key, &raw)?;
-            record.grants = grants.clone();
+            change(&mut record);
             if self
                 .kv
                 .compare_and_swap(&key, Some(&raw), Some(encode(&record)?), None)
@@ -313,7 +294,20 @@ impl UserStore {
                 return Ok(record);
             }
         }
-        Err(AuthError::Internal("grant update kept conflicting".into()))
+        Err(AuthError::Internal(format!(
+            "update of user {username:?} kept conflicting"
+        )))
+    }
+
+    /// Replaces a user's grants; returns the updated record (through
+    /// [`crate::AuthService::set_user_grants`]).
+    pub(crate) async fn set_grants(
+        &self,
+        username: &str,
+        grants: Grants,
+    ) -> Result<UserRecord, AuthError> {
+        self.update(username, |record| record.grants = grants.clone())
+            .await
     }
 
     /// Returns every user, sorted by name.
