@@ -244,7 +244,7 @@ fn start_on(
         .on_drain(move || async move { draining.drain().await })
         .on_stop(move || async move { stopping.stop().await })
         .link("whip ingest", "/whip/<room>")
-        .link("whep playback", "/whep/<room>"))
+        .link("whep viewer", "/whep/<room>"))
 }
 
 /// Returns `url` with its host replaced by `public` when the service listens on loopback only
