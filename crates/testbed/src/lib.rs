@@ -165,6 +165,16 @@ impl TestBed {
         (issued.token, issued.claims)
     }
 
+    /// Mints a user token like [`TestBed::user_token`] that expires after `ttl` (whole
+    /// seconds), for expiry and renewal tests.
+    pub fn short_user_token(&self, name: &str, ttl: Duration) -> (String, Claims) {
+        let issued = self
+            .auth
+            .issue(&format!("user:{name}"), name, Grants::user(), Some(ttl))
+            .expect("the auth service issues user tokens");
+        (issued.token, issued.claims)
+    }
+
     /// Mints a service token with the `services.attach` grant (for msg-node `Attach`).
     pub fn service_token(&self, name: &str) -> String {
         let grants = Grants {
