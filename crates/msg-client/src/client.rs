@@ -360,6 +360,18 @@ impl Client {
         }
     }
 
+    /// Sends a request of `kind` from `from` to `to` and returns the response whatever its
+    /// code (for callers that look at error codes; [`Client::call`] turns them into errors).
+    pub async fn ask(
+        &self,
+        kind: MessageType,
+        from: &Address,
+        to: &Address,
+        body: Value,
+    ) -> Result<Message, ClientError> {
+        self.request(Message::new(kind, from, to, body)).await
+    }
+
     /// Sends a request and returns `body.value` of a 2xx response; an error response becomes
     /// [`ClientError::Protocol`].
     pub async fn call(
