@@ -102,6 +102,10 @@ impl Default for ClientOptions {
 enum Command {
     Send(Message, oneshot::Sender<Result<(), Closed>>),
     Text(String, oneshot::Sender<Result<(), Closed>>),
+    Envelope(
+        Box<rethink_proto::v1::Envelope>,
+        oneshot::Sender<Result<(), Closed>>,
+    ),
     Close,
 }
 
@@ -309,6 +313,28 @@ impl Client {
         }
     }
 
+    /// Sends a raw `Attach` envelope (gRPC only), for tests of malformed input such as a body
+    /// that is not JSON.
+    pub async fn send_envelope(
+        &self,
+        envelope: rethink_proto::v1::Envelope,
+    ) -> Result<(), ClientError> {
+        let (done, sent) = oneshot::channel();
+        if self
+            .commands()
+            .send(Command::Envelope(Box::new(envelope), done))
+            .await
+            .is_err()
+        {
+            return Err(self.closed_error());
+        }
+        match sent.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(closed)) => Err(ClientError::Closed(closed)),
+            Err(_) => Err(self.closed_error()),
+        }
+    }
+
     /// Sends `message` (assigning a fresh id when its id is `Null`) and returns the response
     /// addressed to its `from` with its id, whatever its code. Times out after
     /// [`ClientOptions::request_timeout`].
@@ -332,6 +358,18 @@ impl Client {
                 Err(ClientError::Timeout(wait))
             }
         }
+    }
+
+    /// Sends a request of `kind` from `from` to `to` and returns the response whatever its
+    /// code (for callers that look at error codes; [`Client::call`] turns them into errors).
+    pub async fn ask(
+        &self,
+        kind: MessageType,
+        from: &Address,
+        to: &Address,
+        body: Value,
+    ) -> Result<Message, ClientError> {
+        self.request(Message::new(kind, from, to, body)).await
     }
 
     /// Sends a request and returns `body.value` of a 2xx response; an error response becomes
@@ -431,6 +469,21 @@ impl Client {
             .call(MessageType::Create, &self.runtime(), &self.registry(), body)
             .await?;
         address_field(&value, "address")
+    }
+
+    /// Replaces the connection's token with `token` (same identity, e.g. fresh from the auth
+    /// service before the current one expires), so the session outlives the first token;
+    /// returns the node's answer (`exp`: the new expiry). Another identity's token is 403, an
+    /// invalid one 401, both as [`ClientError::Protocol`].
+    pub async fn renew_token(&self, token: &str) -> Result<Value, ClientError> {
+        let node = Address::node(&self.welcome().domain)?;
+        self.call(
+            MessageType::Update,
+            &self.runtime(),
+            &node,
+            json!({"resource": "token", "token": token}),
+        )
+        .await
     }
 
     /// Unregisters `address`, asking as that address.
@@ -616,6 +669,9 @@ async fn drive(
                 }
                 Some(Command::Text(text, done)) => {
                     let _ = done.send(link.send_text(text).await);
+                }
+                Some(Command::Envelope(envelope, done)) => {
+                    let _ = done.send(link.send_envelope(*envelope).await);
                 }
                 Some(Command::Close) | None => {
                     // Keep reading until the node answers the close (or the stream ends).

@@ -20,8 +20,10 @@
 //!   `rethink.v1.MsgNode.Attach` (token in `authorization` metadata, `resume-token` metadata).
 //! - [`client`]: [`Client`], one connection shared by many hyperties: request/response
 //!   matching keyed by (sender, id) with timeouts, the inbound queue, registry helpers,
-//!   resume, close.
-//! - [`objects`]: [`Reporter`] and [`Observer`] of data objects.
+//!   token renewal ([`Client::renew_token`]), resume, close, and raw frames for tests
+//!   ([`Client::send_text`], [`Client::send_envelope`], [`Client::recv_unparsed`]).
+//! - [`objects`]: [`Reporter`] and [`Observer`] of data objects (private to the reporter's
+//!   identity unless [`Reporter::create_with`] names observers).
 //! - [`error`]: [`ClientError`] and [`Closed`].
 //!
 //! Contracts:

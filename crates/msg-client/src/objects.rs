@@ -59,15 +59,32 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    /// Creates an object of `schema` holding `value`, reported by `hyperty` (an address this
-    /// client registered).
+    /// Creates a private object of `schema` holding `value`, reported by `hyperty` (an
+    /// address this client registered). Only the reporter's own identity may observe it; see
+    /// [`Reporter::create_with`] to name observers.
     pub async fn create(
         client: &Client,
         hyperty: &Address,
         schema: &str,
         value: Value,
     ) -> Result<Self, ClientError> {
-        let body = json!({"resource": "object", "schema": schema, "value": value});
+        Self::create_with(client, hyperty, schema, value, &[]).await
+    }
+
+    /// Like [`Reporter::create`], admitting `observers` as well: token subjects
+    /// (`user:bob`), prefixes (`user:*`, `service:publisher*`) or `*` for everyone. The
+    /// reporter's identity is always admitted.
+    pub async fn create_with(
+        client: &Client,
+        hyperty: &Address,
+        schema: &str,
+        value: Value,
+        observers: &[&str],
+    ) -> Result<Self, ClientError> {
+        let mut body = json!({"resource": "object", "schema": schema, "value": value});
+        if !observers.is_empty() {
+            body["observers"] = json!(observers);
+        }
         let created = client
             .call(MessageType::Create, hyperty, &client.sync_service(), body)
             .await?;

@@ -429,6 +429,20 @@ impl Link {
         }
     }
 
+    /// Sends one raw `Attach` envelope (gRPC only).
+    pub async fn send_envelope(&mut self, envelope: pb::Envelope) -> Result<(), Closed> {
+        match self {
+            Link::Grpc(l) => match &l.tx {
+                Some(tx) => tx
+                    .send(envelope)
+                    .await
+                    .map_err(|_| Closed::abnormal("the attach stream is closed")),
+                None => Err(Closed::new(Closed::NORMAL, "closed by the client")),
+            },
+            Link::Ws(_) => Err(Closed::abnormal("raw envelopes need the Attach transport")),
+        }
+    }
+
     /// Receives the next frame, or how the connection ended.
     pub async fn recv(&mut self) -> Result<Received, Closed> {
         match self {

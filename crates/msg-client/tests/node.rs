@@ -20,7 +20,8 @@ async fn a_websocket_and_an_attach_client_exchange_requests_matched_by_sender_an
     let b = bed.default_msg_node("node-b").await?;
 
     // A service attached over gRPC on one replica holds a well-known address.
-    let service = bed.attach(&a, "conference").await?;
+    // (The conference address is reserved for the `service:conference` identity.)
+    let service = bed.attach(&a, "service:conference").await?;
     let conference = Address::hyperty("localhost", "conference")?;
     let claimed = service
         .register_well_known(&conference, Some(json!({"kind": "conference"})))
@@ -202,8 +203,14 @@ async fn a_reporter_and_an_observer_on_two_replicas_sync_one_object() -> Result<
     let (alice, alice_h) = bed.user(&a, "alice").await?;
     let (bob, bob_h) = bed.user(&b, "bob").await?;
 
-    let mut reporter = Reporter::create(&alice, &alice_h, "note", json!({"text": ""})).await?;
+    // Objects are private by default: the reporter names bob as an observer.
+    let mut reporter =
+        Reporter::create_with(&alice, &alice_h, "note", json!({"text": ""}), &["user:bob"]).await?;
     assert_eq!(reporter.state().version, 1);
+    // An object that names nobody stays private to alice's identity.
+    let private = Reporter::create(&alice, &alice_h, "note", json!({})).await?;
+    let refused = Observer::subscribe(&bob, &bob_h, private.url()).await;
+    assert_eq!(refused.err().and_then(|e| e.code()), Some(403));
     let mut observer = Observer::subscribe(&bob, &bob_h, reporter.url()).await?;
     assert_eq!(
         (observer.version(), observer.value().clone()),
@@ -246,5 +253,40 @@ async fn a_reporter_and_an_observer_on_two_replicas_sync_one_object() -> Result<
         bob.recv_within(Duration::from_millis(200)).await,
         Err(ClientError::Timeout(_))
     ));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_renewed_token_keeps_the_connection_past_the_first_tokens_revocation() -> Result<()> {
+    let bed = TestBed::start().await?;
+    let a = bed.default_msg_node("node-a").await?;
+    // A renewal takes only a token that lives longer than the current one.
+    let (first, first_claims) = bed.short_user_token("alice", Duration::from_secs(60));
+    let alice = bed.connect(&a, &first).await?;
+    let me = alice.register(json!({})).await?;
+
+    // Only a valid token of the same identity renews.
+    let refused = alice.renew_token(&bed.user_token("bob").0).await;
+    assert_eq!(refused.err().and_then(|e| e.code()), Some(403));
+    let refused = alice.renew_token("garbage").await;
+    assert_eq!(refused.err().and_then(|e| e.code()), Some(401));
+    let (fresh, fresh_claims) = bed.user_token("alice");
+    let renewed = alice.renew_token(&fresh).await?;
+    assert_eq!(renewed["exp"], fresh_claims.exp, "{renewed}");
+
+    // The replaced token no longer holds the connection: revoking it changes nothing.
+    bed.auth
+        .revoke(&first_claims)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert_eq!(
+        alice.lookup(&me, me.as_str()).await?["address"],
+        me.as_str()
+    );
+    bed.auth
+        .revoke(&fresh_claims)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert_eq!(alice.closed().await?, Closed::new(4001, "token revoked"));
     Ok(())
 }

@@ -14,7 +14,8 @@
 //! ```
 //!
 //! Layout: everything is in this file: [`TestBed`] (Redis, auth, tokens, clients),
-//! [`MsgReplica`] (one msg-node), [`SfuReplica`] (one SFU node).
+//! [`MsgReplica`] (one msg-node), [`RawWs`] (hand-made WebSocket frames), [`SfuReplica`]
+//! (one SFU node).
 //!
 //! Contracts:
 //! - Only loopback, only port 0: parallel tests never collide.
@@ -51,6 +52,8 @@
 //! | `client.ended()` → `Ended::Closed(code, reason)` / `Ended::Dropped` | `client.closed()` → [`rethink_msg_client::Closed`] `{code, reason}`; dropped is code 1006 |
 //! | `client.close()` / `client.drop_connection()` | same names |
 //! | `code(&reply)` | `reply.code()` |
+//! | `RawWs` (partial frames below the protocol client) | [`RawWs`] |
+//! | `token_for(bed, sub, grants, ttl)` | `bed.auth.issue(sub, name, grants, ttl)`, or [`TestBed::short_user_token`] |
 //! | attach.rs `attach(grpc, token)` / `Service::claim` / `next` | [`TestBed::attach`] or `Client::connect(replica.attach_target(), token)`; `client.register_well_known(..)`; `client.recv()` |
 //!
 //! | services/sfu/tests/common | here |
@@ -161,6 +164,16 @@ impl TestBed {
     pub fn user_token(&self, name: &str) -> (String, Claims) {
         let issued = self
             .token(&format!("user:{name}"), name, Grants::user())
+            .expect("the auth service issues user tokens");
+        (issued.token, issued.claims)
+    }
+
+    /// Mints a user token like [`TestBed::user_token`] that expires after `ttl` (whole
+    /// seconds), for expiry and renewal tests.
+    pub fn short_user_token(&self, name: &str, ttl: Duration) -> (String, Claims) {
+        let issued = self
+            .auth
+            .issue(&format!("user:{name}"), name, Grants::user(), Some(ttl))
             .expect("the auth service issues user tokens");
         (issued.token, issued.claims)
     }
@@ -401,6 +414,76 @@ impl MsgReplica {
 impl Drop for MsgReplica {
     fn drop(&mut self) {
         self.shutdown.trigger();
+    }
+}
+
+/// A WebSocket client below the protocol client, for what a well-behaved client never sends
+/// (a frame header announcing more than it then sends).
+pub struct RawWs {
+    stream: tokio::net::TcpStream,
+}
+
+impl RawWs {
+    /// Upgrades `/msg?access_token=<token>` of `replica` by hand; returns once the 101 arrived.
+    pub async fn connect(replica: &MsgReplica, token: &str) -> Result<Self> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(replica.http).await?;
+        let path = rethink_msg_client::transport::ws_url("/msg", token, None);
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n",
+            replica.http
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            let n = tokio::time::timeout(WAIT, stream.read(&mut byte))
+                .await
+                .context("no upgrade answer in time")??;
+            anyhow::ensure!(n > 0, "connection closed during the upgrade");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        anyhow::ensure!(head.starts_with("HTTP/1.1 101"), "upgrade refused: {head}");
+        Ok(Self { stream })
+    }
+
+    /// Sends the header of a masked text frame of `len` bytes, then only `sent` of them.
+    pub async fn send_partial_text(&mut self, len: u64, sent: usize) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let mut frame = vec![0x81, 0x80 | 127];
+        frame.extend_from_slice(&len.to_be_bytes());
+        frame.extend_from_slice(&[1, 2, 3, 4]);
+        frame.extend(std::iter::repeat_n(b'x' ^ 1, sent));
+        self.stream.write_all(&frame).await?;
+        Ok(())
+    }
+
+    /// Reads server frames until a close frame; returns its code, or `None` when the
+    /// connection ended without one. Waits at most [`WAIT`] per frame.
+    pub async fn close_code(&mut self) -> Result<Option<u16>> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            let mut head = [0u8; 2];
+            let read = tokio::time::timeout(WAIT, self.stream.read_exact(&mut head))
+                .await
+                .context("no close within the wait")?;
+            if read.is_err() {
+                return Ok(None);
+            }
+            let len = match head[1] & 0x7f {
+                126 => u64::from(self.stream.read_u16().await?),
+                127 => self.stream.read_u64().await?,
+                n => u64::from(n),
+            };
+            let mut payload = vec![0u8; usize::try_from(len)?];
+            self.stream.read_exact(&mut payload).await?;
+            if head[0] & 0x0f == 8 {
+                return Ok(payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]])));
+            }
+        }
     }
 }
 

@@ -2,11 +2,10 @@
 //! log in, connect, register, discover a user connected from Rust, call them, and share a data
 //! object with them.
 
-mod common;
-
 use anyhow::{Context, Result, anyhow, bail};
-use common::{TestBed, code};
 use rethink_common::testing::chromium::Chromium;
+use rethink_msg_client::{Address, MessageType};
+use rethink_testbed::TestBed;
 use serde_json::json;
 
 /// Page helpers: `$` and a bounded `until` that polls the DOM.
@@ -26,13 +25,13 @@ async fn the_web_client_logs_in_messages_and_syncs_with_another_user() -> Result
         .await
         .map_err(|e| anyhow!("{e}"))?;
     // One origin for the page, /auth and /msg, as in the stack and behind Traefik.
-    let replica = bed.default_replica("node-a").await?;
+    let replica = bed.default_msg_node("node-a").await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let origin = listener.local_addr()?;
     let app = rethink_auth::http::router(bed.auth.clone()).merge(replica.node.router());
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let (mut bob, bob_h) = bed.user(&replica, "bob").await?;
+    let (bob, bob_h) = bed.user(&replica, "bob").await?;
 
     let browser = Chromium::launch().await?;
     let page = browser.open(&format!("http://{origin}/client/")).await?;
@@ -65,14 +64,10 @@ async fn the_web_client_logs_in_messages_and_syncs_with_another_user() -> Result
             bail!("the page stopped before calling bob: {:?}", finished?);
         }
     };
-    assert_eq!(call["type"], "execute", "{call}");
-    assert_eq!(call["body"]["text"], "hi bob");
-    let alice_h = call["from"].as_str().unwrap().to_owned();
-    bob.send(
-        &json!({"id": call["id"], "type": "response", "from": bob_h, "to": alice_h,
-                     "body": {"code": 200, "value": "hello alice"}}),
-    )
-    .await?;
+    assert_eq!(call.kind, MessageType::Execute, "{call}");
+    assert_eq!(call.body["text"], "hi bob");
+    let alice_h = call.from.clone();
+    bob.send(call.reply(json!("hello alice"))).await?;
     let result = run.await??;
     assert_eq!(result["me"], alice_h.as_str());
     assert_eq!(result["to"], bob_h.as_str());
@@ -92,13 +87,17 @@ async fn the_web_client_logs_in_messages_and_syncs_with_another_user() -> Result
         }})()"#
     );
     let url = page.eval(&script).await?;
-    let url = url.as_str().context("no object url")?.to_owned();
-    let refused = bob.request("subscribe", &bob_h, &url, json!({})).await?;
-    assert_eq!(code(&refused), 403, "{refused}");
-    let (mut tab, tab_h) = bed.user(&replica, "alice").await?;
-    let snapshot = tab.request("subscribe", &tab_h, &url, json!({})).await?;
-    assert_eq!(code(&snapshot), 200, "{snapshot}");
-    assert_eq!(snapshot["body"]["value"]["value"]["text"], "first");
+    let url: Address = url.as_str().context("no object url")?.parse()?;
+    let refused = bob
+        .ask(MessageType::Subscribe, &bob_h, &url, json!({}))
+        .await?;
+    assert_eq!(refused.code(), 403, "{refused}");
+    let (tab, tab_h) = bed.user(&replica, "alice").await?;
+    let snapshot = tab
+        .ask(MessageType::Subscribe, &tab_h, &url, json!({}))
+        .await?;
+    assert_eq!(snapshot.code(), 200, "{snapshot}");
+    assert_eq!(snapshot.value()["value"]["text"], "first");
     let script = format!(
         r#"(async () => {{ {HELPERS}
           $('object-value').value = '{{"text": "second"}}';
@@ -109,10 +108,10 @@ async fn the_web_client_logs_in_messages_and_syncs_with_another_user() -> Result
     );
     page.eval(&script).await?;
     let update = tab.recv().await?;
-    assert_eq!(update["type"], "update", "{update}");
-    assert_eq!(update["from"], url.as_str());
+    assert_eq!(update.kind, MessageType::Update, "{update}");
+    assert_eq!(update.from, url);
     assert_eq!(
-        update["body"],
+        update.body,
         json!({"version": 2, "value": {"text": "second"}})
     );
     browser.close().await;

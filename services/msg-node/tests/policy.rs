@@ -1,11 +1,10 @@
 //! The policy enforcement point in the router: a rule denies, the file changes, the node
 //! reloads it without a restart.
 
-mod common;
-
 use anyhow::Result;
-use common::{TestBed, code};
-use serde_json::json;
+use rethink_msg_client::{Message, MessageId, MessageType};
+use rethink_testbed::{TestBed, WAIT};
+use serde_json::{Value, json};
 
 const STRICT: &str = r#"
 version = 1
@@ -34,39 +33,44 @@ async fn a_rule_denies_and_an_edited_file_is_reloaded() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("policy.toml");
     std::fs::write(&path, STRICT)?;
-    let mut config = bed.config("node-a");
+    let mut config = bed.msg_config("node-a");
     config.policy_file = Some(path.clone());
-    let a = bed.replica(config).await?;
-    let (mut mallory, m) = bed.user(&a, "mallory").await?;
-    let (mut alice, al) = bed.user(&a, "alice").await?;
+    let a = bed.msg_node(config).await?;
+    let (mallory, m) = bed.user(&a, "mallory").await?;
+    let (alice, al) = bed.user(&a, "alice").await?;
 
     let denied = mallory
-        .request("execute", &m, &al, json!({"method": "x"}))
+        .request(Message::new(
+            MessageType::Execute,
+            &m,
+            &al,
+            json!({"method": "x"}),
+        ))
         .await?;
-    assert_eq!(code(&denied), 403, "{denied}");
-    assert_eq!(denied["body"]["description"], "mallory may not execute");
+    assert_eq!(denied.code(), 403, "{denied}");
+    assert_eq!(denied.description(), "mallory may not execute");
     // Other types and other identities pass.
     mallory
-        .send(&json!({"id": 1, "type": "forward", "from": m, "to": al}))
+        .send(Message::new(MessageType::Forward, &m, &al, Value::Null).with_id(1))
         .await?;
-    assert_eq!(alice.recv().await?["type"], "forward");
+    assert_eq!(alice.recv().await?.kind, MessageType::Forward);
     alice
-        .send(&json!({"id": 2, "type": "execute", "from": al, "to": m}))
+        .send(Message::new(MessageType::Execute, &al, &m, Value::Null).with_id(2))
         .await?;
-    assert_eq!(mallory.recv().await?["type"], "execute");
+    assert_eq!(mallory.recv().await?.kind, MessageType::Execute);
 
     // Edit the file; the node picks it up without a restart.
     let mut reloads = a.node.node().policy().watch_reloads();
     reloads.mark_unchanged();
     std::fs::write(&path, RELAXED)?;
-    tokio::time::timeout(common::WAIT, reloads.changed()).await??;
+    tokio::time::timeout(WAIT, reloads.changed()).await??;
     mallory
-        .send(&json!({"id": 3, "type": "execute", "from": m, "to": al}))
+        .send(Message::new(MessageType::Execute, &m, &al, Value::Null).with_id(3))
         .await?;
     let got = alice.recv().await?;
     assert_eq!(
-        (got["type"].as_str(), got["id"].as_i64()),
-        (Some("execute"), Some(3)),
+        (got.kind, got.id.clone()),
+        (MessageType::Execute, MessageId::Int(3)),
         "{got}"
     );
     Ok(())

@@ -1,33 +1,25 @@
 //! Two replicas sharing one Redis: registration, discovery and messages across them, and the
 //! routing errors (403 spoofed `from`, 404 unknown address, 408 unconfirmed delivery).
 
-mod common;
-
 use anyhow::Result;
-use common::{REGISTRY, TestBed, code};
+use rethink_msg_client::{Address, Message, MessageType};
+use rethink_testbed::TestBed;
 use serde_json::json;
 
 #[tokio::test]
 async fn clients_on_two_replicas_exchange_messages() -> Result<()> {
     let bed = TestBed::start().await?;
-    let a = bed.default_replica("node-a").await?;
-    let b = bed.default_replica("node-b").await?;
-    let (mut alice, alice_h) = bed.user(&a, "alice").await?;
-    let (mut bob, bob_h) = bed.user(&b, "bob").await?;
-    assert_eq!(alice.session["node"], "node-a");
-    assert_eq!(bob.session["node"], "node-b");
+    let a = bed.default_msg_node("node-a").await?;
+    let b = bed.default_msg_node("node-b").await?;
+    let (alice, alice_h) = bed.user(&a, "alice").await?;
+    let (bob, bob_h) = bed.user(&b, "bob").await?;
+    assert_eq!(alice.welcome().node, "node-a");
+    assert_eq!(bob.welcome().node, "node-b");
 
     // Discovery through the other replica.
     let found = alice.lookup(&alice_h, "user://localhost/bob").await?;
-    assert_eq!(code(&found), 200, "{found}");
-    assert_eq!(
-        found["body"]["value"]["hyperties"][0]["address"],
-        bob_h.as_str()
-    );
-    assert_eq!(
-        found["body"]["value"]["hyperties"][0]["descriptor"]["name"],
-        "test"
-    );
+    assert_eq!(found["hyperties"][0]["address"], bob_h.as_str(), "{found}");
+    assert_eq!(found["hyperties"][0]["descriptor"]["name"], "test");
 
     // alice -> bob arrives unchanged; bob's response comes back to alice.
     let hello = json!({
@@ -35,88 +27,82 @@ async fn clients_on_two_replicas_exchange_messages() -> Result<()> {
         "body": {"method": "hello", "params": [1, "two", {"three": 3.5}]},
         "trace": {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
     });
-    alice.send(&hello).await?;
+    let asking = tokio::spawn({
+        let alice = alice.clone();
+        let hello: Message = serde_json::from_value(hello.clone())?;
+        async move { alice.request(hello).await }
+    });
     let got = bob.recv().await?;
-    assert_eq!(got, hello);
-    bob.send(&json!({
-        "id": "m1", "type": "response", "from": bob_h, "to": alice_h,
-        "body": {"code": 200, "value": "hi alice"}
-    }))
-    .await?;
-    let reply = alice.response_to(&json!("m1")).await?;
-    assert_eq!(reply["from"], bob_h.as_str());
-    assert_eq!(reply["body"]["value"], "hi alice");
+    assert_eq!(got.to_value(), hello);
+    bob.send(got.reply(json!("hi alice"))).await?;
+    let reply = asking.await??;
+    assert_eq!(reply.from, bob_h);
+    assert_eq!(reply.value(), "hi alice");
 
     // Order is kept across replicas.
     for n in 0..50 {
-        bob.send(
-            &json!({"id": n, "type": "forward", "from": bob_h, "to": alice_h, "body": {"n": n}}),
-        )
-        .await?;
+        bob.send(Message::new(MessageType::Forward, &bob_h, &alice_h, json!({"n": n})).with_id(n))
+            .await?;
     }
     for n in 0..50 {
         let m = alice.recv().await?;
-        assert_eq!(m["body"]["n"], n, "{m}");
+        assert_eq!(m.body["n"], n, "{m}");
     }
 
     // A user's hyperties disappear from discovery when they unregister.
     let deleted = bob
-        .request("delete", &bob_h, REGISTRY, json!({"resource": bob_h}))
+        .request(Message::new(
+            MessageType::Delete,
+            &bob_h,
+            &bob.registry(),
+            json!({"resource": bob_h}),
+        ))
         .await?;
-    assert_eq!(code(&deleted), 200, "{deleted}");
+    assert_eq!(deleted.code(), 200, "{deleted}");
     let found = alice.lookup(&alice_h, "user://localhost/bob").await?;
-    assert_eq!(found["body"]["value"]["hyperties"], json!([]));
+    assert_eq!(found["hyperties"], json!([]));
     let gone = alice
-        .request("execute", &alice_h, &bob_h, json!({}))
+        .request(Message::new(
+            MessageType::Execute,
+            &alice_h,
+            &bob_h,
+            json!({}),
+        ))
         .await?;
-    assert_eq!(code(&gone), 404, "{gone}");
+    assert_eq!(gone.code(), 404, "{gone}");
     Ok(())
 }
 
 #[tokio::test]
 async fn spoofed_unknown_and_unreachable_addresses_are_refused() -> Result<()> {
     let bed = TestBed::start().await?;
-    let a = bed.default_replica("node-a").await?;
-    let b = bed.default_replica("node-b").await?;
-    let (mut alice, alice_h) = bed.user(&a, "alice").await?;
-    let (mut bob, bob_h) = bed.user(&b, "bob").await?;
+    let a = bed.default_msg_node("node-a").await?;
+    let b = bed.default_msg_node("node-b").await?;
+    let (alice, alice_h) = bed.user(&a, "alice").await?;
+    let (bob, bob_h) = bed.user(&b, "bob").await?;
+    let execute =
+        |from: &Address, to: &Address| Message::new(MessageType::Execute, from, to, json!({}));
 
     // alice pretends to be bob: 403, and bob gets nothing.
-    let spoofed = alice
-        .request("execute", &bob_h, &alice_h, json!({}))
-        .await?;
-    assert_eq!(code(&spoofed), 403, "{spoofed}");
+    let spoofed = alice.request(execute(&bob_h, &alice_h)).await?;
+    assert_eq!(spoofed.code(), 403, "{spoofed}");
     assert!(
-        spoofed["body"]["description"]
-            .as_str()
-            .unwrap()
+        spoofed
+            .description()
             .contains("not an address of this connection")
     );
     // ... also when the target is on the other replica.
-    let spoofed = alice
-        .request("execute", "hyperty://localhost/someone", &bob_h, json!({}))
-        .await?;
-    assert_eq!(code(&spoofed), 403);
+    let someone = Address::parse("hyperty://localhost/someone")?;
+    let spoofed = alice.request(execute(&someone, &bob_h)).await?;
+    assert_eq!(spoofed.code(), 403);
 
     // Unknown hyperty and unknown scheme: 404.
-    let unknown = alice
-        .request(
-            "execute",
-            &alice_h,
-            "hyperty://localhost/00000000-0000-4000-8000-000000000000",
-            json!({}),
-        )
-        .await?;
-    assert_eq!(code(&unknown), 404, "{unknown}");
-    let unknown = alice
-        .request(
-            "execute",
-            &alice_h,
-            "hyperty://elsewhere.org/bob",
-            json!({}),
-        )
-        .await?;
-    assert_eq!(code(&unknown), 404);
+    let nobody = Address::parse("hyperty://localhost/00000000-0000-4000-8000-000000000000")?;
+    let unknown = alice.request(execute(&alice_h, &nobody)).await?;
+    assert_eq!(unknown.code(), 404, "{unknown}");
+    let elsewhere = Address::parse("hyperty://elsewhere.org/bob")?;
+    let unknown = alice.request(execute(&alice_h, &elsewhere)).await?;
+    assert_eq!(unknown.code(), 404);
 
     // An address whose replica died (its map entry not yet expired): nobody confirms -> 408.
     let ghost = "hyperty://localhost/ghost";
@@ -132,14 +118,16 @@ async fn spoofed_unknown_and_unreachable_addresses_are_refused() -> Result<()> {
             Some(std::time::Duration::from_secs(30)),
         )
         .await?;
-    let timed_out = alice.request("execute", &alice_h, ghost, json!({})).await?;
-    assert_eq!(code(&timed_out), 408, "{timed_out}");
+    let timed_out = alice
+        .request(execute(&alice_h, &Address::parse(ghost)?))
+        .await?;
+    assert_eq!(timed_out.code(), 408, "{timed_out}");
 
     // The connection is still fine afterwards, and bob never saw the spoofed messages.
     alice
-        .send(&json!({"id": 99, "type": "execute", "from": alice_h, "to": bob_h, "body": {"x": 1}}))
+        .send(Message::new(MessageType::Execute, &alice_h, &bob_h, json!({"x": 1})).with_id(99))
         .await?;
     let first = bob.recv().await?;
-    assert_eq!(first["body"]["x"], 1, "bob's first message: {first}");
+    assert_eq!(first.body["x"], 1, "bob's first message: {first}");
     Ok(())
 }

@@ -2,17 +2,15 @@
 //! object, objects of ended sessions, the per-identity object limit, transport bounds, and
 //! tokens that lapse or are renewed during a session.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
-use common::{Client, Ended, REGISTRY, RawWs, TestBed, code, service::attach, token_for};
-use rethink_common::token::{Grants, ServiceGrants};
+use anyhow::{Context, Result};
+use rethink_common::token::{Claims, Grants, ServiceGrants};
+use rethink_msg_client::{
+    Address, Client, ClientError, ClientOptions, Closed, Message, MessageId, MessageType, Target,
+};
+use rethink_testbed::{RawWs, TestBed, WAIT};
 use serde_json::{Value, json};
-
-const SYNC: &str = "domain://sync.localhost";
-const NODE: &str = "domain://msg-node.localhost";
 
 /// How long after a revocation the connection must be closed.
 const REVOCATION_CLOSES_WITHIN: Duration = Duration::from_secs(1);
@@ -28,255 +26,242 @@ fn attach_grants() -> Grants {
     }
 }
 
+/// Mints a token for any subject with `grants`, valid for `ttl` (None: the maximum).
+fn token_for(bed: &TestBed, sub: &str, grants: Grants, ttl: Option<Duration>) -> (String, Claims) {
+    let issued = bed
+        .auth
+        .issue(sub, sub, grants, ttl)
+        .expect("the auth service issues tokens");
+    (issued.token, issued.claims)
+}
+
+/// Asks the registry, as `client`'s runtime, for the well-known `address`; returns the
+/// response whatever its code (works on both transports).
+async fn claim(client: &Client, address: &str) -> Result<Message> {
+    Ok(client
+        .request(Message::new(
+            MessageType::Create,
+            &client.runtime(),
+            &client.registry(),
+            claim_body(address),
+        ))
+        .await?)
+}
+
 #[tokio::test]
 async fn reserved_addresses_are_claimed_only_by_the_identities_configured() -> Result<()> {
     let bed = TestBed::start().await?;
-    let a = bed.default_replica("node-a").await?;
-    let b = bed.default_replica("node-b").await?;
+    let a = bed.default_msg_node("node-a").await?;
+    let b = bed.default_msg_node("node-b").await?;
 
     // Over Attach: only service:conference gets the conference address.
-    let mut impostor = attach(a.grpc, &bed.service_token("service:impostor"))
-        .await?
-        .unwrap();
-    let refused = impostor
-        .claim(1, "hyperty://localhost/conference", None)
-        .await?;
-    assert_eq!(code(&refused), 403, "{refused}");
+    let impostor = bed.attach(&a, "service:impostor").await?;
+    let refused = claim(&impostor, "hyperty://localhost/conference").await?;
+    assert_eq!(refused.code(), 403, "{refused}");
     assert!(
-        refused["body"]["description"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("service:conference"),
+        refused.description().contains("service:conference"),
         "{refused}"
     );
     assert_eq!(
-        code(
-            &impostor
-                .claim(2, "hyperty://localhost/camera/front", None)
-                .await?
-        ),
+        claim(&impostor, "hyperty://localhost/camera/front")
+            .await?
+            .code(),
         403
     );
     // A path nobody reserved is open to attached services.
     assert_eq!(
-        code(
-            &impostor
-                .claim(3, "hyperty://localhost/weather", None)
-                .await?
-        ),
+        claim(&impostor, "hyperty://localhost/weather")
+            .await?
+            .code(),
         200
     );
-    let mut conference = attach(b.grpc, &bed.service_token("service:conference"))
-        .await?
-        .unwrap();
+    let conference = bed.attach(&b, "service:conference").await?;
     assert_eq!(
-        code(
-            &conference
-                .claim(1, "hyperty://localhost/conference", None)
-                .await?
-        ),
+        claim(&conference, "hyperty://localhost/conference")
+            .await?
+            .code(),
         200
     );
     // Two allowed identities still cannot share one address.
-    let mut publisher = attach(a.grpc, &bed.service_token("service:publisher-1"))
-        .await?
-        .unwrap();
+    let publisher = bed.attach(&a, "service:publisher-1").await?;
     assert_eq!(
-        code(
-            &publisher
-                .claim(1, "hyperty://localhost/camera/front", None)
-                .await?
-        ),
+        claim(&publisher, "hyperty://localhost/camera/front")
+            .await?
+            .code(),
         200
     );
-    let mut publisher2 = attach(b.grpc, &bed.service_token("service:publisher-2"))
-        .await?
-        .unwrap();
+    let publisher2 = bed.attach(&b, "service:publisher-2").await?;
     assert_eq!(
-        code(
-            &publisher2
-                .claim(1, "hyperty://localhost/camera/front", None)
-                .await?
-        ),
+        claim(&publisher2, "hyperty://localhost/camera/front")
+            .await?
+            .code(),
         409
     );
 
     // Over the WebSocket: a user may claim none of them; a camera identity its camera address.
-    let (mut alice, me) = bed.user(&a, "alice").await?;
+    let (alice, me) = bed.user(&a, "alice").await?;
     for address in [
         "hyperty://localhost/conference",
         "hyperty://localhost/camera/back",
         "hyperty://localhost/other",
     ] {
         let r = alice
-            .request("create", &me, REGISTRY, claim_body(address))
+            .ask(
+                MessageType::Create,
+                &me,
+                &alice.registry(),
+                claim_body(address),
+            )
             .await?;
-        assert_eq!(code(&r), 403, "{address}: {r}");
+        assert_eq!(r.code(), 403, "{address}: {r}");
     }
     let (camera_token, _) = token_for(&bed, "camera:back", Grants::user(), None);
-    let mut camera = Client::connect(&b, &camera_token).await?;
-    let runtime = camera.runtime.clone();
-    let r = camera
-        .request(
-            "create",
-            &runtime,
-            REGISTRY,
-            claim_body("hyperty://localhost/camera/back"),
-        )
-        .await?;
-    assert_eq!(code(&r), 200, "{r}");
+    let camera = bed.connect(&b, &camera_token).await?;
+    let r = claim(&camera, "hyperty://localhost/camera/back").await?;
+    assert_eq!(r.code(), 200, "{r}");
     // The camera pattern covers one segment only.
-    let r = camera
-        .request(
-            "create",
-            &runtime,
-            REGISTRY,
-            claim_body("hyperty://localhost/camera/back/extra"),
-        )
-        .await?;
-    assert_eq!(code(&r), 403, "{r}");
+    let r = claim(&camera, "hyperty://localhost/camera/back/extra").await?;
+    assert_eq!(r.code(), 403, "{r}");
     Ok(())
 }
 
 #[tokio::test]
 async fn a_configured_reserved_table_replaces_the_defaults() -> Result<()> {
     let bed = TestBed::start().await?;
-    let mut config = bed.config("node-a");
+    let mut config = bed.msg_config("node-a");
     config.registry.reserved = vec![rethink_msg_node::config::ReservedAddress {
         address: "hyperty://{domain}/camera/**".into(),
         subjects: vec!["service:camera-*".into()],
     }];
-    let a = bed.replica(config).await?;
-    let mut cam = attach(a.grpc, &bed.service_token("service:camera-9"))
-        .await?
-        .unwrap();
+    let a = bed.msg_node(config).await?;
+    let cam = bed.attach(&a, "service:camera-9").await?;
     assert_eq!(
-        code(
-            &cam.claim(1, "hyperty://localhost/camera/yard/9", None)
-                .await?
-        ),
+        claim(&cam, "hyperty://localhost/camera/yard/9")
+            .await?
+            .code(),
         200
     );
-    let mut publisher = attach(a.grpc, &bed.service_token("service:publisher-1"))
-        .await?
-        .unwrap();
+    let publisher = bed.attach(&a, "service:publisher-1").await?;
     assert_eq!(
-        code(
-            &publisher
-                .claim(1, "hyperty://localhost/camera/x", None)
-                .await?
-        ),
+        claim(&publisher, "hyperty://localhost/camera/x")
+            .await?
+            .code(),
         403
     );
     Ok(())
 }
 
 /// Creates an object as `from` with `extra` body fields; returns its URL.
-async fn create_object(client: &mut Client, from: &str, extra: Value) -> Result<String> {
+async fn create_object(client: &Client, from: &Address, extra: Value) -> Result<Address> {
     let mut body = json!({"resource": "object", "schema": "s", "value": {"secret": 1}});
     if let (Value::Object(b), Value::Object(e)) = (&mut body, extra) {
         b.extend(e);
     }
-    let r = client.request("create", from, SYNC, body).await?;
-    anyhow::ensure!(code(&r) == 200, "create failed: {r}");
-    Ok(r["body"]["value"]["url"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned())
+    let r = client
+        .ask(MessageType::Create, from, &client.sync_service(), body)
+        .await?;
+    anyhow::ensure!(r.code() == 200, "create failed: {r}");
+    Ok(r.value()["url"].as_str().context("no url")?.parse()?)
 }
 
 #[tokio::test]
 async fn only_the_observers_a_reporter_names_may_read_or_subscribe() -> Result<()> {
     let bed = TestBed::start().await?;
-    let a = bed.default_replica("node-a").await?;
-    let b = bed.default_replica("node-b").await?;
-    let (mut alice, alice_h) = bed.user(&a, "alice").await?;
-    let (mut bob, bob_h) = bed.user(&b, "bob").await?;
-    let (mut carol, carol_h) = bed.user(&a, "carol").await?;
+    let a = bed.default_msg_node("node-a").await?;
+    let b = bed.default_msg_node("node-b").await?;
+    let (alice, alice_h) = bed.user(&a, "alice").await?;
+    let (bob, bob_h) = bed.user(&b, "bob").await?;
+    let (carol, carol_h) = bed.user(&a, "carol").await?;
 
     // Without observers, nobody but alice's own identity.
-    let private = create_object(&mut alice, &alice_h, json!({})).await?;
-    for kind in ["read", "subscribe"] {
-        let r = bob.request(kind, &bob_h, &private, json!({})).await?;
-        assert_eq!(code(&r), 403, "{kind}: {r}");
-        assert!(r["body"]["value"].is_null(), "{r}");
+    let private = create_object(&alice, &alice_h, json!({})).await?;
+    for kind in [MessageType::Read, MessageType::Subscribe] {
+        let r = bob.ask(kind, &bob_h, &private, json!({})).await?;
+        assert_eq!(r.code(), 403, "{kind}: {r}");
+        assert!(r.value().is_null(), "{r}");
     }
-    let (mut tab, tab_h) = bed.user(&b, "alice").await?;
-    let r = tab.request("read", &tab_h, &private, json!({})).await?;
-    assert_eq!(code(&r), 200, "{r}");
+    let (tab, tab_h) = bed.user(&b, "alice").await?;
+    let r = tab
+        .ask(MessageType::Read, &tab_h, &private, json!({}))
+        .await?;
+    assert_eq!(r.code(), 200, "{r}");
 
     // Named observers work across replicas; others stay out.
-    let shared = create_object(&mut alice, &alice_h, json!({"observers": ["user:bob"]})).await?;
-    let snap = bob.request("subscribe", &bob_h, &shared, json!({})).await?;
-    assert_eq!(code(&snap), 200, "{snap}");
-    assert_eq!(snap["body"]["value"]["value"]["secret"], 1);
-    for kind in ["read", "subscribe"] {
-        let r = carol.request(kind, &carol_h, &shared, json!({})).await?;
-        assert_eq!(code(&r), 403, "{kind}: {r}");
+    let shared = create_object(&alice, &alice_h, json!({"observers": ["user:bob"]})).await?;
+    let snap = bob
+        .ask(MessageType::Subscribe, &bob_h, &shared, json!({}))
+        .await?;
+    assert_eq!(snap.code(), 200, "{snap}");
+    assert_eq!(snap.value()["value"]["secret"], 1);
+    for kind in [MessageType::Read, MessageType::Subscribe] {
+        let r = carol.ask(kind, &carol_h, &shared, json!({})).await?;
+        assert_eq!(r.code(), 403, "{kind}: {r}");
     }
     alice
-        .request(
-            "update",
+        .ask(
+            MessageType::Update,
             &alice_h,
             &shared,
             json!({"version": 1, "value": {"secret": 2}}),
         )
         .await?;
     let update = bob.recv().await?;
-    assert_eq!(update["body"]["version"], 2, "{update}");
+    assert_eq!(update.body["version"], 2, "{update}");
 
     // A pattern admits every matching identity; a malformed list is refused.
-    let everyone = create_object(&mut alice, &alice_h, json!({"observers": ["user:*"]})).await?;
+    let everyone = create_object(&alice, &alice_h, json!({"observers": ["user:*"]})).await?;
     let r = carol
-        .request("read", &carol_h, &everyone, json!({}))
+        .ask(MessageType::Read, &carol_h, &everyone, json!({}))
         .await?;
-    assert_eq!(code(&r), 200, "{r}");
+    assert_eq!(r.code(), 200, "{r}");
     let bad = alice
-        .request(
-            "create",
+        .ask(
+            MessageType::Create,
             &alice_h,
-            SYNC,
+            &alice.sync_service(),
             json!({"resource": "object", "schema": "s", "observers": "user:bob"}),
         )
         .await?;
-    assert_eq!(code(&bad), 400, "{bad}");
+    assert_eq!(bad.code(), 400, "{bad}");
     Ok(())
 }
 
 #[tokio::test]
 async fn objects_of_an_ended_session_are_deleted() -> Result<()> {
     let bed = TestBed::start().await?;
-    let mut config = bed.config("node-a");
+    let mut config = bed.msg_config("node-a");
     config.timing.grace_secs = 1;
-    let a = bed.replica(config).await?;
-    let b = bed.default_replica("node-b").await?;
-    let (mut alice, alice_h) = bed.user(&a, "alice").await?;
-    let (mut bob, bob_h) = bed.user(&b, "bob").await?;
-    let url = create_object(&mut alice, &alice_h, json!({"observers": ["user:bob"]})).await?;
-    let snap = bob.request("subscribe", &bob_h, &url, json!({})).await?;
-    assert_eq!(code(&snap), 200, "{snap}");
+    let a = bed.msg_node(config).await?;
+    let b = bed.default_msg_node("node-b").await?;
+    let (alice, alice_h) = bed.user(&a, "alice").await?;
+    let (bob, bob_h) = bed.user(&b, "bob").await?;
+    let url = create_object(&alice, &alice_h, json!({"observers": ["user:bob"]})).await?;
+    let snap = bob
+        .ask(MessageType::Subscribe, &bob_h, &url, json!({}))
+        .await?;
+    assert_eq!(snap.code(), 200, "{snap}");
 
     // alice's network drops; after the grace period her session ends and its object goes.
     alice.drop_connection();
     let deleted = bob.recv().await?;
-    assert_eq!(deleted["type"], "delete", "{deleted}");
-    assert_eq!(deleted["from"], url.as_str());
-    let gone = bob.request("read", &bob_h, &url, json!({})).await?;
-    assert_eq!(code(&gone), 404, "{gone}");
+    assert_eq!(deleted.kind, MessageType::Delete, "{deleted}");
+    assert_eq!(deleted.from, url);
+    let gone = bob.ask(MessageType::Read, &bob_h, &url, json!({})).await?;
+    assert_eq!(gone.code(), 404, "{gone}");
 
     // A revoked session's objects go at once, without a grace period.
     let (token, claims) = bed.user_token("alice");
-    let mut alice = Client::connect(&a, &token).await?;
-    let h = alice.register().await?;
-    let url = create_object(&mut alice, &h, json!({"observers": ["user:bob"]})).await?;
+    let alice = bed.connect(&a, &token).await?;
+    let h = alice.register(json!({"name": "test"})).await?;
+    let url = create_object(&alice, &h, json!({"observers": ["user:bob"]})).await?;
     bed.auth
         .revoke(&claims)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let deadline = tokio::time::Instant::now() + common::WAIT;
+    let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let r = bob.request("read", &bob_h, &url, json!({})).await?;
-        if code(&r) == 404 {
+        let r = bob.ask(MessageType::Read, &bob_h, &url, json!({})).await?;
+        if r.code() == 404 {
             break;
         }
         assert!(
@@ -291,47 +276,47 @@ async fn objects_of_an_ended_session_are_deleted() -> Result<()> {
 #[tokio::test]
 async fn the_object_limit_holds_per_identity_across_new_addresses() -> Result<()> {
     let bed = TestBed::start().await?;
-    let mut config = bed.config("node-a");
+    let mut config = bed.msg_config("node-a");
     config.limits.max_objects_per_identity = 2;
-    let a = bed.replica(config.clone()).await?;
+    let a = bed.msg_node(config.clone()).await?;
     config.node_id = Some("node-b".into());
-    let b = bed.replica(config).await?;
-    let (mut alice, first) = bed.user(&a, "alice").await?;
-    create_object(&mut alice, &first, json!({})).await?;
-    create_object(&mut alice, &first, json!({})).await?;
-    let full = |r: &Value| code(r) == 403;
+    let b = bed.msg_node(config).await?;
+    let (alice, first) = bed.user(&a, "alice").await?;
+    create_object(&alice, &first, json!({})).await?;
+    create_object(&alice, &first, json!({})).await?;
+    let full = |r: &Message| r.code() == 403;
     // A new hyperty of the same connection, and a new connection on another replica, do not
     // start a new count.
-    let second = alice.register().await?;
+    let second = alice.register(json!({"name": "test"})).await?;
     let r = alice
-        .request(
-            "create",
+        .ask(
+            MessageType::Create,
             &second,
-            SYNC,
+            &alice.sync_service(),
             json!({"resource": "object", "schema": "s"}),
         )
         .await?;
     assert!(full(&r), "{r}");
-    let (mut tab, tab_h) = bed.user(&b, "alice").await?;
+    let (tab, tab_h) = bed.user(&b, "alice").await?;
     let r = tab
-        .request(
-            "create",
+        .ask(
+            MessageType::Create,
             &tab_h,
-            SYNC,
+            &tab.sync_service(),
             json!({"resource": "object", "schema": "s"}),
         )
         .await?;
     assert!(full(&r), "{r}");
     // Another identity has its own allowance.
-    let (mut bob, bob_h) = bed.user(&b, "bob").await?;
-    create_object(&mut bob, &bob_h, json!({})).await?;
+    let (bob, bob_h) = bed.user(&b, "bob").await?;
+    create_object(&bob, &bob_h, json!({})).await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn an_oversized_message_is_refused_from_its_frame_header() -> Result<()> {
     let bed = TestBed::start().await?;
-    let a = bed.default_replica("node-a").await?;
+    let a = bed.default_msg_node("node-a").await?;
     let (token, _) = bed.user_token("alice");
     // A frame that announces 100 MB and sends 1 KiB: the node closes at once (1009) instead
     // of waiting for (and buffering) the rest.
@@ -339,31 +324,37 @@ async fn an_oversized_message_is_refused_from_its_frame_header() -> Result<()> {
     raw.send_partial_text(100_000_000, 1024).await?;
     assert_eq!(raw.close_code().await?, Some(1009));
 
-    // Through the protocol library: one byte over the limit closes with 1009, and the session
+    // Through the protocol client: one byte over the limit closes with 1009, and the session
     // survives for a resume.
-    let mut alice = Client::connect(&a, &token).await?;
-    let me = alice.register().await?;
+    let alice = bed.connect(&a, &token).await?;
+    let me = alice.register(json!({"name": "test"})).await?;
     let at_limit = 65536;
     let frame = json!({"id": 1, "type": "forward", "from": me, "to": me, "body": ""}).to_string();
     let fill = "x".repeat(at_limit - frame.len());
     let exact = json!({"id": 1, "type": "forward", "from": me, "to": me, "body": fill}).to_string();
     assert_eq!(exact.len(), at_limit);
     alice.send_text(exact).await?;
-    assert_eq!(alice.recv().await?["id"], 1);
-    let over =
-        json!({"id": 2, "type": "forward", "from": me, "to": me, "body": format!("{fill}x")});
-    alice.send(&over).await?;
-    let ended = alice.ended().await?;
+    assert_eq!(alice.recv().await?.id, MessageId::Int(1));
+    let over = Message::new(MessageType::Forward, &me, &me, json!(format!("{fill}x"))).with_id(2);
+    alice.send(over).await?;
+    let ended = alice.closed().await?;
     assert_eq!(
         ended,
-        Ended::Closed(
+        Closed::new(
             1009,
-            "message larger than 65536 bytes; reconnect and resume".into()
+            "message larger than 65536 bytes; reconnect and resume"
         )
     );
-    let back = Client::resume(&a, &token, &alice.resume_token.clone()).await?;
-    assert_eq!(back.session["addresses"], json!([me]));
-    assert_eq!(back.session["previous_close"]["code"], 1009);
+    let back = Client::connect_with(
+        a.ws(),
+        &token,
+        Some(&alice.resume_token()),
+        ClientOptions::default(),
+    )
+    .await?;
+    let welcome = back.welcome();
+    assert_eq!(welcome.addresses, vec![me]);
+    assert_eq!(welcome.previous_close.map(|c| c.code), Some(1009));
     Ok(())
 }
 
@@ -382,19 +373,20 @@ async fn malformed_frames_count_against_the_rate_limit() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("policy.toml");
     std::fs::write(&path, SLOW)?;
-    let mut config = bed.config("node-a");
+    let mut config = bed.msg_config("node-a");
     config.policy_file = Some(path);
-    let a = bed.replica(config).await?;
+    let a = bed.msg_node(config).await?;
     let (token, _) = bed.user_token("mallory");
-    let mut mallory = Client::connect(&a, &token).await?;
+    let mallory = bed.connect(&a, &token).await?;
     let started = Instant::now();
     for _ in 0..800 {
         mallory.send_text("{oops").await?;
     }
     let (mut diagnosed, mut limited) = (0u32, 0u32);
     for _ in 0..800 {
+        // The answers come from the node to the runtime: messages, not unparsed frames.
         let r = mallory.recv().await?;
-        match code(&r) {
+        match r.code() {
             400 => diagnosed += 1,
             429 => limited += 1,
             other => panic!("unexpected answer {other}: {r}"),
@@ -415,20 +407,17 @@ async fn malformed_frames_count_against_the_rate_limit() -> Result<()> {
 #[tokio::test]
 async fn revocation_closes_a_websocket_and_an_attach_stream_within_a_second() -> Result<()> {
     let bed = TestBed::start().await?;
-    let a = bed.default_replica("node-a").await?;
+    let a = bed.default_msg_node("node-a").await?;
 
     let (token, claims) = bed.user_token("alice");
-    let mut alice = Client::connect(&a, &token).await?;
-    alice.register().await?;
+    let alice = bed.connect(&a, &token).await?;
+    alice.register(json!({"name": "test"})).await?;
     let revoked = Instant::now();
     bed.auth
         .revoke(&claims)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    assert_eq!(
-        alice.ended().await?,
-        Ended::Closed(4001, "token revoked".into())
-    );
+    assert_eq!(alice.closed().await?, Closed::new(4001, "token revoked"));
     let took = revoked.elapsed();
     eprintln!("websocket closed {took:?} after the revocation");
     assert!(
@@ -437,16 +426,16 @@ async fn revocation_closes_a_websocket_and_an_attach_stream_within_a_second() ->
     );
 
     let (service, claims) = token_for(&bed, "service:publisher-7", attach_grants(), None);
-    let mut stream = attach(a.grpc, &service).await?.unwrap();
+    let stream = Client::connect(a.attach_target(), &service).await?;
     let revoked = Instant::now();
     bed.auth
         .revoke(&claims)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let end = tokio::time::timeout(common::WAIT, stream.rx.message()).await?;
-    let status = end.expect_err("the stream should end with a status");
+    // The stream ends with UNAUTHENTICATED "token revoked": 4001 in close-code terms.
+    let end = stream.closed().await?;
     let took = revoked.elapsed();
-    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status}");
+    assert_eq!(end.code, 4001, "{end}");
     eprintln!("attach stream ended {took:?} after the revocation");
     assert!(
         took < REVOCATION_CLOSES_WITHIN,
@@ -455,86 +444,73 @@ async fn revocation_closes_a_websocket_and_an_attach_stream_within_a_second() ->
     Ok(())
 }
 
-/// Sends `{"type":"update","to":"domain://msg-node.<domain>","body":{"resource":"token",..}}`.
-async fn renew(client: &mut Client, token: &str) -> Result<Value> {
-    let runtime = client.runtime.clone();
-    client
-        .request(
-            "update",
-            &runtime,
-            NODE,
-            json!({"resource": "token", "token": token}),
-        )
-        .await
-}
-
 #[tokio::test]
 async fn a_renewed_session_outlives_its_first_token() -> Result<()> {
     let bed = TestBed::start().await?;
-    let a = bed.default_replica("node-a").await?;
+    let a = bed.default_msg_node("node-a").await?;
     let (short, short_claims) = token_for(
         &bed,
         "user:alice",
         Grants::user(),
         Some(Duration::from_secs(2)),
     );
-    let mut alice = Client::connect(&a, &short).await?;
-    let me = alice.register().await?;
+    let alice = bed.connect(&a, &short).await?;
+    let me = alice.register(json!({"name": "test"})).await?;
+    let node = Address::node("localhost")?;
 
     // Another identity's token, or garbage, does not renew.
     let (bobs, _) = bed.user_token("bob");
-    assert_eq!(code(&renew(&mut alice, &bobs).await?), 403);
-    assert_eq!(code(&renew(&mut alice, "garbage").await?), 401);
+    let code = |r: Result<Value, ClientError>| r.err().and_then(|e| e.code());
+    assert_eq!(code(alice.renew_token(&bobs).await), Some(403));
+    assert_eq!(code(alice.renew_token("garbage").await), Some(401));
     let (fresh, fresh_claims) = bed.user_token("alice");
-    let renewed = renew(&mut alice, &fresh).await?;
-    assert_eq!(code(&renewed), 200, "{renewed}");
-    assert_eq!(renewed["body"]["value"]["exp"], fresh_claims.exp);
+    let renewed = alice.renew_token(&fresh).await?;
+    assert_eq!(renewed["exp"], fresh_claims.exp, "{renewed}");
 
     // Well past the first token's expiry the connection still works.
     while rethink_common::token::unix_now() <= short_claims.exp + 1 {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let echo = alice
-        .request("read", &me, NODE, json!({"resource": "session"}))
+        .ask(
+            MessageType::Read,
+            &me,
+            &node,
+            json!({"resource": "session"}),
+        )
         .await?;
-    assert_eq!(code(&echo), 200, "{echo}");
+    assert_eq!(echo.code(), 200, "{echo}");
     // Revoking the replaced token changes nothing; revoking the current one closes.
     bed.auth
         .revoke(&short_claims)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let still = alice
-        .request("read", &me, NODE, json!({"resource": "session"}))
+        .ask(
+            MessageType::Read,
+            &me,
+            &node,
+            json!({"resource": "session"}),
+        )
         .await?;
-    assert_eq!(code(&still), 200, "{still}");
+    assert_eq!(still.code(), 200, "{still}");
     bed.auth
         .revoke(&fresh_claims)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    assert_eq!(
-        alice.ended().await?,
-        Ended::Closed(4001, "token revoked".into())
-    );
+    assert_eq!(alice.closed().await?, Closed::new(4001, "token revoked"));
     Ok(())
 }
 
 #[tokio::test]
 async fn the_access_token_query_parameter_is_taken_on_the_upgrade_only() -> Result<()> {
     let bed = TestBed::start().await?;
-    let a = bed.default_replica("node-a").await?;
+    let a = bed.default_msg_node("node-a").await?;
     let (token, _) = bed.user_token("alice");
     // The upgrade takes it from the query (browsers) and from the header (everything else).
-    Client::connect(&a, &token).await?;
-    let mut request =
-        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
-            "ws://{}/msg",
-            a.http
-        ))?;
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    let (ws, _) = tokio_tungstenite::connect_async(request).await?;
-    drop(ws);
+    bed.connect(&a, &token).await?;
+    let header = Client::connect(Target::ws_with_header(a.ws_base()), &token).await?;
+    drop(header);
     // A plain GET of /msg with the token is no upgrade and gets no session.
     let sessions = a.node.node().session_count();
     let http = reqwest::Client::new();
@@ -550,7 +526,7 @@ async fn the_access_token_query_parameter_is_taken_on_the_upgrade_only() -> Resu
 #[tokio::test]
 async fn refused_upgrades_answer_with_the_shared_error_shape() -> Result<()> {
     let bed = TestBed::start().await?;
-    let a = bed.default_replica("node-a").await?;
+    let a = bed.default_msg_node("node-a").await?;
     let (token, claims) = bed.user_token("alice");
     bed.auth
         .revoke(&claims)
