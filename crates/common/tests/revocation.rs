@@ -99,6 +99,13 @@ async fn a_credential_refuses_another_identity_and_dead_tokens() {
         Err(TokenError::Expired)
     );
     assert_eq!(credential.claims().jti, "a");
+    // A token of the same second replaces the current one.
+    let same_second = Claims {
+        jti: "b".into(),
+        ..credential.claims()
+    };
+    credential.renew(same_second).unwrap();
+    assert_eq!(credential.claims().jti, "b");
 }
 
 async fn store_revocation(backends: &Backends, jti: &str) {

@@ -58,9 +58,11 @@ impl Credential {
         self.inner.claims.borrow().sub.clone()
     }
 
-    /// Replaces the token with `fresh` (already verified) when it belongs to the same subject.
-    /// A token that expires earlier than the current one is accepted but changes nothing, so a
-    /// replayed old token cannot shorten nor lengthen a session.
+    /// Replaces the token with `fresh` (already verified) when it belongs to the same subject
+    /// and expires no earlier than the current one (a token minted in the same second counts:
+    /// the session then follows the new token, and revoking the old one no longer ends it). A
+    /// token that expires earlier is accepted but changes nothing, so a replayed old token
+    /// cannot shorten a session.
     pub fn renew(&self, fresh: Claims) -> Result<(), TokenError> {
         let current = self.subject();
         if fresh.sub != current {
@@ -73,7 +75,8 @@ impl Credential {
             return Err(lapse);
         }
         self.inner.claims.send_if_modified(|claims| {
-            let newer = fresh.exp > claims.exp;
+            let newer =
+                fresh.exp > claims.exp || (fresh.exp == claims.exp && fresh.jti != claims.jti);
             if newer {
                 *claims = fresh;
             }
