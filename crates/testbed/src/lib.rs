@@ -235,13 +235,7 @@ impl TestBed {
             drain: Duration::from_millis(config.drain_timeout_ms),
             limits: config.listener.clone(),
         };
-        let node = MsgNode::start(
-            config,
-            ctx.backends.clone(),
-            ctx.verifier.clone(),
-            ctx.shutdown.clone(),
-        )
-        .await?;
+        let node = MsgNode::on(config, &ctx).await?;
         let shutdown = self.shutdown.child();
         let parts = rethink_msg_node::parts(&node);
         let stop = shutdown.clone();

@@ -119,6 +119,18 @@ impl MsgNode {
         Ok(Self { node })
     }
 
+    /// Starts a node on the context's backends, verifier and shutdown ([`start`] without the
+    /// parts; embedders that need the node itself call this, then [`parts`]).
+    pub async fn on(config: MsgNodeConfig, ctx: &ServiceContext) -> Result<Self, MsgNodeError> {
+        Self::start(
+            config,
+            ctx.backends.clone(),
+            ctx.verifier.clone(),
+            ctx.shutdown.clone(),
+        )
+        .await
+    }
+
     /// Returns the node.
     pub fn node(&self) -> &Arc<Node> {
         &self.node
@@ -155,14 +167,7 @@ pub async fn start(
     config: MsgNodeConfig,
     ctx: &ServiceContext,
 ) -> Result<ServiceParts, MsgNodeError> {
-    let node = MsgNode::start(
-        config,
-        ctx.backends.clone(),
-        ctx.verifier.clone(),
-        ctx.shutdown.clone(),
-    )
-    .await?;
-    Ok(parts(&node))
+    Ok(parts(&MsgNode::on(config, ctx).await?))
 }
 
 /// Returns the parts of a started node.
