@@ -395,46 +395,36 @@ impl Client {
     /// Like [`Client::recv`], waiting at most `wait`. Messages already queued are returned
     /// even after the connection closed.
     pub async fn recv_within(&self, wait: Duration) -> Result<Message, ClientError> {
-        let mut ended = self.ended();
-        let mut inbound = self.inner.inbound_rx.lock().await;
-        let next = async {
-            loop {
-                if let Ok(m) = inbound.try_recv() {
-                    return Ok(m);
-                }
-                if let Some(closed) = ended.borrow_and_update().clone() {
-                    return Err(ClientError::Closed(closed));
-                }
-                tokio::select! {
-                    m = inbound.recv() => if let Some(m) = m { return Ok(m) },
-                    changed = ended.changed() => if changed.is_err() {
-                        return Err(ClientError::Closed(Closed::abnormal("the connection task ended")));
-                    },
-                }
-            }
-        };
-        tokio::time::timeout(wait, next)
-            .await
-            .map_err(|_| ClientError::Timeout(wait))?
+        self.next_from(&self.inner.inbound_rx, wait).await
     }
 
     /// Returns the next inbound frame that is not an envelope the client understands (not
     /// JSON, or a `from`/`to` that is not an address, as the node's answers to malformed
     /// frames may carry), as JSON text; waits at most [`ClientOptions::request_timeout`].
     pub async fn recv_unparsed(&self) -> Result<String, ClientError> {
-        let wait = self.inner.options.request_timeout;
+        self.next_from(&self.inner.unparsed_rx, self.inner.options.request_timeout)
+            .await
+    }
+
+    /// Returns the next item of one of the inbound queues: what is queued first, even after
+    /// the connection closed; then the close; waits at most `wait`.
+    async fn next_from<T>(
+        &self,
+        queue: &tokio::sync::Mutex<mpsc::Receiver<T>>,
+        wait: Duration,
+    ) -> Result<T, ClientError> {
         let mut ended = self.ended();
-        let mut unparsed = self.inner.unparsed_rx.lock().await;
+        let mut queue = queue.lock().await;
         let next = async {
             loop {
-                if let Ok(text) = unparsed.try_recv() {
-                    return Ok(text);
+                if let Ok(item) = queue.try_recv() {
+                    return Ok(item);
                 }
                 if let Some(closed) = ended.borrow_and_update().clone() {
                     return Err(ClientError::Closed(closed));
                 }
                 tokio::select! {
-                    t = unparsed.recv() => if let Some(t) = t { return Ok(t) },
+                    item = queue.recv() => if let Some(item) = item { return Ok(item) },
                     changed = ended.changed() => if changed.is_err() {
                         return Err(ClientError::Closed(Closed::abnormal("the connection task ended")));
                     },
