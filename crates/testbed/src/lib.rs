@@ -293,7 +293,24 @@ impl TestBed {
         };
         config.redis.url = Some(self.redis.url());
         config.auth.url = self.auth_url.clone();
+        // Short-lived test tokens lapse at their `exp`, not half a minute later.
+        config.auth.leeway_secs = 0;
         config
+    }
+
+    /// Mints a token of subject `sub` (also its name) for `grants` (JSON in the shape of
+    /// [`Grants`], e.g. `{"rooms": {"subscribe": true, "names": ["stage"]}}`), valid for `ttl`
+    /// (whole seconds; at most the auth service's maximum).
+    pub fn token_for(
+        &self,
+        sub: &str,
+        grants: serde_json::Value,
+        ttl: Duration,
+    ) -> Result<IssuedToken> {
+        let grants: Grants = serde_json::from_value(grants).context("grants JSON")?;
+        self.auth
+            .issue(sub, sub, grants, Some(ttl))
+            .map_err(|e| anyhow!("issuing a token: {e}"))
     }
 
     /// Starts an SFU node with `config` (its backends: `config.redis`).
@@ -347,6 +364,12 @@ impl TestBed {
     /// Connects an SFU control client to `sfu` with a `rooms.admin` token.
     pub async fn sfu_control(&self, sfu: &SfuReplica) -> Result<SfuControl> {
         Ok(SfuControl::connect(&sfu.grpc.to_string(), self.sfu_bearer(), WAIT).await?)
+    }
+
+    /// Connects an SFU control client to `sfu` that sends `token` (any grants, or none).
+    pub async fn sfu_control_as(&self, sfu: &SfuReplica, token: &str) -> Result<SfuControl> {
+        let bearer = Bearer::new(token).map_err(|e| anyhow!("{e}"))?;
+        Ok(SfuControl::connect(&sfu.grpc.to_string(), bearer, WAIT).await?)
     }
 
     /// Returns the store as the trait object the SFU client reads.
@@ -419,6 +442,16 @@ pub struct SfuReplica {
 }
 
 impl SfuReplica {
+    /// Opens a plain gRPC channel to the node (health checks, calls without a token).
+    pub async fn channel(&self) -> Result<tonic::transport::Channel> {
+        Ok(
+            tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc))?
+                .connect_timeout(WAIT)
+                .connect()
+                .await?,
+        )
+    }
+
     /// Starts the drain (the first SIGTERM).
     pub fn begin_drain(&self) {
         self.shutdown.trigger();
