@@ -315,14 +315,14 @@ impl TestBed {
 
     /// Starts an SFU node with `config` (its backends: `config.redis`).
     pub async fn sfu(&self, config: SfuConfig) -> Result<SfuReplica> {
-        let deps = Deps::from_config(&config).await?;
-        self.sfu_with_deps(config, deps).await
+        let backends = rethink_common::backends(config.redis.url.as_deref()).await?;
+        self.sfu_with(config, backends).await
     }
 
     /// Starts an SFU node with `config` on `backends` (e.g. in-memory ones), verifying tokens
     /// with the bed's auth service.
     pub async fn sfu_with(&self, config: SfuConfig, backends: Backends) -> Result<SfuReplica> {
-        let deps = Deps::with_backends(&config, backends).await;
+        let deps = sfu_deps(&config, backends).await;
         self.sfu_with_deps(config, deps).await
     }
 
@@ -424,6 +424,32 @@ impl MsgReplica {
 impl Drop for MsgReplica {
     fn drop(&mut self) {
         self.shutdown.trigger();
+    }
+}
+
+/// Builds an SFU node's dependencies as `rethink_sfu::Deps::with_backends` does, but with the
+/// verifier's leeway taken from `config.auth.leeway_secs` (the tests of token expiry need 0).
+async fn sfu_deps(config: &SfuConfig, backends: Backends) -> Deps {
+    use rethink_common::{
+        lifecycle::Health,
+        token::{HttpJwks, TokenVerifier, VerifierOptions},
+    };
+    let verifier = TokenVerifier::new(
+        Arc::new(HttpJwks::new(&config.auth.url)),
+        VerifierOptions {
+            audience: config.auth.audience.clone(),
+            leeway: Duration::from_secs(config.auth.leeway_secs),
+            ..VerifierOptions::default()
+        },
+    );
+    let health = Health::new();
+    // Runs until the last clone of the verifier is dropped.
+    verifier.follow(&backends, &health, &Shutdown::new()).await;
+    Deps {
+        kv: backends.kv,
+        bus: backends.bus,
+        auth: rethink_sfu::auth::Authorizer::new(verifier),
+        health,
     }
 }
 
