@@ -59,9 +59,12 @@
 //! | `test_config()` | [`TestBed::sfu_config`] (same short heartbeat and drain) |
 //! | `sfu.grpc`, `sfu.http`, `sfu.udp` | [`SfuReplica`], same fields; `sfu.node_id` |
 //! | `sfu.token`, `sfu.keys.mint(grants)` | [`TestBed::sfu_token`], [`TestBed::token`] (real auth service instead of a test key) |
+//! | `sfu.keys.mint_as(sub, grants_json, ttl)`, `jti_and_exp(token)` | [`TestBed::token_for`] → `IssuedToken { token, claims }` (`claims.exp`, `claims.jti`) |
+//! | `sfu.revoke(token)` | `bed.auth.revoke(&issued.claims)` (reaches the node over the bed's Redis) |
+//! | `sfu.channel()` | [`SfuReplica::channel`] (no token: health checks, unauthenticated calls) |
 //! | `sfu.client()` + `sfu.authed(..)` | [`TestBed::sfu_control`] → [`rethink_sfu_client::SfuControl`] (bearer added by interceptor) |
 //! | `sfu.create_room / join / events / leave / room_stats` | `control.create_room / join / events / leave / room_stats` |
-//! | `common::authed(msg, token)` | `Bearer::new(token)` + `SfuControl::with_channel` |
+//! | `common::authed(msg, token)` | [`TestBed::sfu_control_as`] (`.raw()` for the generated client), or `Bearer::new(token)` + `SfuControl::with_channel` |
 //! | `begin_drain`, `stopped`, `stop` | same names on [`SfuReplica`] |
 //! | `publish_pattern(sfu, client, room, name)` | [`publish_pattern`] |
 //! | `stream_ends(stream)` | [`stream_ends`] |
