@@ -61,6 +61,19 @@ impl Default for AuthClientConfig {
 }
 
 impl AuthClientConfig {
+    /// Returns a verifier of this auth service's tokens (keys over HTTP, this audience and
+    /// leeway); its revocation feed is not started yet ([`TokenVerifier::follow`]).
+    pub fn verifier(&self) -> TokenVerifier {
+        TokenVerifier::new(
+            std::sync::Arc::new(crate::token::HttpJwks::new(&self.url)),
+            VerifierOptions {
+                audience: self.audience.clone(),
+                leeway: Duration::from_secs(self.leeway_secs),
+                ..VerifierOptions::default()
+            },
+        )
+    }
+
     /// Checks the URL's scheme and that the audience is set.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
@@ -117,15 +130,7 @@ impl ServiceContext {
         listeners: &Listeners,
     ) -> Result<Self, ServiceError> {
         let backends = crate::backends(redis.url.as_deref()).await?;
-        let verifier = TokenVerifier::new(
-            std::sync::Arc::new(crate::token::HttpJwks::new(&auth.url)),
-            VerifierOptions {
-                audience: auth.audience.clone(),
-                leeway: Duration::from_secs(auth.leeway_secs),
-                ..VerifierOptions::default()
-            },
-        );
-        Self::with_verifier(backends, verifier, listeners).await
+        Self::with_verifier(backends, auth.verifier(), listeners).await
     }
 
     /// Builds a context on given backends and verifier (the auth service verifies with its own

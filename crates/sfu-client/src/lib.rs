@@ -16,7 +16,7 @@
 //!
 //! Contracts:
 //! - The key names and score here are the SFU's own: the service writes the heartbeat this
-//!   crate reads (the SFU is to depend on this crate for them, not the other way round).
+//!   crate reads (the SFU depends on this crate for them, never the other way round).
 //! - Every call carries the [`Bearer`]'s current token; a status from the SFU is returned as
 //!   [`SfuClientError::Status`] unchanged, so callers can match on its code.
 //! - A [`Relay`] never stops at a failed renegotiation: it records the first error and goes on;

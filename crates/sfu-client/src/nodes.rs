@@ -111,4 +111,34 @@ mod tests {
         assert!(decode_heartbeat(&[0xff, 0xff, 0xff]).is_err());
         assert_eq!(node_key("a"), "rethink:sfu:nodes:a");
     }
+
+    #[tokio::test]
+    async fn list_skips_undecodable_heartbeats_and_sorts_by_id() {
+        let kv = rethink_common::kv::MemoryKv::new();
+        for n in [node("b", 1.0, 0, false), node("a", 9.0, 0, false)] {
+            let value = encode_heartbeat(&n).into();
+            kv.set(&node_key(&n.node_id), value, None).await.unwrap();
+        }
+        // A heartbeat this version cannot read, and a key outside the registry.
+        let garbage = vec![0xff, 0xff, 0xff].into();
+        kv.set(&node_key("z"), garbage, None).await.unwrap();
+        let other = encode_heartbeat(&node("x", 0.0, 0, false)).into();
+        kv.set("rethink:other:x", other, None).await.unwrap();
+
+        let ids: Vec<String> = list(&kv)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|n| n.node_id)
+            .collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(least_loaded(&kv).await.unwrap().unwrap().node_id, "b");
+    }
+
+    #[tokio::test]
+    async fn an_empty_registry_places_nothing() {
+        let kv = rethink_common::kv::MemoryKv::new();
+        assert!(list(&kv).await.unwrap().is_empty());
+        assert!(least_loaded(&kv).await.unwrap().is_none());
+    }
 }

@@ -62,9 +62,12 @@
 //! | `test_config()` | [`TestBed::sfu_config`] (same short heartbeat and drain) |
 //! | `sfu.grpc`, `sfu.http`, `sfu.udp` | [`SfuReplica`], same fields; `sfu.node_id` |
 //! | `sfu.token`, `sfu.keys.mint(grants)` | [`TestBed::sfu_token`], [`TestBed::token`] (real auth service instead of a test key) |
+//! | `sfu.keys.mint_as(sub, grants_json, ttl)`, `jti_and_exp(token)` | [`TestBed::token_for`] → `IssuedToken { token, claims }` (`claims.exp`, `claims.jti`) |
+//! | `sfu.revoke(token)` | `bed.auth.revoke(&issued.claims)` (reaches the node over the bed's Redis) |
+//! | `sfu.channel()` | [`SfuReplica::channel`] (no token: health checks, unauthenticated calls) |
 //! | `sfu.client()` + `sfu.authed(..)` | [`TestBed::sfu_control`] → [`rethink_sfu_client::SfuControl`] (bearer added by interceptor) |
 //! | `sfu.create_room / join / events / leave / room_stats` | `control.create_room / join / events / leave / room_stats` |
-//! | `common::authed(msg, token)` | `Bearer::new(token)` + `SfuControl::with_channel` |
+//! | `common::authed(msg, token)` | [`TestBed::sfu_control_as`] (`.raw()` for the generated client), or `Bearer::new(token)` + `SfuControl::with_channel` |
 //! | `begin_drain`, `stopped`, `stop` | same names on [`SfuReplica`] |
 //! | `publish_pattern(sfu, client, room, name)` | [`publish_pattern`] |
 //! | `stream_ends(stream)` | [`stream_ends`] |
@@ -300,13 +303,30 @@ impl TestBed {
         };
         config.redis.url = Some(self.redis.url());
         config.auth.url = self.auth_url.clone();
+        // Short-lived test tokens lapse at their `exp`, not half a minute later.
+        config.auth.leeway_secs = 0;
         config
+    }
+
+    /// Mints a token of subject `sub` (also its name) for `grants` (JSON in the shape of
+    /// [`Grants`], e.g. `{"rooms": {"subscribe": true, "names": ["stage"]}}`), valid for `ttl`
+    /// (whole seconds; at most the auth service's maximum).
+    pub fn token_for(
+        &self,
+        sub: &str,
+        grants: serde_json::Value,
+        ttl: Duration,
+    ) -> Result<IssuedToken> {
+        let grants: Grants = serde_json::from_value(grants).context("grants JSON")?;
+        self.auth
+            .issue(sub, sub, grants, Some(ttl))
+            .map_err(|e| anyhow!("issuing a token: {e}"))
     }
 
     /// Starts an SFU node with `config` (its backends: `config.redis`).
     pub async fn sfu(&self, config: SfuConfig) -> Result<SfuReplica> {
-        let deps = Deps::from_config(&config).await?;
-        self.sfu_with_deps(config, deps).await
+        let backends = rethink_common::backends(config.redis.url.as_deref()).await?;
+        self.sfu_with(config, backends).await
     }
 
     /// Starts an SFU node with `config` on `backends` (e.g. in-memory ones), verifying tokens
@@ -354,6 +374,12 @@ impl TestBed {
     /// Connects an SFU control client to `sfu` with a `rooms.admin` token.
     pub async fn sfu_control(&self, sfu: &SfuReplica) -> Result<SfuControl> {
         Ok(SfuControl::connect(&sfu.grpc.to_string(), self.sfu_bearer(), WAIT).await?)
+    }
+
+    /// Connects an SFU control client to `sfu` that sends `token` (any grants, or none).
+    pub async fn sfu_control_as(&self, sfu: &SfuReplica, token: &str) -> Result<SfuControl> {
+        let bearer = Bearer::new(token).map_err(|e| anyhow!("{e}"))?;
+        Ok(SfuControl::connect(&sfu.grpc.to_string(), bearer, WAIT).await?)
     }
 
     /// Returns the store as the trait object the SFU client reads.
@@ -496,6 +522,16 @@ pub struct SfuReplica {
 }
 
 impl SfuReplica {
+    /// Opens a plain gRPC channel to the node (health checks, calls without a token).
+    pub async fn channel(&self) -> Result<tonic::transport::Channel> {
+        Ok(
+            tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc))?
+                .connect_timeout(WAIT)
+                .connect()
+                .await?,
+        )
+    }
+
     /// Starts the drain (the first SIGTERM).
     pub fn begin_drain(&self) {
         self.shutdown.trigger();

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use prost::Message;
 use rethink_common::kv::KvStore;
 use rethink_common::lifecycle::Shutdown;
 use rethink_proto::v1::SfuNode;
@@ -13,7 +12,7 @@ use tokio::sync::watch;
 
 use crate::cpu::CpuMeter;
 use crate::driver::DriverHandle;
-use crate::keys;
+use crate::nodes;
 
 /// What the heartbeat says about this node besides its load.
 #[derive(Debug, Clone)]
@@ -47,7 +46,7 @@ pub async fn run(
     mut draining: watch::Receiver<bool>,
     stop: Shutdown,
 ) {
-    let key = keys::node_key(&info.node_id);
+    let key = nodes::node_key(&info.node_id);
     let mut cpu = CpuMeter::new();
     let mut ticker = tokio::time::interval(timing.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -79,7 +78,7 @@ pub async fn run(
             updated_at: Some(prost_types::Timestamp::from(SystemTime::now())),
             http_addr: info.http_addr.clone(),
         };
-        let value = Bytes::from(node.encode_to_vec());
+        let value = Bytes::from(nodes::encode_heartbeat(&node));
         if let Err(error) = kv.set(&key, value, Some(timing.ttl)).await {
             tracing::warn!(%error, %key, "cannot write heartbeat");
         }

@@ -1,12 +1,9 @@
 //! Key, channel and event-type names of the SFU, in one place.
+//!
+//! The heartbeat key names are the node registry's ([`crate::nodes`], defined in
+//! `rethink-sfu-client`); they are re-exported here.
 
-/// Prefix of every node heartbeat key; the full key is [`node_key`].
-pub const NODE_KEY_PREFIX: &str = "rethink:sfu:nodes:";
-
-/// The heartbeat key of one node; its value is a prost-encoded `rethink.v1.SfuNode`.
-pub fn node_key(node_id: &str) -> String {
-    format!("{NODE_KEY_PREFIX}{node_id}")
-}
+pub use crate::nodes::{NODE_KEY_PREFIX, node_key};
 
 /// Event type of a participant that joined a room (payload `SfuParticipantJoined`).
 pub const EVENT_PARTICIPANT_JOINED: &str = "sfu.participant.joined";

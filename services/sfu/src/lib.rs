@@ -50,7 +50,6 @@ use rethink_common::bus::EventBus;
 use rethink_common::kv::KvStore;
 use rethink_common::lifecycle::{Health, Shutdown};
 use rethink_common::service::{ServeOptions, ServiceContext, ServiceParts};
-use rethink_common::token::{HttpJwks, TokenVerifier, VerifierOptions};
 use rethink_proto::v1::sfu_server::SfuServer;
 use rethink_sfu_core::{CoreConfig, SfuCore};
 use tokio::net::{TcpListener, UdpSocket};
@@ -115,13 +114,7 @@ impl Deps {
     /// services) and checks tokens with the keys of the auth service at `config.auth.url`.
     pub async fn with_backends(config: &SfuConfig, backends: Backends) -> Self {
         let Backends { kv, bus } = backends;
-        let verifier = TokenVerifier::new(
-            Arc::new(HttpJwks::new(&config.auth.url)),
-            VerifierOptions {
-                audience: config.auth.audience.clone(),
-                ..VerifierOptions::default()
-            },
-        );
+        let verifier = config.auth.verifier();
         let health = Health::new();
         // Runs until the last clone of the verifier is dropped.
         verifier

@@ -9,14 +9,15 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestSfu, WAIT, authed, login_grants};
-use rethink_proto::v1::{SfuEventsRequest, SfuGetParticipantStatsRequest};
+use common::{http_error, peer::TestPeer};
+use rethink_proto::v1::{SfuEventsRequest, SfuGetParticipantStatsRequest, SfuJoinRequest};
 use rethink_rtc_peer::{Peer, PeerConfig};
+use rethink_testbed::{SfuReplica, TestBed, WAIT, publish_pattern, sfu::SfuControl};
 
 const ROOM: &str = "stage";
 const HOUR: Duration = Duration::from_secs(3600);
 
-async fn whep_post(sfu: &TestSfu, room: &str, token: &str, offer: &str) -> reqwest::Response {
+async fn whep_post(sfu: &SfuReplica, room: &str, token: &str, offer: &str) -> reqwest::Response {
     reqwest::Client::new()
         .post(format!("http://{}/whep/{room}", sfu.http))
         .header("content-type", "application/sdp")
@@ -28,7 +29,7 @@ async fn whep_post(sfu: &TestSfu, room: &str, token: &str, offer: &str) -> reqwe
 }
 
 /// Starts a WHEP session; returns its URL.
-async fn whep_session(sfu: &TestSfu, token: &str, viewer: &Peer) -> String {
+async fn whep_session(sfu: &SfuReplica, token: &str, viewer: &Peer) -> String {
     let offer = viewer.create_offer_gathered(WAIT).await.unwrap();
     let response = whep_post(sfu, ROOM, token, &offer).await;
     assert_eq!(response.status(), 201);
@@ -38,13 +39,25 @@ async fn whep_session(sfu: &TestSfu, token: &str, viewer: &Peer) -> String {
     format!("http://{}{location}", sfu.http)
 }
 
+fn join_request(participant: &str, offer: &str) -> SfuJoinRequest {
+    SfuJoinRequest {
+        room: ROOM.into(),
+        participant: participant.into(),
+        offer_sdp: offer.into(),
+    }
+}
+
 fn session_name(url: &str) -> String {
     url.rsplit('/').next().unwrap().to_owned()
 }
 
-async fn members(sfu: &TestSfu, room: &str) -> Vec<String> {
-    let mut client = sfu.client().await;
-    let stats = sfu.room_stats(&mut client, room).await;
+/// What a login token carries: join rooms, view cameras, no media right.
+fn login_grants() -> serde_json::Value {
+    serde_json::json!({"rooms": {"join": true}, "cameras": {"view": true}})
+}
+
+async fn members(control: &SfuControl, room: &str) -> Vec<String> {
+    let stats = control.room_stats(room).await.unwrap();
     stats
         .participant_stats
         .into_iter()
@@ -54,49 +67,61 @@ async fn members(sfu: &TestSfu, room: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn whep_needs_a_subscribe_grant_naming_the_room() {
-    let sfu = TestSfu::start().await;
-    let mut client = sfu.client().await;
-    sfu.create_room(&mut client, ROOM).await;
-    let alice = common::publish_pattern(&sfu, &mut client, ROOM, "alice").await;
+    let bed = TestBed::start().await.unwrap();
+    let sfu = bed.default_sfu("sfu-test").await.unwrap();
+    let control = bed.sfu_control(&sfu).await.unwrap();
+    control.create_room(ROOM).await.unwrap();
+    let alice = publish_pattern(&control, ROOM, "alice").await.unwrap();
     let viewer = Peer::new(PeerConfig::viewer("carol")).await.unwrap();
     let offer = viewer.create_offer_gathered(WAIT).await.unwrap();
 
     // A plain login token: rooms.join and cameras.view, no media right.
-    let login = sfu.keys.mint_as("user:carol", login_grants(), HOUR);
+    let login = bed
+        .token_for("user:carol", login_grants(), HOUR)
+        .unwrap()
+        .token;
     let response = whep_post(&sfu, ROOM, &login, &offer).await;
     assert_eq!(response.status(), 403);
     let text = response.text().await.unwrap();
     assert!(text.contains("rooms.subscribe"), "{text}");
     // rooms.subscribe for another room.
-    let elsewhere = sfu.keys.mint_as(
-        "user:carol",
-        serde_json::json!({"rooms": {"subscribe": true, "names": ["backstage"]}}),
-        HOUR,
-    );
+    let elsewhere = bed
+        .token_for(
+            "user:carol",
+            serde_json::json!({"rooms": {"subscribe": true, "names": ["backstage"]}}),
+            HOUR,
+        )
+        .unwrap()
+        .token;
     assert_eq!(
         whep_post(&sfu, ROOM, &elsewhere, &offer).await.status(),
         403
     );
-    assert_eq!(members(&sfu, ROOM).await, vec!["alice"]);
+    assert_eq!(members(&control, ROOM).await, vec!["alice"]);
 
     // rooms.subscribe naming the room: in.
-    let granted = sfu.keys.mint_as(
-        "user:carol",
-        serde_json::json!({"rooms": {"subscribe": true, "names": [ROOM]}}),
-        HOUR,
-    );
+    let granted = bed
+        .token_for(
+            "user:carol",
+            serde_json::json!({"rooms": {"subscribe": true, "names": [ROOM]}}),
+            HOUR,
+        )
+        .unwrap()
+        .token;
     let response = whep_post(&sfu, ROOM, &granted, &offer).await;
     assert_eq!(response.status(), 201);
-    assert_eq!(members(&sfu, ROOM).await.len(), 2);
+    assert_eq!(members(&control, ROOM).await.len(), 2);
     // A prefix pattern covering the room: in; one that does not: out.
     let second = Peer::new(PeerConfig::viewer("carol-2")).await.unwrap();
     let offer = second.create_offer_gathered(WAIT).await.unwrap();
     let pattern = |names: &str| {
-        sfu.keys.mint_as(
+        bed.token_for(
             "user:carol",
             serde_json::json!({"rooms": {"subscribe": true, "names": [names]}}),
             HOUR,
         )
+        .unwrap()
+        .token
     };
     assert_eq!(
         whep_post(&sfu, ROOM, &pattern("back*"), &offer)
@@ -110,16 +135,17 @@ async fn whep_needs_a_subscribe_grant_naming_the_room() {
             .status(),
         201
     );
-    assert_eq!(members(&sfu, ROOM).await.len(), 3);
+    assert_eq!(members(&control, ROOM).await.len(), 3);
     second.close().await.unwrap();
     viewer.close().await.unwrap();
     alice.close().await.unwrap();
-    sfu.stop().await;
+    sfu.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn whip_needs_a_publish_grant_naming_the_room() {
-    let sfu = TestSfu::start().await;
+    let bed = TestBed::start().await.unwrap();
+    let sfu = bed.default_sfu("sfu-test").await.unwrap();
     let publisher = Peer::new(PeerConfig::publisher("carol")).await.unwrap();
     let offer = publisher.create_offer_gathered(WAIT).await.unwrap();
     let post = |token: String| {
@@ -137,17 +163,24 @@ async fn whip_needs_a_publish_grant_naming_the_room() {
                 .status()
         }
     };
-    let login = sfu.keys.mint_as("user:carol", login_grants(), HOUR);
+    let login = bed
+        .token_for("user:carol", login_grants(), HOUR)
+        .unwrap()
+        .token;
     assert_eq!(post(login).await, 403);
-    let subscriber = sfu.keys.mint_as(
-        "user:carol",
-        serde_json::json!({"rooms": {"subscribe": true, "names": [ROOM]}}),
-        HOUR,
-    );
+    let subscriber = bed
+        .token_for(
+            "user:carol",
+            serde_json::json!({"rooms": {"subscribe": true, "names": [ROOM]}}),
+            HOUR,
+        )
+        .unwrap()
+        .token;
     assert_eq!(post(subscriber).await, 403);
-    let mut client = sfu.client().await;
-    let missing = client
-        .get_room_stats(sfu.authed(rethink_proto::v1::SfuGetRoomStatsRequest { room: ROOM.into() }))
+    let control = bed.sfu_control(&sfu).await.unwrap();
+    let missing = control
+        .raw()
+        .get_room_stats(rethink_proto::v1::SfuGetRoomStatsRequest { room: ROOM.into() })
         .await
         .unwrap_err();
     assert_eq!(
@@ -155,25 +188,35 @@ async fn whip_needs_a_publish_grant_naming_the_room() {
         tonic::Code::NotFound,
         "a refused WHIP creates no room"
     );
-    let granted = sfu.keys.mint_as(
-        "user:carol",
-        serde_json::json!({"rooms": {"publish": true, "names": [ROOM]}}),
-        HOUR,
-    );
+    let granted = bed
+        .token_for(
+            "user:carol",
+            serde_json::json!({"rooms": {"publish": true, "names": [ROOM]}}),
+            HOUR,
+        )
+        .unwrap()
+        .token;
     assert_eq!(post(granted).await, 201);
     publisher.close().await.unwrap();
-    sfu.stop().await;
+    sfu.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn only_the_opener_or_a_room_admin_may_end_a_whep_session() {
-    let sfu = TestSfu::start().await;
-    let mut client = sfu.client().await;
-    sfu.create_room(&mut client, ROOM).await;
+    let bed = TestBed::start().await.unwrap();
+    let sfu = bed.default_sfu("sfu-test").await.unwrap();
+    let control = bed.sfu_control(&sfu).await.unwrap();
+    control.create_room(ROOM).await.unwrap();
     let viewing = serde_json::json!({"rooms": {"subscribe": true, "names": [ROOM]}});
-    let alice = sfu.keys.mint_as("user:alice", viewing.clone(), HOUR);
+    let alice = bed
+        .token_for("user:alice", viewing.clone(), HOUR)
+        .unwrap()
+        .token;
     // Bob holds the same grants as alice, for the same room.
-    let bob = sfu.keys.mint_as("user:bob", viewing.clone(), HOUR);
+    let bob = bed
+        .token_for("user:bob", viewing.clone(), HOUR)
+        .unwrap()
+        .token;
     let http = reqwest::Client::new();
 
     let alice_viewer = Peer::new(PeerConfig::viewer("alice")).await.unwrap();
@@ -195,13 +238,16 @@ async fn only_the_opener_or_a_room_admin_may_end_a_whep_session() {
         .unwrap();
     assert_eq!(response.status(), 403);
     assert_eq!(
-        members(&sfu, ROOM).await,
+        members(&control, ROOM).await,
         vec![name.clone()],
         "alice's session lives"
     );
 
     // The opener may; a new token of hers too (same subject).
-    let alice_again = sfu.keys.mint_as("user:alice", viewing.clone(), HOUR);
+    let alice_again = bed
+        .token_for("user:alice", viewing.clone(), HOUR)
+        .unwrap()
+        .token;
     let response = http
         .patch(&url)
         .header("content-type", "application/trickle-ice-sdpfrag")
@@ -213,16 +259,19 @@ async fn only_the_opener_or_a_room_admin_may_end_a_whep_session() {
     assert_eq!(response.status(), 204);
     let response = http.delete(&url).bearer_auth(&alice).send().await.unwrap();
     assert_eq!(response.status(), 200);
-    assert!(members(&sfu, ROOM).await.is_empty());
+    assert!(members(&control, ROOM).await.is_empty());
 
     // A room admin may end anybody's session; an admin of another room may not.
     let bob_viewer = Peer::new(PeerConfig::viewer("bob")).await.unwrap();
     let bob_url = whep_session(&sfu, &bob, &bob_viewer).await;
-    let other_admin = sfu.keys.mint_as(
-        "service:other",
-        serde_json::json!({"rooms": {"admin": true, "names": ["backstage"]}}),
-        HOUR,
-    );
+    let other_admin = bed
+        .token_for(
+            "service:other",
+            serde_json::json!({"rooms": {"admin": true, "names": ["backstage"]}}),
+            HOUR,
+        )
+        .unwrap()
+        .token;
     let response = http
         .delete(&bob_url)
         .bearer_auth(&other_admin)
@@ -230,11 +279,14 @@ async fn only_the_opener_or_a_room_admin_may_end_a_whep_session() {
         .await
         .unwrap();
     assert_eq!(response.status(), 403);
-    let room_admin = sfu.keys.mint_as(
-        "service:conference",
-        serde_json::json!({"rooms": {"admin": true, "names": [ROOM]}}),
-        HOUR,
-    );
+    let room_admin = bed
+        .token_for(
+            "service:conference",
+            serde_json::json!({"rooms": {"admin": true, "names": [ROOM]}}),
+            HOUR,
+        )
+        .unwrap()
+        .token;
     let response = http
         .delete(&bob_url)
         .bearer_auth(&room_admin)
@@ -242,10 +294,10 @@ async fn only_the_opener_or_a_room_admin_may_end_a_whep_session() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert!(members(&sfu, ROOM).await.is_empty());
+    assert!(members(&control, ROOM).await.is_empty());
     alice_viewer.close().await.unwrap();
     bob_viewer.close().await.unwrap();
-    sfu.stop().await;
+    sfu.stop().await.unwrap();
 }
 
 /// Upper bound of media waits; debug builds encode and decode in software.
@@ -257,9 +309,9 @@ fn packets(peer: &Peer) -> u64 {
 }
 
 /// Polls the room's members until `name` is gone; false after [`WAIT`].
-async fn leaves(sfu: &TestSfu, room: &str, name: &str) -> bool {
+async fn leaves(control: &SfuControl, room: &str, name: &str) -> bool {
     tokio::time::timeout(WAIT, async {
-        while members(sfu, room).await.iter().any(|m| m == name) {
+        while members(control, room).await.iter().any(|m| m == name) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
@@ -277,20 +329,23 @@ fn managing() -> serde_json::Value {
 
 #[tokio::test]
 async fn a_revoked_token_stops_its_whep_viewer_within_a_second() {
-    let sfu = TestSfu::start().await;
-    let mut client = sfu.client().await;
-    sfu.create_room(&mut client, ROOM).await;
-    let alice = common::publish_pattern(&sfu, &mut client, ROOM, "alice").await;
-    let carol = sfu.keys.mint_as("user:carol", viewing(), HOUR);
+    let bed = TestBed::start().await.unwrap();
+    let sfu = bed.default_sfu("sfu-test").await.unwrap();
+    let control = bed.sfu_control(&sfu).await.unwrap();
+    control.create_room(ROOM).await.unwrap();
+    let alice = publish_pattern(&control, ROOM, "alice").await.unwrap();
+    let issued = bed.token_for("user:carol", viewing(), HOUR).unwrap();
+    let carol = issued.token.clone();
     let viewer = Peer::new(PeerConfig::viewer("carol")).await.unwrap();
     let url = whep_session(&sfu, &carol, &viewer).await;
     viewer.wait_decoded(1, 10, MEDIA_WAIT).await.unwrap();
     let name = session_name(&url);
 
-    sfu.revoke(&carol).await;
+    // Revoked at the auth service: the SFU hears of it over the bus.
+    bed.auth.revoke(&issued.claims).await.unwrap();
     let revoked = Instant::now();
     assert!(
-        leaves(&sfu, ROOM, &name).await,
+        leaves(&control, ROOM, &name).await,
         "the session leaves the room"
     );
     let removed_after = revoked.elapsed();
@@ -309,38 +364,43 @@ async fn a_revoked_token_stops_its_whep_viewer_within_a_second() {
 
     // The revoked token opens nothing any more.
     let offer = viewer.create_offer_gathered(WAIT).await.unwrap();
-    let (status, code, _) = common::http_error(whep_post(&sfu, ROOM, &carol, &offer).await).await;
+    let (status, code, _) = http_error(whep_post(&sfu, ROOM, &carol, &offer).await).await;
     assert_eq!((status, code.as_str()), (401, "token_revoked"));
-    assert_eq!(members(&sfu, ROOM).await, vec!["alice"]);
+    assert_eq!(members(&control, ROOM).await, vec!["alice"]);
     viewer.close().await.unwrap();
     alice.close().await.unwrap();
-    sfu.stop().await;
+    sfu.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn a_revoked_token_ends_the_participant_and_its_events_stream() {
-    let sfu = TestSfu::start().await;
-    let mut client = sfu.client().await;
-    sfu.create_room(&mut client, ROOM).await;
-    let conference = sfu.keys.mint_as("service:conference-a", managing(), HOUR);
-    let peer = common::peer::TestPeer::new().await;
-    client
-        .join(authed(common::join(ROOM, "bob", &peer.offer), &conference))
+    let bed = TestBed::start().await.unwrap();
+    let sfu = bed.default_sfu("sfu-test").await.unwrap();
+    let control = bed.sfu_control(&sfu).await.unwrap();
+    control.create_room(ROOM).await.unwrap();
+    let conference = bed
+        .token_for("service:conference-a", managing(), HOUR)
+        .unwrap();
+    let mut as_conference = bed
+        .sfu_control_as(&sfu, &conference.token)
+        .await
+        .unwrap()
+        .raw();
+    let peer = TestPeer::new().await;
+    as_conference
+        .join(join_request("bob", &peer.offer))
         .await
         .expect("join");
-    let mut events = client
-        .events(authed(
-            SfuEventsRequest {
-                room: ROOM.into(),
-                participant: "bob".into(),
-            },
-            &conference,
-        ))
+    let mut events = as_conference
+        .events(SfuEventsRequest {
+            room: ROOM.into(),
+            participant: "bob".into(),
+        })
         .await
         .expect("events")
         .into_inner();
 
-    sfu.revoke(&conference).await;
+    bed.auth.revoke(&conference.claims).await.unwrap();
     let ended = tokio::time::timeout(WAIT, async {
         loop {
             match events.message().await {
@@ -354,60 +414,60 @@ async fn a_revoked_token_ends_the_participant_and_its_events_stream() {
     .expect("the events stream ends");
     assert_eq!(ended.code(), tonic::Code::Unauthenticated);
     assert!(ended.message().contains("revoked"), "{}", ended.message());
-    assert!(members(&sfu, ROOM).await.is_empty(), "bob was removed");
-    let refused = client
-        .get_participant_stats(authed(
-            SfuGetParticipantStatsRequest {
-                room: ROOM.into(),
-                participant: "bob".into(),
-            },
-            &conference,
-        ))
+    assert!(members(&control, ROOM).await.is_empty(), "bob was removed");
+    let refused = as_conference
+        .get_participant_stats(SfuGetParticipantStatsRequest {
+            room: ROOM.into(),
+            participant: "bob".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
-    sfu.stop().await;
+    sfu.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn sessions_renewed_with_a_fresh_token_outlive_the_first_one() {
     const SHORT: Duration = Duration::from_secs(3);
-    let sfu = TestSfu::start().await;
-    let mut client = sfu.client().await;
-    sfu.create_room(&mut client, ROOM).await;
-    let alice = common::publish_pattern(&sfu, &mut client, ROOM, "alice").await;
+    let bed = TestBed::start().await.unwrap();
+    let sfu = bed.default_sfu("sfu-test").await.unwrap();
+    let control = bed.sfu_control(&sfu).await.unwrap();
+    control.create_room(ROOM).await.unwrap();
+    let alice = publish_pattern(&control, ROOM, "alice").await.unwrap();
 
     // Two viewers on short tokens; carol renews hers, dave does not.
-    let carol_short = sfu.keys.mint_as("user:carol", viewing(), SHORT);
-    let dave_short = sfu.keys.mint_as("user:dave", viewing(), SHORT);
+    let carol_issued = bed.token_for("user:carol", viewing(), SHORT).unwrap();
+    let carol_short = carol_issued.token.clone();
+    let dave_short = bed.token_for("user:dave", viewing(), SHORT).unwrap().token;
     let carol = Peer::new(PeerConfig::viewer("carol")).await.unwrap();
     let dave = Peer::new(PeerConfig::viewer("dave")).await.unwrap();
     let carol_url = whep_session(&sfu, &carol_short, &carol).await;
     let dave_url = whep_session(&sfu, &dave_short, &dave).await;
     // A conference participant on a short service token, renewed by a later call.
-    let conference_short = sfu.keys.mint_as("service:conference-a", managing(), SHORT);
-    let peer = common::peer::TestPeer::new().await;
-    client
-        .join(authed(
-            common::join(ROOM, "bob", &peer.offer),
-            &conference_short,
-        ))
+    let conference_short = bed
+        .token_for("service:conference-a", managing(), SHORT)
+        .unwrap();
+    let mut as_conference = bed
+        .sfu_control_as(&sfu, &conference_short.token)
+        .await
+        .unwrap()
+        .raw();
+    let peer = TestPeer::new().await;
+    as_conference
+        .join(join_request("bob", &peer.offer))
         .await
         .expect("join");
-    let mut events = client
-        .events(authed(
-            SfuEventsRequest {
-                room: ROOM.into(),
-                participant: "bob".into(),
-            },
-            &conference_short,
-        ))
+    let mut events = as_conference
+        .events(SfuEventsRequest {
+            room: ROOM.into(),
+            participant: "bob".into(),
+        })
         .await
         .expect("events")
         .into_inner();
 
     // An empty PATCH with only the new token renews the WHEP session.
-    let carol_fresh = sfu.keys.mint_as("user:carol", viewing(), HOUR);
+    let carol_fresh = bed.token_for("user:carol", viewing(), HOUR).unwrap().token;
     let response = reqwest::Client::new()
         .patch(&carol_url)
         .bearer_auth(&carol_fresh)
@@ -416,36 +476,39 @@ async fn sessions_renewed_with_a_fresh_token_outlive_the_first_one() {
         .unwrap();
     assert_eq!(response.status(), 204);
     // Any call about the participant with a newer token of its subject renews it.
-    let conference_fresh = sfu.keys.mint_as("service:conference-a", managing(), HOUR);
-    client
-        .get_participant_stats(authed(
-            SfuGetParticipantStatsRequest {
-                room: ROOM.into(),
-                participant: "bob".into(),
-            },
-            &conference_fresh,
-        ))
+    let conference_fresh = bed
+        .token_for("service:conference-a", managing(), HOUR)
+        .unwrap()
+        .token;
+    bed.sfu_control_as(&sfu, &conference_fresh)
+        .await
+        .unwrap()
+        .raw()
+        .get_participant_stats(SfuGetParticipantStatsRequest {
+            room: ROOM.into(),
+            participant: "bob".into(),
+        })
         .await
         .expect("stats with the fresh token");
 
     // Dave's token expires: his session goes.
     let dave_name = session_name(&dave_url);
     assert!(
-        leaves(&sfu, ROOM, &dave_name).await,
+        leaves(&control, ROOM, &dave_name).await,
         "dave's session expires"
     );
-    let (_, carol_exp) = common::jti_and_exp(&carol_short);
+    let carol_exp = carol_issued.claims.exp;
     while rethink_common::token::unix_now() <= carol_exp {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (_, conference_exp) = common::jti_and_exp(&conference_short);
+    let conference_exp = conference_short.claims.exp;
     while rethink_common::token::unix_now() <= conference_exp {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Past both first tokens' expiry (and a sweep of the lapse timers), the renewed live on.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let carol_name = session_name(&carol_url);
-    let present = members(&sfu, ROOM).await;
+    let present = members(&control, ROOM).await;
     assert!(present.contains(&carol_name), "{present:?}");
     assert!(present.contains(&"bob".to_string()), "{present:?}");
     assert!(!present.contains(&dave_name), "{present:?}");
@@ -469,5 +532,5 @@ async fn sessions_renewed_with_a_fresh_token_outlive_the_first_one() {
     carol.close().await.unwrap();
     dave.close().await.unwrap();
     alice.close().await.unwrap();
-    sfu.stop().await;
+    sfu.stop().await.unwrap();
 }

@@ -28,22 +28,17 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use common::TestSfu;
 use rethink_common::testing::chromium::{Chromium, FAKE_MEDIA_FLAGS, Page};
-use rethink_proto::v1::sfu_client::SfuClient;
+use rethink_proto::v1::SfuParticipantStats;
 use rethink_proto::v1::sfu_participant_event::Event;
-use rethink_proto::v1::{
-    SfuAnswerRenegotiationRequest, SfuGetParticipantStatsRequest, SfuParticipantEvent,
-    SfuParticipantStats,
-};
 use rethink_rtc_peer::{Peer, PeerConfig};
+use rethink_testbed::sfu::{Relay, RelayOutcome, SfuControl};
+use rethink_testbed::{SfuReplica, TestBed};
 use serde_json::{Value, json};
-use tokio::sync::watch;
-use tonic::transport::Channel;
 
 const ROOM: &str = "chromium";
 /// Frames each receiver must decode from each video publisher.
@@ -78,37 +73,33 @@ impl Endpoint {
     }
 }
 
-/// One participant: how to reach it and what its `Events` stream delivered so far.
+/// One participant: how to reach it, and the relay answering its renegotiation offers and
+/// recording what its `Events` stream delivered.
 struct Participant {
     name: String,
     endpoint: Endpoint,
-    events: watch::Receiver<Vec<Event>>,
-    /// Renegotiation offers answered, or the first error met while answering one.
-    renegotiations: Arc<Mutex<Renegotiations>>,
+    relay: Relay,
 }
 
 impl Participant {
     /// Opens the `Events` stream and relays its renegotiation offers to `endpoint`.
-    async fn follow(sfu: &TestSfu, name: &str, endpoint: Endpoint) -> Self {
-        let mut client = sfu.client().await;
-        let stream = sfu.events(&mut client, ROOM, name).await;
-        let (events_tx, events) = watch::channel(Vec::new());
-        let renegotiations = Arc::new(Mutex::new(Renegotiations::default()));
-        tokio::spawn(relay(
-            stream,
-            endpoint.clone(),
-            client,
-            sfu.token.clone(),
-            name.to_owned(),
-            events_tx,
-            Arc::clone(&renegotiations),
-        ));
-        Self {
+    async fn follow(control: &SfuControl, name: &str, endpoint: Endpoint) -> Result<Self> {
+        let answerer = endpoint.clone();
+        let relay = Relay::start(control, ROOM, name, move |offer| {
+            let endpoint = answerer.clone();
+            async move {
+                endpoint
+                    .answer_offer(&offer)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .await?;
+        Ok(Self {
             name: name.to_owned(),
             endpoint,
-            events,
-            renegotiations,
-        }
+            relay,
+        })
     }
 
     fn page(&self) -> &Page {
@@ -125,23 +116,23 @@ impl Participant {
         }
     }
 
-    fn renegotiation_outcome(&self) -> Renegotiations {
-        self.renegotiations.lock().unwrap().clone()
+    /// Renegotiation offers answered, and the first error met while answering one.
+    fn renegotiation_outcome(&self) -> RelayOutcome {
+        self.relay.outcome()
     }
 
     /// Waits until an event matching `want` arrived; returns it.
-    async fn wait_event(&self, what: &str, mut want: impl FnMut(&Event) -> bool) -> Result<Event> {
-        let mut rx = self.events.clone();
-        let found = tokio::time::timeout(MEDIA_WAIT, rx.wait_for(|all| all.iter().any(&mut want)))
+    async fn wait_event(&self, what: &str, want: impl Fn(&Event) -> bool) -> Result<Event> {
+        self.relay
+            .wait_event(MEDIA_WAIT, want)
             .await
-            .map_err(|_| {
+            .ok_or_else(|| {
                 anyhow!(
                     "{}: no {what} event; events: {:?}",
                     self.name,
-                    self.events.borrow()
+                    self.relay.events()
                 )
-            })??;
-        Ok(found.iter().find(|e| want(e)).cloned().expect("matched"))
+            })
     }
 
     /// Waits until `count` events matching `want` arrived.
@@ -151,7 +142,7 @@ impl Participant {
         mut want: impl FnMut(&Event) -> bool,
         count: usize,
     ) -> Result<()> {
-        let mut rx = self.events.clone();
+        let mut rx = self.relay.watch_events();
         tokio::time::timeout(
             MEDIA_WAIT,
             rx.wait_for(|all| all.iter().filter(|e| want(e)).count() >= count),
@@ -161,7 +152,7 @@ impl Participant {
             anyhow!(
                 "{}: no {what}; events: {:?}",
                 self.name,
-                self.events.borrow()
+                self.relay.events()
             )
         })??;
         Ok(())
@@ -169,8 +160,8 @@ impl Participant {
 
     /// Returns the ids of the tracks `publisher` published, as announced to this participant.
     fn tracks_of(&self, publisher: &str) -> HashSet<String> {
-        self.events
-            .borrow()
+        self.relay
+            .events()
             .iter()
             .filter_map(|e| match e {
                 Event::TrackPublished(t) if t.participant == publisher => Some(t.track_id.clone()),
@@ -200,78 +191,29 @@ impl Participant {
     }
 }
 
-/// Relays every renegotiation offer of `stream` to `endpoint` and its answer to the SFU;
-/// records every event.
-async fn relay(
-    mut stream: tonic::Streaming<SfuParticipantEvent>,
-    endpoint: Endpoint,
-    client: SfuClient<Channel>,
-    token: String,
-    name: String,
-    events: watch::Sender<Vec<Event>>,
-    renegotiations: Arc<Mutex<Renegotiations>>,
-) {
-    while let Ok(Some(message)) = stream.message().await {
-        let Some(event) = message.event else { continue };
-        if let Event::Renegotiation(offer) = &event {
-            let outcome = match endpoint.answer_offer(&offer.offer_sdp).await {
-                Ok(answer) => {
-                    let send = |answer_sdp: String| {
-                        let request = common::authed(
-                            SfuAnswerRenegotiationRequest {
-                                room: ROOM.into(),
-                                participant: name.clone(),
-                                answer_sdp,
-                            },
-                            &token,
-                        );
-                        let mut client = client.clone();
-                        async move { client.answer_renegotiation(request).await }
-                    };
-                    send(answer)
-                        .await
-                        .map(|_| ())
-                        .map_err(|status| format!("AnswerRenegotiation: {status}"))
-                }
-                Err(error) => Err(format!("applying the offer: {error}")),
-            };
-            let mut r = renegotiations.lock().unwrap();
-            match outcome {
-                Ok(()) => r.answered += 1,
-                Err(error) => {
-                    r.error.get_or_insert(error);
-                }
-            }
-        }
-        events.send_modify(|all| all.push(event));
-    }
-}
-
-/// Renegotiations of one participant.
-#[derive(Debug, Default, Clone)]
-struct Renegotiations {
-    /// Offers answered and accepted.
-    answered: u32,
-    /// The first error met.
-    error: Option<String>,
-}
-
 /// What both tests start from: an SFU with the room, the participant page served on its own
 /// origin, and a browser with fake camera and microphone.
 struct Stage {
-    sfu: TestSfu,
+    // Kept for the services it runs (Redis, auth).
+    _bed: TestBed,
+    sfu: SfuReplica,
+    control: SfuControl,
     origin: SocketAddr,
     browser: Chromium,
 }
 
 impl Stage {
     async fn open() -> Result<Self> {
-        let sfu = TestSfu::start().await;
+        let bed = TestBed::start().await?;
+        let sfu = bed.default_sfu("sfu-test").await?;
+        let control = bed.sfu_control(&sfu).await?;
         let origin = common::serve_page(PAGE).await?;
-        sfu.create_room(&mut sfu.client().await, ROOM).await;
+        control.create_room(ROOM).await?;
         let browser = Chromium::launch_with_args(FAKE_MEDIA_FLAGS).await?;
         Ok(Stage {
+            _bed: bed,
             sfu,
+            control,
             origin,
             browser,
         })
@@ -289,28 +231,25 @@ impl Stage {
             .as_str()
             .context("start() returned no offer")?
             .to_owned();
-        let answer = self
-            .sfu
-            .join(&mut self.sfu.client().await, ROOM, name, &offer)
-            .await;
+        let answer = self.control.join(ROOM, name, &offer).await?;
         page.eval(&format!("answer({})", json!(answer))).await?;
-        let tab = Participant::follow(&self.sfu, name, Endpoint::Tab(page)).await;
+        let tab = Participant::follow(&self.control, name, Endpoint::Tab(page)).await?;
         Ok((tab, offer))
     }
 
-    async fn close(self) {
+    async fn close(self) -> Result<()> {
         self.browser.close().await;
-        self.sfu.stop().await;
+        self.sfu.stop().await
     }
 }
 
 /// Joins a Rust peer that publishes the H264 test pattern.
-async fn join_rust(sfu: &TestSfu, name: &str) -> Result<Participant> {
+async fn join_rust(control: &SfuControl, name: &str) -> Result<Participant> {
     let peer = Arc::new(Peer::new(PeerConfig::publisher(name)).await?);
     let offer = peer.create_offer_gathered(MEDIA_WAIT).await?;
-    let answer = sfu.join(&mut sfu.client().await, ROOM, name, &offer).await;
+    let answer = control.join(ROOM, name, &offer).await?;
     peer.apply_answer(&answer).await?;
-    Ok(Participant::follow(sfu, name, Endpoint::Rust(peer)).await)
+    Participant::follow(control, name, Endpoint::Rust(peer)).await
 }
 
 /// Returns the inbound streams of `kind` in a tab's statistics whose msid track is one of
@@ -338,16 +277,8 @@ fn frames_from(stats: &Value, tracks: &HashSet<String>) -> u64 {
         .unwrap_or(0)
 }
 
-async fn participant_stats(sfu: &TestSfu, name: &str) -> Result<SfuParticipantStats> {
-    Ok(sfu
-        .client()
-        .await
-        .get_participant_stats(sfu.authed(SfuGetParticipantStatsRequest {
-            room: ROOM.into(),
-            participant: name.into(),
-        }))
-        .await?
-        .into_inner())
+async fn participant_stats(control: &SfuControl, name: &str) -> Result<SfuParticipantStats> {
+    Ok(control.participant_stats(ROOM, name).await?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -358,8 +289,7 @@ async fn two_chromium_tabs_and_a_rust_peer_hold_a_call() -> Result<()> {
         .map(|_| rethink_common::telemetry::init("sfu-chromium-test", false))
         .transpose()?;
     let stage = Stage::open().await?;
-    let sfu = &stage.sfu;
-    let mut client = sfu.client().await;
+    let control = &stage.control;
     let (a, _) = stage
         .join_tab(
             "chrome-a",
@@ -372,7 +302,7 @@ async fn two_chromium_tabs_and_a_rust_peer_hold_a_call() -> Result<()> {
         json!({"simulcast": false, "codec": "H264", "fmtp": "packetization-mode=1;profile-level-id=42e01f", "audio": false}),
     )
     .await?;
-    let rust = join_rust(sfu, "rust").await?;
+    let rust = join_rust(control, "rust").await?;
     let tabs = [&a, &b];
     let everyone = [&a, &b, &rust];
 
@@ -469,11 +399,11 @@ async fn two_chromium_tabs_and_a_rust_peer_hold_a_call() -> Result<()> {
             p.renegotiation_outcome()
         );
     }
-    let stats = sfu.room_stats(&mut client, ROOM).await;
+    let stats = control.room_stats(ROOM).await?;
     assert_eq!(stats.participants, 3, "{stats:?}");
     assert_eq!(stats.tracks, 4, "{stats:?}");
     for name in ["chrome-a", "chrome-b"] {
-        let ps = participant_stats(sfu, name).await?;
+        let ps = participant_stats(control, name).await?;
         eprintln!(
             "{name}: estimated {} bps, rtt {} ms, in {} bps, out {} bps",
             ps.estimated_bps, ps.rtt_ms, ps.bitrate_in_bps, ps.bitrate_out_bps
@@ -492,7 +422,7 @@ async fn two_chromium_tabs_and_a_rust_peer_hold_a_call() -> Result<()> {
     );
 
     // A leaves.
-    sfu.leave(&mut client, ROOM, "chrome-a").await;
+    control.leave(ROOM, "chrome-a").await?;
     a.page().eval("leave()").await?;
     for p in [&b, &rust] {
         p.wait_event(
@@ -507,7 +437,7 @@ async fn two_chromium_tabs_and_a_rust_peer_hold_a_call() -> Result<()> {
         )
         .await?;
     }
-    let stats = sfu.room_stats(&mut client, ROOM).await;
+    let stats = control.room_stats(ROOM).await?;
     assert_eq!(stats.participants, 2, "{stats:?}");
     assert_eq!(stats.tracks, 2, "{stats:?}");
     for ps in &stats.participant_stats {
@@ -524,7 +454,7 @@ async fn two_chromium_tabs_and_a_rust_peer_hold_a_call() -> Result<()> {
     eprintln!("done after {:?}", started.elapsed());
 
     rust.peer().close().await?;
-    stage.close().await;
+    stage.close().await?;
     Ok(())
 }
 
@@ -610,7 +540,7 @@ impl Drop for PortLoss {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loss_towards_a_chromium_subscriber_moves_it_to_a_lower_layer() -> Result<()> {
     let stage = Stage::open().await?;
-    let sfu = &stage.sfu;
+    let control = &stage.control;
     let (a, _) = stage
         .join_tab(
             "chrome-a",
@@ -636,7 +566,7 @@ async fn loss_towards_a_chromium_subscriber_moves_it_to_a_lower_layer() -> Resul
     // A clean link: B gets A's top layer (1280 px wide) once A sends it.
     b.wait_stats("A's top layer", |s| width_from(s, &a_tracks) == 1280)
         .await?;
-    let before = participant_stats(sfu, "chrome-b").await?;
+    let before = participant_stats(control, "chrome-b").await?;
 
     // A third of what reaches B's socket is lost. B's transport-wide feedback reports it, the
     // SFU's budget for B falls and it forwards a lower layer, from a keyframe on.
@@ -646,7 +576,7 @@ async fn loss_towards_a_chromium_subscriber_moves_it_to_a_lower_layer() -> Resul
             (1..1280).contains(&width_from(s, &a_tracks))
         })
         .await?;
-    let after = participant_stats(sfu, "chrome-b").await?;
+    let after = participant_stats(control, "chrome-b").await?;
     eprintln!(
         "B's budget {} -> {} bit/s, B decodes A at {} px under loss",
         before.estimated_bps,
@@ -659,6 +589,6 @@ async fn loss_towards_a_chromium_subscriber_moves_it_to_a_lower_layer() -> Resul
         before.estimated_bps,
         after.estimated_bps
     );
-    stage.close().await;
+    stage.close().await?;
     Ok(())
 }

@@ -8,12 +8,14 @@ mod common;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use common::{TestSfu, publish_pattern, serve_page};
+use common::serve_page;
 use rethink_common::testing::chromium::Chromium;
 use rethink_rtc_peer::VideoConfig;
+use rethink_testbed::{TestBed, publish_pattern};
 use serde_json::{Value, json};
 
 const ROOM: &str = "screening";
+const HOUR: Duration = Duration::from_secs(3600);
 const FRAMES: u64 = 30;
 /// Upper bound of the media wait; reached only when something is broken.
 const MEDIA_WAIT: Duration = Duration::from_secs(20);
@@ -21,13 +23,18 @@ const PLAYER: &str = include_str!("assets/whep-player.html");
 
 #[tokio::test]
 async fn a_browser_watches_a_room_through_whep() -> Result<()> {
-    let sfu = TestSfu::start().await;
-    let mut client = sfu.client().await;
-    sfu.create_room(&mut client, ROOM).await;
-    let publisher = publish_pattern(&sfu, &mut client, ROOM, "presenter").await;
-    let token = sfu
-        .keys
-        .mint(json!({"rooms": {"subscribe": true, "names": [ROOM]}}));
+    let bed = TestBed::start().await?;
+    let sfu = bed.default_sfu("sfu-test").await?;
+    let control = bed.sfu_control(&sfu).await?;
+    control.create_room(ROOM).await?;
+    let publisher = publish_pattern(&control, ROOM, "presenter").await?;
+    let token = bed
+        .token_for(
+            "service:conference",
+            json!({"rooms": {"subscribe": true, "names": [ROOM]}}),
+            HOUR,
+        )?
+        .token;
 
     let origin = serve_page(PLAYER).await?;
     let browser = Chromium::launch().await?;
@@ -57,17 +64,17 @@ async fn a_browser_watches_a_room_through_whep() -> Result<()> {
     let pattern = VideoConfig::default();
     assert_eq!(video["width"], pattern.width, "{video}");
     assert_eq!(video["height"], pattern.height, "{video}");
-    let stats = sfu.room_stats(&mut client, ROOM).await;
+    let stats = control.room_stats(ROOM).await.unwrap();
     assert_eq!(stats.participants, 2, "{stats:?}");
 
     let status = page.eval(&format!("stop({})", json!(token))).await?;
     assert_eq!(status, 200, "DELETE of the session");
-    let stats = sfu.room_stats(&mut client, ROOM).await;
+    let stats = control.room_stats(ROOM).await.unwrap();
     assert_eq!(stats.participants, 1, "the viewer is gone: {stats:?}");
 
     page.close().await?;
     browser.close().await;
     publisher.close().await?;
-    sfu.stop().await;
+    sfu.stop().await.unwrap();
     Ok(())
 }

@@ -6,19 +6,20 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prost::Message;
+use rethink_common::Backends;
 use rethink_common::bus::MemoryBus;
 use rethink_common::kv::{KvStore, MemoryKv};
-use rethink_proto::v1::SfuNode;
-use rethink_sfu::keys;
+use rethink_proto::v1::{SfuCreateRoomRequest, SfuJoinRequest};
+use rethink_sfu_client::nodes;
+use rethink_testbed::{SfuReplica, TestBed, WAIT, http_status, stream_ends};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use common::{TestSfu, WAIT, create, http_status, join, peer::TestPeer, stream_ends, test_config};
+use common::peer::TestPeer;
 
-async fn serving(sfu: &TestSfu) -> ServingStatus {
-    let mut health = HealthClient::new(sfu.channel().await);
+async fn serving(sfu: &SfuReplica) -> ServingStatus {
+    let mut health = HealthClient::new(sfu.channel().await.unwrap());
     let response = health
         .check(HealthCheckRequest {
             service: String::new(),
@@ -30,8 +31,8 @@ async fn serving(sfu: &TestSfu) -> ServingStatus {
 }
 
 /// Waits until the gRPC health status is `status` (it follows readiness through a task).
-async fn wait_serving(sfu: &TestSfu, status: ServingStatus) {
-    let mut health = HealthClient::new(sfu.channel().await);
+async fn wait_serving(sfu: &SfuReplica, status: ServingStatus) {
+    let mut health = HealthClient::new(sfu.channel().await.unwrap());
     let mut watch = health
         .watch(HealthCheckRequest {
             service: String::new(),
@@ -51,42 +52,54 @@ async fn wait_serving(sfu: &TestSfu, status: ServingStatus) {
     .expect("health status in time");
 }
 
-async fn start_with_member(drain_timeout_ms: u64) -> (TestSfu, Arc<dyn KvStore>) {
+/// A node on its own in-memory store (its heartbeat is read back from it) with one room and
+/// one member, serving.
+async fn start_with_member(drain_timeout_ms: u64) -> (TestBed, SfuReplica, Arc<dyn KvStore>) {
+    let bed = TestBed::start().await.unwrap();
     let kv: Arc<dyn KvStore> = Arc::new(MemoryKv::new());
     let config = rethink_sfu::SfuConfig {
         drain_timeout_ms,
-        ..test_config()
+        ..bed.sfu_config("sfu-test")
     };
-    let sfu = TestSfu::start_with(config, kv.clone(), Arc::new(MemoryBus::new())).await;
-    let mut client = sfu.client().await;
-    sfu.create_room(&mut client, "r").await;
+    let backends = Backends {
+        kv: kv.clone(),
+        bus: Arc::new(MemoryBus::new()),
+    };
+    let sfu = bed.sfu_with(config, backends).await.unwrap();
+    let control = bed.sfu_control(&sfu).await.unwrap();
+    control.create_room("r").await.unwrap();
     let peer = TestPeer::new().await;
-    sfu.join(&mut client, "r", "alice", &peer.offer).await;
+    control.join("r", "alice", &peer.offer).await.unwrap();
     wait_serving(&sfu, ServingStatus::Serving).await;
-    assert_eq!(http_status(sfu.http, "/readyz").await, 200);
-    (sfu, kv)
+    assert_eq!(http_status(sfu.http, "/readyz").await.unwrap(), 200);
+    (bed, sfu, kv)
 }
 
 #[tokio::test]
 async fn drain_refuses_new_rooms_and_ends_when_the_last_participant_leaves() {
-    let (mut sfu, kv) = start_with_member(30_000).await;
-    let mut client = sfu.client().await;
+    let (bed, mut sfu, kv) = start_with_member(30_000).await;
+    let control = bed.sfu_control(&sfu).await.unwrap();
+    let mut client = control.raw();
 
     sfu.begin_drain();
     wait_serving(&sfu, ServingStatus::NotServing).await;
     assert_eq!(serving(&sfu).await, ServingStatus::NotServing);
-    assert_eq!(http_status(sfu.http, "/readyz").await, 503);
-    assert_eq!(http_status(sfu.http, "/healthz").await, 200);
+    assert_eq!(http_status(sfu.http, "/readyz").await.unwrap(), 503);
+    assert_eq!(http_status(sfu.http, "/healthz").await.unwrap(), 200);
 
     let error = client
-        .create_room(sfu.authed(create("new")))
+        .create_room(SfuCreateRoomRequest { room: "new".into() })
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::Unavailable, "{error:?}");
     assert!(error.message().contains("draining"), "{}", error.message());
     let peer = TestPeer::new().await;
     let error = client
-        .join(sfu.authed(join("new", "bob", &peer.offer)))
+        .join(SfuJoinRequest {
+            room: "new".into(),
+            participant: "bob".into(),
+            offer_sdp: peer.offer.clone(),
+        })
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::Unavailable, "{error:?}");
@@ -94,8 +107,8 @@ async fn drain_refuses_new_rooms_and_ends_when_the_last_participant_leaves() {
     // The heartbeat tells the registry at once.
     tokio::time::timeout(WAIT, async {
         loop {
-            if let Some(value) = kv.get(&keys::node_key("sfu-test")).await.unwrap()
-                && SfuNode::decode(value).unwrap().draining
+            if let Some(value) = kv.get(&nodes::node_key("sfu-test")).await.unwrap()
+                && nodes::decode_heartbeat(&value).unwrap().draining
             {
                 return;
             }
@@ -109,7 +122,7 @@ async fn drain_refuses_new_rooms_and_ends_when_the_last_participant_leaves() {
     let http = reqwest::Client::new();
     let whip = |room: &str| {
         http.post(format!("http://{}/whip/{room}", sfu.http))
-            .bearer_auth(&sfu.token)
+            .bearer_auth(bed.sfu_token())
             .header("content-type", "application/sdp")
             .body(peer.offer.clone())
             .send()
@@ -120,26 +133,26 @@ async fn drain_refuses_new_rooms_and_ends_when_the_last_participant_leaves() {
     let location = response.headers()["location"].to_str().unwrap().to_string();
     let response = http
         .delete(format!("http://{}{location}", sfu.http))
-        .bearer_auth(&sfu.token)
+        .bearer_auth(bed.sfu_token())
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
 
     // The existing room still works.
-    let stats = sfu.room_stats(&mut client, "r").await;
+    let stats = control.room_stats("r").await.unwrap();
     assert_eq!(stats.participants, 1);
 
-    sfu.leave(&mut client, "r", "alice").await;
+    control.leave("r", "alice").await.unwrap();
     sfu.stopped().await.expect("stops once empty");
-    assert_eq!(kv.get(&keys::node_key("sfu-test")).await.unwrap(), None);
+    assert_eq!(kv.get(&nodes::node_key("sfu-test")).await.unwrap(), None);
 }
 
 #[tokio::test]
 async fn drain_deadline_closes_rooms_that_stay_busy() {
-    let (mut sfu, _kv) = start_with_member(300).await;
-    let mut client = sfu.client().await;
-    let mut events = sfu.events(&mut client, "r", "alice").await;
+    let (bed, mut sfu, _kv) = start_with_member(300).await;
+    let control = bed.sfu_control(&sfu).await.unwrap();
+    let mut events = control.events("r", "alice").await.unwrap();
     sfu.begin_drain();
     sfu.stopped().await.expect("stops at the deadline");
     // The participant's stream ended with the room.

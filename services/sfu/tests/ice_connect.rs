@@ -4,12 +4,13 @@
 
 mod common;
 
-use common::{TestSfu, WAIT, peer::TestPeer, stream_ends};
+use common::peer::TestPeer;
 use rethink_proto::v1::sfu_participant_event::Event;
 use rethink_proto::v1::{
     SfuAnswerRenegotiationRequest, SfuGetParticipantStatsRequest, SfuMediaKind, SfuOfferRequest,
     SfuParticipantEvent, SfuSubscribeRequest,
 };
+use rethink_testbed::{TestBed, WAIT, stream_ends};
 use tonic::Streaming;
 
 /// Returns the first event `pick` accepts, driving `peer` meanwhile so its session stays alive.
@@ -35,19 +36,21 @@ async fn wait_event<T>(
 
 #[tokio::test]
 async fn peers_connect_over_udp_and_get_each_others_tracks() {
-    let sfu = TestSfu::start().await;
-    let mut client = sfu.client().await;
-    sfu.create_room(&mut client, "r").await;
+    let bed = TestBed::start().await.unwrap();
+    let sfu = bed.default_sfu("sfu-test").await.unwrap();
+    let control = bed.sfu_control(&sfu).await.unwrap();
+    let mut client = control.raw();
+    control.create_room("r").await.unwrap();
 
     // Alice joins and connects.
     let mut alice = TestPeer::new().await;
-    let answer = sfu.join(&mut client, "r", "alice", &alice.offer).await;
+    let answer = control.join("r", "alice", &alice.offer).await.unwrap();
     assert!(
         answer.contains(&format!("{} typ host", sfu.udp.port())),
         "the answer advertises the service's udp port: {answer}"
     );
     alice.accept_answer(&answer);
-    let mut alice_events = sfu.events(&mut client, "r", "alice").await;
+    let mut alice_events = control.events("r", "alice").await.unwrap();
     assert!(
         alice
             .run_until(WAIT, |p| p.ice_connected && p.connected)
@@ -67,10 +70,10 @@ async fn peers_connect_over_udp_and_get_each_others_tracks() {
     assert_eq!(alice_track.kind, SfuMediaKind::Video as i32);
 
     let stats = client
-        .get_participant_stats(sfu.authed(SfuGetParticipantStatsRequest {
+        .get_participant_stats(SfuGetParticipantStatsRequest {
             room: "r".into(),
             participant: "alice".into(),
-        }))
+        })
         .await
         .unwrap()
         .into_inner();
@@ -99,11 +102,11 @@ async fn peers_connect_over_udp_and_get_each_others_tracks() {
     // Alice adds an audio track with an offer of her own.
     let offer = alice.offer_track(str0m::media::MediaKind::Audio);
     let answer = client
-        .offer(sfu.authed(SfuOfferRequest {
+        .offer(SfuOfferRequest {
             room: "r".into(),
             participant: "alice".into(),
             offer_sdp: offer,
-        }))
+        })
         .await
         .expect("participant offer")
         .into_inner()
@@ -118,9 +121,9 @@ async fn peers_connect_over_udp_and_get_each_others_tracks() {
 
     // Bob joins: Alice hears of it; Bob is offered Alice's tracks.
     let mut bob = TestPeer::new().await;
-    let answer = sfu.join(&mut client, "r", "bob", &bob.offer).await;
+    let answer = control.join("r", "bob", &bob.offer).await.unwrap();
     bob.accept_answer(&answer);
-    let mut bob_events = sfu.events(&mut client, "r", "bob").await;
+    let mut bob_events = control.events("r", "bob").await.unwrap();
     let joined = wait_event(&mut alice_events, &mut alice, |e| match e {
         Event::ParticipantJoined(j) => Some(j.participant.clone()),
         _ => None,
@@ -135,21 +138,21 @@ async fn peers_connect_over_udp_and_get_each_others_tracks() {
     .await;
     let bob_answer = bob.accept_offer(&offer);
     client
-        .answer_renegotiation(sfu.authed(SfuAnswerRenegotiationRequest {
+        .answer_renegotiation(SfuAnswerRenegotiationRequest {
             room: "r".into(),
             participant: "bob".into(),
             answer_sdp: bob_answer,
-        }))
+        })
         .await
         .expect("answer accepted");
     bob.run_until(std::time::Duration::from_millis(200), |_| false)
         .await;
 
     let bob_stats = client
-        .get_participant_stats(sfu.authed(SfuGetParticipantStatsRequest {
+        .get_participant_stats(SfuGetParticipantStatsRequest {
             room: "r".into(),
             participant: "bob".into(),
-        }))
+        })
         .await
         .unwrap()
         .into_inner();
@@ -165,17 +168,11 @@ async fn peers_connect_over_udp_and_get_each_others_tracks() {
         participant: "bob".into(),
         track_id: alice_track.track_id.clone(),
     };
-    client
-        .unsubscribe(sfu.authed(subscription.clone()))
-        .await
-        .unwrap();
-    client
-        .subscribe(sfu.authed(subscription.clone()))
-        .await
-        .unwrap();
+    client.unsubscribe(subscription.clone()).await.unwrap();
+    client.subscribe(subscription.clone()).await.unwrap();
 
     // Alice leaves: Bob hears it, and the room shrinks.
-    sfu.leave(&mut client, "r", "alice").await;
+    control.leave("r", "alice").await.unwrap();
     let mut gone = Vec::new();
     for _ in 0..2 {
         gone.push(
@@ -198,22 +195,23 @@ async fn peers_connect_over_udp_and_get_each_others_tracks() {
     assert_eq!(left, ("alice".to_string(), "left".to_string()));
     // Alice's own stream ends.
     assert!(stream_ends(&mut alice_events).await, "alice's stream ends");
-    let room = sfu.room_stats(&mut client, "r").await;
+    let room = control.room_stats("r").await.unwrap();
     assert_eq!(room.participants, 1);
     assert_eq!(room.participant_stats[0].participant, "bob");
-    sfu.stop().await;
+    sfu.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn a_late_joiner_hears_of_everyone_already_there() {
-    let sfu = TestSfu::start().await;
-    let mut client = sfu.client().await;
-    sfu.create_room(&mut client, "r").await;
+    let bed = TestBed::start().await.unwrap();
+    let sfu = bed.default_sfu("sfu-test").await.unwrap();
+    let control = bed.sfu_control(&sfu).await.unwrap();
+    control.create_room("r").await.unwrap();
     // Alice connects and publishes a video track before Bob arrives.
     let mut alice = TestPeer::new().await;
-    let answer = sfu.join(&mut client, "r", "alice", &alice.offer).await;
+    let answer = control.join("r", "alice", &alice.offer).await.unwrap();
     alice.accept_answer(&answer);
-    let mut alice_events = sfu.events(&mut client, "r", "alice").await;
+    let mut alice_events = control.events("r", "alice").await.unwrap();
     let published = wait_event(&mut alice_events, &mut alice, |e| match e {
         Event::TrackPublished(t) => Some(t.track_id.clone()),
         _ => None,
@@ -221,8 +219,8 @@ async fn a_late_joiner_hears_of_everyone_already_there() {
     .await;
 
     let mut bob = TestPeer::new().await;
-    sfu.join(&mut client, "r", "bob", &bob.offer).await;
-    let mut bob_events = sfu.events(&mut client, "r", "bob").await;
+    control.join("r", "bob", &bob.offer).await.unwrap();
+    let mut bob_events = control.events("r", "bob").await.unwrap();
     let joined = wait_event(&mut bob_events, &mut bob, |e| match e {
         Event::ParticipantJoined(j) => Some(j.participant.clone()),
         _ => None,

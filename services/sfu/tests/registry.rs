@@ -4,24 +4,18 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use prost::Message;
 use rethink_common::bus::{EventBus, RedisBus, decode_event, topics};
-use rethink_common::kv::{KvStore, RedisKv};
-use rethink_common::testing::RedisServer;
-use rethink_proto::v1::{SfuNode, SfuParticipantJoined, SfuParticipantLeft};
-use rethink_sfu::{keys, nodes};
+use rethink_common::kv::KvStore;
+use rethink_proto::v1::{SfuParticipantJoined, SfuParticipantLeft};
+use rethink_sfu::keys;
+use rethink_sfu_client::nodes;
+use rethink_testbed::{TestBed, WAIT};
 
-use common::{TestSfu, WAIT, peer::TestPeer, test_config};
-
-async fn redis_backends(redis: &RedisServer) -> (Arc<dyn KvStore>, Arc<dyn EventBus>) {
-    let kv = RedisKv::connect(&redis.url()).await.expect("redis kv");
-    let bus = RedisBus::connect(&redis.url()).await.expect("redis bus");
-    (Arc::new(kv), Arc::new(bus))
-}
+use common::peer::TestPeer;
 
 /// Polls the store until `key` holds a value (the heartbeat task writes on its own schedule).
 async fn wait_for_key(kv: &dyn KvStore, key: &str) -> Bytes {
@@ -39,13 +33,13 @@ async fn wait_for_key(kv: &dyn KvStore, key: &str) -> Bytes {
 
 #[tokio::test]
 async fn heartbeat_lives_in_redis_with_a_ttl_and_goes_away_on_shutdown() {
-    let redis = RedisServer::start().await.expect("redis-server");
-    let (kv, bus) = redis_backends(&redis).await;
-    let sfu = TestSfu::start_with(test_config(), kv.clone(), bus).await;
-    let key = keys::node_key("sfu-test");
+    let bed = TestBed::start().await.unwrap();
+    let kv = bed.kv();
+    let sfu = bed.default_sfu("sfu-test").await.unwrap();
+    let key = nodes::node_key("sfu-test");
 
     let value = wait_for_key(kv.as_ref(), &key).await;
-    let node = SfuNode::decode(value).expect("heartbeat decodes");
+    let node = nodes::decode_heartbeat(&value).expect("heartbeat decodes");
     assert_eq!(node.node_id, "sfu-test");
     assert_eq!(node.grpc_addr, sfu.grpc.to_string());
     assert_eq!(node.udp_candidates, vec![sfu.udp.to_string()]);
@@ -54,7 +48,7 @@ async fn heartbeat_lives_in_redis_with_a_ttl_and_goes_away_on_shutdown() {
     assert!(node.load.is_some() && node.updated_at.is_some());
 
     // The key carries the configured TTL (1 s), as Redis itself reports it.
-    let client = redis::Client::open(redis.url()).unwrap();
+    let client = redis::Client::open(bed.redis.url()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
     let ttl_ms: i64 = redis::cmd("PTTL")
         .arg(&key)
@@ -73,11 +67,11 @@ async fn heartbeat_lives_in_redis_with_a_ttl_and_goes_away_on_shutdown() {
     assert_eq!(best.node_id, "sfu-test");
 
     // The load follows rooms created on the node.
-    let mut grpc = sfu.client().await;
-    sfu.create_room(&mut grpc, "r").await;
+    let control = bed.sfu_control(&sfu).await.unwrap();
+    control.create_room("r").await.unwrap();
     tokio::time::timeout(WAIT, async {
         loop {
-            let node = SfuNode::decode(wait_for_key(kv.as_ref(), &key).await).unwrap();
+            let node = nodes::decode_heartbeat(&wait_for_key(kv.as_ref(), &key).await).unwrap();
             if node.load.unwrap_or_default().rooms == 1 {
                 break;
             }
@@ -87,7 +81,7 @@ async fn heartbeat_lives_in_redis_with_a_ttl_and_goes_away_on_shutdown() {
     .await
     .expect("load reports the room");
 
-    sfu.stop().await;
+    sfu.stop().await.unwrap();
     assert_eq!(kv.get(&key).await.unwrap(), None, "deleted on shutdown");
     assert!(
         nodes::least_loaded(kv.as_ref()).await.unwrap().is_none(),
@@ -97,20 +91,19 @@ async fn heartbeat_lives_in_redis_with_a_ttl_and_goes_away_on_shutdown() {
 
 #[tokio::test]
 async fn joins_and_departures_are_published_on_the_bus() {
-    let redis = RedisServer::start().await.expect("redis-server");
-    let (kv, bus) = redis_backends(&redis).await;
+    let bed = TestBed::start().await.unwrap();
     // A separate connection listens, as another service would.
-    let listener = RedisBus::connect(&redis.url()).await.unwrap();
+    let listener = RedisBus::connect(&bed.redis.url()).await.unwrap();
     let mut subscription = listener
         .subscribe(&[topics::SFU_EVENTS.to_string()])
         .await
         .unwrap();
-    let sfu = TestSfu::start_with(test_config(), kv, bus).await;
-    let mut grpc = sfu.client().await;
-    sfu.create_room(&mut grpc, "r").await;
+    let sfu = bed.default_sfu("sfu-test").await.unwrap();
+    let control = bed.sfu_control(&sfu).await.unwrap();
+    control.create_room("r").await.unwrap();
     let peer = TestPeer::new().await;
-    sfu.join(&mut grpc, "r", "alice", &peer.offer).await;
-    sfu.leave(&mut grpc, "r", "alice").await;
+    control.join("r", "alice", &peer.offer).await.unwrap();
+    control.leave("r", "alice").await.unwrap();
 
     let mut next = async || {
         let message = tokio::time::timeout(WAIT, subscription.recv())
@@ -139,19 +132,19 @@ async fn joins_and_departures_are_published_on_the_bus() {
     let payload = SfuParticipantLeft::decode(left.payload.as_slice()).unwrap();
     assert_eq!(payload.participant, "alice");
     assert_eq!(payload.reason, "left");
-    sfu.stop().await;
+    sfu.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn heartbeat_comes_back_after_a_redis_restart() {
-    let mut redis = RedisServer::start().await.expect("redis-server");
-    let (kv, bus) = redis_backends(&redis).await;
-    let sfu = TestSfu::start_with(test_config(), kv.clone(), bus).await;
-    let key = keys::node_key("sfu-test");
+    let mut bed = TestBed::start().await.unwrap();
+    let kv = bed.kv();
+    let sfu = bed.default_sfu("sfu-test").await.unwrap();
+    let key = nodes::node_key("sfu-test");
     wait_for_key(kv.as_ref(), &key).await;
 
     // A restart without persistence loses every key; the next beats write it again.
-    redis.restart().await.expect("redis restarts");
+    bed.redis.restart().await.expect("redis restarts");
     let value = tokio::time::timeout(WAIT, async {
         loop {
             if let Ok(Some(value)) = kv.get(&key).await {
@@ -162,6 +155,6 @@ async fn heartbeat_comes_back_after_a_redis_restart() {
     })
     .await
     .expect("heartbeat rewritten after the restart");
-    assert_eq!(SfuNode::decode(value).unwrap().node_id, "sfu-test");
-    sfu.stop().await;
+    assert_eq!(nodes::decode_heartbeat(&value).unwrap().node_id, "sfu-test");
+    sfu.stop().await.unwrap();
 }

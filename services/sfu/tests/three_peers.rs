@@ -6,22 +6,17 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::TestSfu;
 use prost::Message;
 use rethink_common::bus::{Subscription, topics};
-use rethink_proto::v1::sfu_client::SfuClient;
 use rethink_proto::v1::sfu_participant_event::Event;
-use rethink_proto::v1::{
-    SfuAddIceCandidateRequest, SfuAnswerRenegotiationRequest, SfuEventsRequest,
-    SfuGetRoomStatsRequest, SfuLeaveRequest, SfuParticipantLeft, SfuRoomStats, SfuTrackEvent,
-};
+use rethink_proto::v1::{SfuParticipantLeft, SfuRoomStats, SfuTrackEvent};
 use rethink_rtc_peer::{Peer, PeerConfig, RemoteTrackKey};
 use rethink_sfu::keys;
-use tokio::sync::watch;
-use tonic::transport::Channel;
+use rethink_testbed::TestBed;
+use rethink_testbed::sfu::{Relay, RelayOutcome, SfuControl};
 
 const ROOM: &str = "three-peers";
 /// Frames each peer must decode from each other publisher.
@@ -29,138 +24,68 @@ const FRAMES: u64 = 30;
 /// Upper bound of media waits; debug builds encode and decode in software.
 const MEDIA_WAIT: Duration = Duration::from_secs(30);
 
-/// One participant: its peer, and what its `Events` stream delivered so far.
+/// One participant: its peer, and the relay answering its renegotiation offers and recording
+/// what its `Events` stream delivered.
 struct Participant {
     name: String,
     peer: Arc<Peer>,
-    events: watch::Receiver<Vec<Event>>,
-    /// Renegotiation offers answered, or the first error met while answering one.
-    renegotiations: Arc<Mutex<Result<u32, String>>>,
+    relay: Relay,
 }
 
-async fn join(sfu: &TestSfu, name: &str) -> anyhow::Result<Participant> {
-    let mut client = sfu.client().await;
+async fn join(control: &SfuControl, name: &str) -> anyhow::Result<Participant> {
     let peer = Arc::new(Peer::new(PeerConfig::publisher(name)).await?);
     let offer = peer.create_offer().await?;
-    let answer = client
-        .join(sfu.authed(common::join(ROOM, name, &offer)))
-        .await?
-        .into_inner()
-        .answer_sdp;
+    let answer = control.join(ROOM, name, &offer).await?;
     peer.apply_answer(&answer).await?;
 
     // Trickle our candidates now that the server knows the participant.
     let mut candidates = peer.take_local_candidates().expect("first take");
-    let mut trickle_client = client.clone();
-    let token = sfu.token.clone();
+    let trickle = control.clone();
     let participant = name.to_owned();
     tokio::spawn(async move {
         while let Some(candidate) = candidates.recv().await {
-            let request = common::authed(
-                SfuAddIceCandidateRequest {
-                    room: ROOM.into(),
-                    participant: participant.clone(),
-                    candidate,
-                },
-                &token,
-            );
-            if trickle_client.add_ice_candidate(request).await.is_err() {
+            if trickle
+                .trickle(ROOM, &participant, &candidate)
+                .await
+                .is_err()
+            {
                 break;
             }
         }
     });
 
-    let stream = client
-        .events(sfu.authed(SfuEventsRequest {
-            room: ROOM.into(),
-            participant: name.into(),
-        }))
-        .await?
-        .into_inner();
-    let (events_tx, events) = watch::channel(Vec::new());
-    let renegotiations = Arc::new(Mutex::new(Ok(0)));
-    tokio::spawn(follow_events(
-        stream,
-        Arc::clone(&peer),
-        client,
-        sfu.token.clone(),
-        name.to_owned(),
-        events_tx,
-        Arc::clone(&renegotiations),
-    ));
+    // Apply every renegotiation offer and answer it.
+    let answerer = Arc::clone(&peer);
+    let relay = Relay::start(control, ROOM, name, move |offer| {
+        let peer = Arc::clone(&answerer);
+        async move { peer.apply_offer(&offer).await.map_err(|e| e.to_string()) }
+    })
+    .await?;
     Ok(Participant {
         name: name.to_owned(),
         peer,
-        events,
-        renegotiations,
+        relay,
     })
-}
-
-/// Applies every renegotiation offer and answers it; records every event.
-async fn follow_events(
-    mut stream: tonic::Streaming<rethink_proto::v1::SfuParticipantEvent>,
-    peer: Arc<Peer>,
-    mut client: SfuClient<Channel>,
-    token: String,
-    name: String,
-    events: watch::Sender<Vec<Event>>,
-    renegotiations: Arc<Mutex<Result<u32, String>>>,
-) {
-    while let Ok(Some(message)) = stream.message().await {
-        let Some(event) = message.event else { continue };
-        if let Event::Renegotiation(offer) = &event {
-            let outcome = match peer.apply_offer(&offer.offer_sdp).await {
-                Ok(answer) => client
-                    .answer_renegotiation(common::authed(
-                        SfuAnswerRenegotiationRequest {
-                            room: ROOM.into(),
-                            participant: name.clone(),
-                            answer_sdp: answer,
-                        },
-                        &token,
-                    ))
-                    .await
-                    .map(|_| ())
-                    .map_err(|status| format!("AnswerRenegotiation: {status}")),
-                Err(error) => Err(format!("applying the offer: {error}")),
-            };
-            let mut count = renegotiations.lock().unwrap();
-            match outcome {
-                Ok(()) => {
-                    if let Ok(n) = count.as_mut() {
-                        *n += 1;
-                    }
-                }
-                Err(error) => {
-                    if count.is_ok() {
-                        *count = Err(error);
-                    }
-                }
-            }
-        }
-        events.send_modify(|all| all.push(event));
-    }
 }
 
 impl Participant {
     /// Waits until an event matching `want` arrived.
-    async fn wait_event(&self, what: &str, mut want: impl FnMut(&Event) -> bool) -> Event {
-        let mut rx = self.events.clone();
-        let found = tokio::time::timeout(MEDIA_WAIT, rx.wait_for(|all| all.iter().any(&mut want)))
+    async fn wait_event(&self, what: &str, want: impl Fn(&Event) -> bool) -> Event {
+        self.relay
+            .wait_event(MEDIA_WAIT, want)
             .await
-            .unwrap_or_else(|_| {
+            .unwrap_or_else(|| {
                 panic!(
                     "{}: no {what} event; events: {:?}",
                     self.name,
-                    self.events.borrow()
+                    self.relay.events()
                 )
             })
-            .expect("events sender alive");
-        found.iter().find(|e| want(e)).cloned().expect("matched")
     }
 
-    fn renegotiation_outcome(&self) -> Result<u32, String> {
-        self.renegotiations.lock().unwrap().clone()
+    /// Renegotiation offers answered, and the first error met while answering one.
+    fn renegotiation_outcome(&self) -> RelayOutcome {
+        self.relay.outcome()
     }
 
     /// The remote tracks that decoded frames, excluding this peer's own.
@@ -211,27 +136,25 @@ async fn wait_bus_departure(
     }
 }
 
-async fn room_stats(sfu: &TestSfu) -> anyhow::Result<SfuRoomStats> {
-    Ok(sfu
-        .client()
-        .await
-        .get_room_stats(sfu.authed(SfuGetRoomStatsRequest { room: ROOM.into() }))
-        .await?
-        .into_inner())
+async fn room_stats(control: &SfuControl) -> anyhow::Result<SfuRoomStats> {
+    Ok(control.room_stats(ROOM).await?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_peers_decode_each_other_and_a_leaver_is_cleaned_up() -> anyhow::Result<()> {
-    let sfu = TestSfu::start().await;
-    let mut bus = sfu.bus.subscribe(&[topics::SFU_EVENTS.to_owned()]).await?;
-    sfu.client()
-        .await
-        .create_room(sfu.authed(common::create(ROOM)))
+    let bed = TestBed::start().await?;
+    let sfu = bed.default_sfu("sfu-test").await?;
+    let control = bed.sfu_control(&sfu).await?;
+    let mut bus = bed
+        .backends
+        .bus
+        .subscribe(&[topics::SFU_EVENTS.to_owned()])
         .await?;
+    control.create_room(ROOM).await?;
 
     let mut participants = Vec::new();
     for name in ["alice", "bob", "carol"] {
-        participants.push(join(&sfu, name).await?);
+        participants.push(join(&control, name).await?);
     }
     for p in &participants {
         p.peer.wait_connected(MEDIA_WAIT).await?;
@@ -259,7 +182,7 @@ async fn three_peers_decode_each_other_and_a_leaver_is_cleaned_up() -> anyhow::R
             assert_eq!(counters.last_size, Some((320, 240)), "{}", p.name);
         }
         assert!(
-            matches!(p.renegotiation_outcome(), Ok(n) if n >= 1),
+            matches!(p.renegotiation_outcome(), RelayOutcome { answered, error: None, .. } if answered >= 1),
             "{}: renegotiations {:?}",
             p.name,
             p.renegotiation_outcome()
@@ -293,7 +216,7 @@ async fn three_peers_decode_each_other_and_a_leaver_is_cleaned_up() -> anyhow::R
         assert_eq!(decoded, expected, "{} decodes the wrong tracks", p.name);
     }
 
-    let stats = room_stats(&sfu).await?;
+    let stats = room_stats(&control).await?;
     assert_eq!(stats.participants, 3, "{stats:?}");
     assert_eq!(stats.tracks, 3, "{stats:?}");
     for ps in &stats.participant_stats {
@@ -306,13 +229,7 @@ async fn three_peers_decode_each_other_and_a_leaver_is_cleaned_up() -> anyhow::R
 
     // Carol leaves.
     let carol = participants.pop().expect("carol");
-    sfu.client()
-        .await
-        .leave(sfu.authed(SfuLeaveRequest {
-            room: ROOM.into(),
-            participant: carol.name.clone(),
-        }))
-        .await?;
+    control.leave(ROOM, &carol.name).await?;
     carol.peer.close().await?;
 
     for p in &participants {
@@ -333,7 +250,7 @@ async fn three_peers_decode_each_other_and_a_leaver_is_cleaned_up() -> anyhow::R
         &unpublished.track_id,
         track_of.get("carol").expect("carol published")
     );
-    let stats = room_stats(&sfu).await?;
+    let stats = room_stats(&control).await?;
     assert_eq!(stats.participants, 2, "{stats:?}");
     assert_eq!(stats.tracks, 2, "{stats:?}");
     for ps in &stats.participant_stats {
@@ -377,6 +294,6 @@ async fn three_peers_decode_each_other_and_a_leaver_is_cleaned_up() -> anyhow::R
     for p in &participants {
         p.peer.close().await?;
     }
-    sfu.stop().await;
+    sfu.stop().await?;
     Ok(())
 }

@@ -10,14 +10,13 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{TestSfu, WAIT};
-use rethink_proto::v1::sfu_client::SfuClient;
-use rethink_proto::v1::sfu_participant_event::Event;
-use rethink_proto::v1::{SfuAnswerRenegotiationRequest, SfuOfferRequest, SfuRoomStats};
+use common::error_body;
+use rethink_proto::v1::{SfuOfferRequest, SfuRoomStats};
 use rethink_rtc_peer::{Peer, PeerConfig, RTCPeerConnectionState};
 use rethink_sfu_core::{apply_ice_fragment, ice_credentials};
+use rethink_testbed::sfu::{Relay, SfuControl};
+use rethink_testbed::{SfuReplica, TestBed, WAIT, publish_pattern};
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 
 const ROOM: &str = "stage";
 /// Frames the viewer must decode (before and after an ICE restart).
@@ -25,14 +24,21 @@ const FRAMES: u64 = 30;
 /// Upper bound of media waits; debug builds encode and decode in software.
 const MEDIA_WAIT: Duration = Duration::from_secs(30);
 
+const HOUR: Duration = Duration::from_secs(3600);
+
 /// A publisher of the H264 test pattern, joined over gRPC.
-async fn publish(sfu: &TestSfu, client: &mut SfuClient<Channel>, name: &str) -> Peer {
-    common::publish_pattern(sfu, client, ROOM, name).await
+async fn publish(control: &SfuControl, name: &str) -> Peer {
+    publish_pattern(control, ROOM, name).await.unwrap()
 }
 
-fn viewer_token(sfu: &TestSfu) -> String {
-    sfu.keys
-        .mint(serde_json::json!({"rooms": {"subscribe": true, "names": [ROOM]}}))
+fn viewer_token(bed: &TestBed) -> String {
+    bed.token_for(
+        "service:conference",
+        serde_json::json!({"rooms": {"subscribe": true, "names": [ROOM]}}),
+        HOUR,
+    )
+    .unwrap()
+    .token
 }
 
 /// A WHEP session as the client sees it.
@@ -44,7 +50,7 @@ struct Whep {
 
 async fn whep_post(
     http: &reqwest::Client,
-    sfu: &TestSfu,
+    sfu: &SfuReplica,
     token: &str,
     offer: &str,
 ) -> reqwest::Response {
@@ -57,7 +63,7 @@ async fn whep_post(
         .unwrap()
 }
 
-async fn whep_start(http: &reqwest::Client, sfu: &TestSfu, token: &str, offer: &str) -> Whep {
+async fn whep_start(http: &reqwest::Client, sfu: &SfuReplica, token: &str, offer: &str) -> Whep {
     let response = whep_post(http, sfu, token, offer).await;
     assert_eq!(response.status(), 201, "{:?}", response.text().await);
     let header = |name: &str| {
@@ -127,12 +133,13 @@ fn participant<'a>(
 
 #[tokio::test]
 async fn whep_viewer_decodes_the_room_and_delete_ends_it() {
-    let sfu = TestSfu::start().await;
-    let mut client = sfu.client().await;
-    sfu.create_room(&mut client, ROOM).await;
-    let alice = publish(&sfu, &mut client, "alice").await;
+    let bed = TestBed::start().await.unwrap();
+    let sfu = bed.default_sfu("sfu-test").await.unwrap();
+    let control = bed.sfu_control(&sfu).await.unwrap();
+    control.create_room(ROOM).await.unwrap();
+    let alice = publish(&control, "alice").await;
     let http = reqwest::Client::new();
-    let token = viewer_token(&sfu);
+    let token = viewer_token(&bed);
 
     let viewer = Peer::new(PeerConfig::viewer("viewer")).await.unwrap();
     let offer = viewer.create_offer_gathered(WAIT).await.unwrap();
@@ -156,7 +163,7 @@ async fn whep_viewer_decodes_the_room_and_delete_ends_it() {
     );
 
     let name = session.location.rsplit('/').next().unwrap().to_string();
-    let stats = sfu.room_stats(&mut client, ROOM).await;
+    let stats = control.room_stats(ROOM).await.unwrap();
     let alice_track = participant(&stats, "alice").published_tracks.clone();
     let seen = participant(&stats, &name);
     assert!(seen.connected);
@@ -166,8 +173,8 @@ async fn whep_viewer_decodes_the_room_and_delete_ends_it() {
     assert!(alice.frames_sent() > 0);
 
     // A second video track finds no free m-line: not sent, listed in the viewer's stats.
-    let bob = publish(&sfu, &mut client, "bob").await;
-    let stats = sfu.room_stats(&mut client, ROOM).await;
+    let bob = publish(&control, "bob").await;
+    let stats = control.room_stats(ROOM).await.unwrap();
     let bob_track = participant(&stats, "bob").published_tracks.clone();
     assert_eq!(bob_track.len(), 1);
     let seen = participant(&stats, &name);
@@ -179,7 +186,7 @@ async fn whep_viewer_decodes_the_room_and_delete_ends_it() {
     assert_eq!(http.delete(&url).send().await.unwrap().status(), 401);
     let response = http.delete(&url).bearer_auth(&token).send().await.unwrap();
     assert_eq!(response.status(), 200);
-    let stats = sfu.room_stats(&mut client, ROOM).await;
+    let stats = control.room_stats(ROOM).await.unwrap();
     assert_eq!(stats.participants, 2, "alice and bob stay");
     assert!(
         stats
@@ -198,16 +205,17 @@ async fn whep_viewer_decodes_the_room_and_delete_ends_it() {
     viewer.close().await.unwrap();
     alice.close().await.unwrap();
     bob.close().await.unwrap();
-    sfu.stop().await;
+    sfu.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn whep_requests_get_clear_statuses() {
-    let sfu = TestSfu::start().await;
-    let mut client = sfu.client().await;
-    sfu.create_room(&mut client, ROOM).await;
+    let bed = TestBed::start().await.unwrap();
+    let sfu = bed.default_sfu("sfu-test").await.unwrap();
+    let control = bed.sfu_control(&sfu).await.unwrap();
+    control.create_room(ROOM).await.unwrap();
     let http = reqwest::Client::new();
-    let token = viewer_token(&sfu);
+    let token = viewer_token(&bed);
     let viewer = Peer::new(PeerConfig::viewer("viewer")).await.unwrap();
     let offer = viewer.create_offer_gathered(WAIT).await.unwrap();
     let post = |path: &str, token: Option<&str>, content_type: &str, body: String| {
@@ -227,7 +235,7 @@ async fn whep_requests_get_clear_statuses() {
         if status < 400 {
             return (status, text);
         }
-        let (code, message) = common::error_body(&text);
+        let (code, message) = error_body(&text);
         (status, format!("{code}: {message}"))
     };
 
@@ -244,7 +252,7 @@ async fn whep_requests_get_clear_statuses() {
     .await;
     assert_eq!(status, 403, "the token covers {ROOM} only: {text}");
     assert!(text.starts_with("forbidden: "), "{text}");
-    let admin = sfu.token.clone();
+    let admin = bed.sfu_token();
     let (status, text) = status_and_text(
         post(
             "/whep/nowhere",
@@ -282,9 +290,14 @@ async fn whep_requests_get_clear_statuses() {
     .await;
     assert_eq!(status, 401);
     assert!(text.starts_with("malformed_token: "), "{text}");
-    let publisher_only = sfu
-        .keys
-        .mint(serde_json::json!({"rooms": {"publish": true, "names": [ROOM]}}));
+    let publisher_only = bed
+        .token_for(
+            "service:conference",
+            serde_json::json!({"rooms": {"publish": true, "names": [ROOM]}}),
+            HOUR,
+        )
+        .unwrap()
+        .token;
     let (status, text) = status_and_text(
         post(
             "/whep/stage",
@@ -377,21 +390,22 @@ async fn whep_requests_get_clear_statuses() {
     )
     .await;
     assert_eq!(status, 404, "conference participants are not WHEP sessions");
-    let stats = sfu.room_stats(&mut client, ROOM).await;
+    let stats = control.room_stats(ROOM).await.unwrap();
     assert_eq!(stats.participants, 1, "only the one good POST joined");
     viewer.close().await.unwrap();
     sender.close().await.unwrap();
-    sfu.stop().await;
+    sfu.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn whep_viewer_restarts_ice_from_a_new_socket_and_keeps_decoding() {
-    let sfu = TestSfu::start().await;
-    let mut client = sfu.client().await;
-    sfu.create_room(&mut client, ROOM).await;
-    let alice = publish(&sfu, &mut client, "alice").await;
+    let bed = TestBed::start().await.unwrap();
+    let sfu = bed.default_sfu("sfu-test").await.unwrap();
+    let control = bed.sfu_control(&sfu).await.unwrap();
+    control.create_room(ROOM).await.unwrap();
+    let alice = publish(&control, "alice").await;
     let http = reqwest::Client::new();
-    let token = viewer_token(&sfu);
+    let token = viewer_token(&bed);
 
     let viewer = Peer::new(PeerConfig {
         rebind_on_ice_restart: true,
@@ -451,19 +465,21 @@ async fn whep_viewer_restarts_ice_from_a_new_socket_and_keeps_decoding() {
         .wait_decoded(1, before + FRAMES, MEDIA_WAIT)
         .await
         .unwrap();
-    let stats = sfu.room_stats(&mut client, ROOM).await;
+    let stats = control.room_stats(ROOM).await.unwrap();
     assert_eq!(stats.participants, 2, "nobody was dropped");
     viewer.close().await.unwrap();
     alice.close().await.unwrap();
-    sfu.stop().await;
+    sfu.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn grpc_participant_restarts_ice_from_a_new_socket_and_keeps_decoding() {
-    let sfu = TestSfu::start().await;
-    let mut client = sfu.client().await;
-    sfu.create_room(&mut client, ROOM).await;
-    let alice = publish(&sfu, &mut client, "alice").await;
+    let bed = TestBed::start().await.unwrap();
+    let sfu = bed.default_sfu("sfu-test").await.unwrap();
+    let control = bed.sfu_control(&sfu).await.unwrap();
+    let mut client = control.raw();
+    control.create_room(ROOM).await.unwrap();
+    let alice = publish(&control, "alice").await;
 
     // A conference participant that only receives: alice's video arrives in an m-line the
     // server adds by renegotiation.
@@ -482,50 +498,32 @@ async fn grpc_participant_restarts_ice_from_a_new_socket_and_keeps_decoding() {
         .find(|l| l.starts_with("a=candidate:"))
         .map(candidate_port)
         .expect("a candidate in the offer");
-    let join_answer = sfu.join(&mut client, ROOM, "bob", &offer).await;
+    let join_answer = control.join(ROOM, "bob", &offer).await.unwrap();
     bob.apply_answer(&join_answer).await.unwrap();
-    let mut events = sfu.events(&mut client, ROOM, "bob").await;
     // Answer the server's renegotiation offers (alice's track) as they come.
-    let (follower, mut answered) = {
-        let (tx, rx) = mpsc::unbounded_channel();
+    let relay = {
         let bob = Arc::clone(&bob);
-        let mut client = client.clone();
-        let token = sfu.token.clone();
-        let task = tokio::spawn(async move {
-            while let Ok(Some(message)) = events.message().await {
-                if let Some(Event::Renegotiation(offer)) = message.event {
-                    let answer = bob.apply_offer(&offer.offer_sdp).await.unwrap();
-                    client
-                        .answer_renegotiation(common::authed(
-                            SfuAnswerRenegotiationRequest {
-                                room: ROOM.into(),
-                                participant: "bob".into(),
-                                answer_sdp: answer,
-                            },
-                            &token,
-                        ))
-                        .await
-                        .unwrap();
-                    let _ = tx.send(());
-                }
-            }
-        });
-        (task, rx)
-    };
-    tokio::time::timeout(WAIT, answered.recv())
+        Relay::start(&control, ROOM, "bob", move |offer| {
+            let bob = Arc::clone(&bob);
+            async move { bob.apply_offer(&offer).await.map_err(|e| e.to_string()) }
+        })
         .await
-        .expect("a renegotiation offer")
-        .unwrap();
+        .unwrap()
+    };
+    relay
+        .wait_answered(1, WAIT)
+        .await
+        .expect("a renegotiation offer answered");
     bob.wait_decoded(1, FRAMES, MEDIA_WAIT).await.unwrap();
 
     // Bob's network changed: a new socket and a re-offer with new credentials over gRPC.
     let restart = bob.restart_ice_offer().await.unwrap();
     let answer = client
-        .offer(sfu.authed(SfuOfferRequest {
+        .offer(SfuOfferRequest {
             room: ROOM.into(),
             participant: "bob".into(),
             offer_sdp: restart.clone(),
-        }))
+        })
         .await
         .expect("the server takes the restart offer")
         .into_inner()
@@ -542,22 +540,28 @@ async fn grpc_participant_restarts_ice_from_a_new_socket_and_keeps_decoding() {
     bob.wait_decoded(1, before + FRAMES, MEDIA_WAIT)
         .await
         .unwrap();
-    let stats = sfu.room_stats(&mut client, ROOM).await;
+    let stats = control.room_stats(ROOM).await.unwrap();
     assert_eq!(stats.participants, 2, "nobody was dropped");
     assert!(participant(&stats, "bob").connected);
-    follower.abort();
+    drop(relay);
     bob.close().await.unwrap();
     alice.close().await.unwrap();
-    sfu.stop().await;
+    sfu.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn whip_sessions_take_the_same_patch() {
-    let sfu = TestSfu::start().await;
+    let bed = TestBed::start().await.unwrap();
+    let sfu = bed.default_sfu("sfu-test").await.unwrap();
     let http = reqwest::Client::new();
-    let token = sfu
-        .keys
-        .mint(serde_json::json!({"rooms": {"publish": true, "names": [ROOM]}}));
+    let token = bed
+        .token_for(
+            "service:conference",
+            serde_json::json!({"rooms": {"publish": true, "names": [ROOM]}}),
+            HOUR,
+        )
+        .unwrap()
+        .token;
     let mut peer = common::peer::TestPeer::new().await;
     let response = http
         .post(format!("http://{}/whip/{ROOM}", sfu.http))
@@ -606,19 +610,20 @@ async fn whip_sessions_take_the_same_patch() {
         new_etag
     );
     // A viewer's token does not reach a publisher's session.
-    let viewer = viewer_token(&sfu);
+    let viewer = viewer_token(&bed);
     let response = http.delete(&url).bearer_auth(&viewer).send().await.unwrap();
     assert_eq!(response.status(), 403);
     let response = http.delete(&url).bearer_auth(&token).send().await.unwrap();
     assert_eq!(response.status(), 200);
-    sfu.stop().await;
+    sfu.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn browsers_on_other_origins_may_call_the_endpoints() {
-    let sfu = TestSfu::start().await;
-    let mut client = sfu.client().await;
-    sfu.create_room(&mut client, ROOM).await;
+    let bed = TestBed::start().await.unwrap();
+    let sfu = bed.default_sfu("sfu-test").await.unwrap();
+    let control = bed.sfu_control(&sfu).await.unwrap();
+    control.create_room(ROOM).await.unwrap();
     let http = reqwest::Client::new();
     let url = format!("http://{}/whep/{ROOM}", sfu.http);
     const ORIGIN: &str = "http://player.example";
@@ -654,7 +659,7 @@ async fn browsers_on_other_origins_may_call_the_endpoints() {
         .post(&url)
         .header("origin", ORIGIN)
         .header("content-type", "application/sdp")
-        .bearer_auth(viewer_token(&sfu))
+        .bearer_auth(viewer_token(&bed))
         .body(offer)
         .send()
         .await
@@ -676,5 +681,5 @@ async fn browsers_on_other_origins_may_call_the_endpoints() {
         .unwrap();
     assert_eq!(refused.status(), 401);
     viewer.close().await.unwrap();
-    sfu.stop().await;
+    sfu.stop().await.unwrap();
 }

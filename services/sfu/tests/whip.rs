@@ -3,20 +3,36 @@
 
 mod common;
 
-use common::{TestSfu, WAIT, peer::TestPeer};
-use rethink_proto::v1::SfuGetRoomStatsRequest;
+use std::time::Duration;
+
+use common::peer::TestPeer;
+use rethink_proto::v1::{SfuCreateRoomRequest, SfuGetRoomStatsRequest};
+use rethink_testbed::{TestBed, WAIT, sfu::SfuControl};
+
+const HOUR: Duration = Duration::from_secs(3600);
 
 #[tokio::test]
 async fn whip_publisher_connects_and_deletes_its_session() {
-    let sfu = TestSfu::start().await;
+    let bed = TestBed::start().await.unwrap();
+    let sfu = bed.default_sfu("sfu-test").await.unwrap();
     let http = reqwest::Client::new();
     let url = format!("http://{}/whip/stage", sfu.http);
-    let publisher = sfu
-        .keys
-        .mint(serde_json::json!({"rooms": {"publish": true, "names": ["stage"]}}));
-    let viewer = sfu
-        .keys
-        .mint(serde_json::json!({"rooms": {"subscribe": true}}));
+    let publisher = bed
+        .token_for(
+            "service:conference",
+            serde_json::json!({"rooms": {"publish": true, "names": ["stage"]}}),
+            HOUR,
+        )
+        .unwrap()
+        .token;
+    let viewer = bed
+        .token_for(
+            "service:conference",
+            serde_json::json!({"rooms": {"subscribe": true}}),
+            HOUR,
+        )
+        .unwrap()
+        .token;
     let mut peer = TestPeer::new().await;
 
     let post = |token: Option<&str>, content_type: &str, body: String| {
@@ -67,11 +83,12 @@ async fn whip_publisher_connects_and_deletes_its_session() {
         "whip publisher connects over udp"
     );
 
-    let mut client = sfu.client().await;
+    let control = bed.sfu_control(&sfu).await.unwrap();
+    let mut client = control.raw();
     let stats = client
-        .get_room_stats(sfu.authed(SfuGetRoomStatsRequest {
+        .get_room_stats(SfuGetRoomStatsRequest {
             room: "stage".into(),
-        }))
+        })
         .await
         .expect("the room was created by the POST")
         .into_inner();
@@ -97,37 +114,38 @@ async fn whip_publisher_connects_and_deletes_its_session() {
         .await
         .unwrap();
     assert_eq!(response.status(), 404);
-    let stats = sfu.room_stats(&mut client, "stage").await;
+    let stats = control.room_stats("stage").await.unwrap();
     assert_eq!(stats.participants, 0);
-    sfu.stop().await;
+    sfu.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn whip_delete_cannot_remove_conference_participants() {
-    let sfu = TestSfu::start().await;
-    let mut client = sfu.client().await;
-    sfu.create_room(&mut client, "r").await;
+    let bed = TestBed::start().await.unwrap();
+    let sfu = bed.default_sfu("sfu-test").await.unwrap();
+    let control = bed.sfu_control(&sfu).await.unwrap();
+    control.create_room("r").await.unwrap();
     let peer = TestPeer::new().await;
-    sfu.join(&mut client, "r", "alice", &peer.offer).await;
+    control.join("r", "alice", &peer.offer).await.unwrap();
     let response = reqwest::Client::new()
         .delete(format!("http://{}/whip/r/alice", sfu.http))
-        .bearer_auth(&sfu.token)
+        .bearer_auth(bed.sfu_token())
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 404);
-    let stats = sfu.room_stats(&mut client, "r").await;
+    let stats = control.room_stats("r").await.unwrap();
     assert_eq!(stats.participants, 1);
-    sfu.stop().await;
+    sfu.stop().await.unwrap();
 }
 
 /// Polls `GetRoomStats` until `room` is gone (NOT_FOUND); false after [`WAIT`].
-async fn room_closes(sfu: &TestSfu, room: &str) -> bool {
-    let mut client = sfu.client().await;
+async fn room_closes(control: &SfuControl, room: &str) -> bool {
+    let mut client = control.raw();
     tokio::time::timeout(WAIT, async {
         loop {
             let result = client
-                .get_room_stats(sfu.authed(SfuGetRoomStatsRequest { room: room.into() }))
+                .get_room_stats(SfuGetRoomStatsRequest { room: room.into() })
                 .await;
             match result {
                 Err(status) if status.code() == tonic::Code::NotFound => return,
@@ -142,21 +160,22 @@ async fn room_closes(sfu: &TestSfu, room: &str) -> bool {
 #[tokio::test]
 async fn garbage_whip_leaves_no_room_and_empty_rooms_close() {
     const MAX_ROOMS: usize = 5;
+    let bed = TestBed::start().await.unwrap();
     let config = rethink_sfu::SfuConfig {
         max_rooms: MAX_ROOMS,
         empty_room_timeout_ms: 300,
-        ..common::test_config()
+        ..bed.sfu_config("sfu-test")
     };
-    let sfu = TestSfu::start_with(
-        config,
-        std::sync::Arc::new(rethink_common::kv::MemoryKv::new()),
-        std::sync::Arc::new(rethink_common::bus::MemoryBus::new()),
-    )
-    .await;
+    let sfu = bed.sfu(config).await.unwrap();
     let http = reqwest::Client::new();
-    let publisher = sfu
-        .keys
-        .mint(serde_json::json!({"rooms": {"publish": true}}));
+    let publisher = bed
+        .token_for(
+            "service:conference",
+            serde_json::json!({"rooms": {"publish": true}}),
+            HOUR,
+        )
+        .unwrap()
+        .token;
     let post = |room: String, body: String| {
         http.post(format!("http://{}/whip/{room}", sfu.http))
             .header("content-type", "application/sdp")
@@ -172,28 +191,34 @@ async fn garbage_whip_leaves_no_room_and_empty_rooms_close() {
             .unwrap();
         assert_eq!(response.status(), 400, "{:?}", response.text().await);
     }
-    let mut client = sfu.client().await;
+    let control = bed.sfu_control(&sfu).await.unwrap();
+    let mut client = control.raw();
     for i in 0..4 * MAX_ROOMS {
         let status = client
-            .get_room_stats(sfu.authed(SfuGetRoomStatsRequest {
+            .get_room_stats(SfuGetRoomStatsRequest {
                 room: format!("junk-{i}"),
-            }))
+            })
             .await
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::NotFound, "junk-{i} left behind");
     }
     // Every room is still available.
     for i in 0..MAX_ROOMS {
-        sfu.create_room(&mut client, &format!("real-{i}")).await;
+        control.create_room(&format!("real-{i}")).await.unwrap();
     }
     let full = client
-        .create_room(sfu.authed(common::create("one-too-many")))
+        .create_room(SfuCreateRoomRequest {
+            room: "one-too-many".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(full.code(), tonic::Code::ResourceExhausted);
     // Rooms nobody joined close after the timeout and give their places back.
     for i in 0..MAX_ROOMS {
-        assert!(room_closes(&sfu, &format!("real-{i}")).await, "real-{i}");
+        assert!(
+            room_closes(&control, &format!("real-{i}")).await,
+            "real-{i}"
+        );
     }
 
     // A room WHIP created closes once its publisher is gone and the timeout passed.
@@ -206,7 +231,7 @@ async fn garbage_whip_leaves_no_room_and_empty_rooms_close() {
     // Twice the timeout, with the publisher's session kept alive meanwhile.
     peer.run_until(std::time::Duration::from_millis(600), |_| false)
         .await;
-    let stats = sfu.room_stats(&mut client, "stage").await;
+    let stats = control.room_stats("stage").await.unwrap();
     assert_eq!(stats.participants, 1, "an occupied room stays open");
     let response = http
         .delete(format!("http://{}{location}", sfu.http))
@@ -215,6 +240,9 @@ async fn garbage_whip_leaves_no_room_and_empty_rooms_close() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert!(room_closes(&sfu, "stage").await, "the empty room closes");
-    sfu.stop().await;
+    assert!(
+        room_closes(&control, "stage").await,
+        "the empty room closes"
+    );
+    sfu.stop().await.unwrap();
 }
