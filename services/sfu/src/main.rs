@@ -36,9 +36,15 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let _telemetry = telemetry::init("rethink-sfu", args.common.json_logs)?;
     let config: SfuConfig = config::load(args.common.config.as_deref(), &args)?;
+    let _telemetry = telemetry::init("rethink-sfu", args.common.json_logs)?;
     let listeners = Listeners::bind(&config).await?;
+    tracing::info!(
+        http = %listeners.http.local_addr()?,
+        grpc = %listeners.grpc.local_addr()?,
+        udp = %listeners.udp.local_addr()?,
+        "rethink-sfu listening"
+    );
     let shutdown = lifecycle::shutdown_on_signals();
     rethink_sfu::run(config, listeners, shutdown.wait()).await?;
     Ok(())
