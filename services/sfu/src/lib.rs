@@ -14,7 +14,7 @@
 //! - [`http`]: the node's own HTTP routes; the ops endpoints (`/healthz`, `/readyz`,
 //!   `/metrics` with the forwarding counters) come from `rethink-common`.
 //! - [`Node`]: the node without its servers, so the all-in-one stack can mount its gRPC service
-//!   and routes on shared ports ([`start_in_stack`]).
+//!   and routes on shared ports ([`start`]).
 //!
 //! Contracts: every participant (gRPC `Join`, WHIP, WHEP) belongs to the subject of the token
 //! that opened it and lives only as long as that token: when it is revoked or expires the
