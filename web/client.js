@@ -1,7 +1,7 @@
 // @ts-check
 // The demo page: wires the form to rethink.js. Each step enables the next.
 
-import { MsgNodeConnection, login } from './rethink.js';
+import { MsgNodeConnection, login } from './runtime/protocol-client.js';
 
 /** @param {string} id */
 const $ = (id) => /** @type {any} */ (document.getElementById(id));
@@ -63,7 +63,7 @@ function hyperty(address) {
   for (const b of ['discover', 'send', 'create-object', 'subscribe', 'update']) $(b).disabled = false;
 }
 
-/** @param {import('./rethink.js').Envelope} m */
+/** @param {import('./runtime/protocol-client.js').Envelope} m */
 function onMessage(m) {
   if ((m.type === 'update' || m.type === 'delete') && m.from === object.url) {
     object.version = m.body?.version ?? object.version;

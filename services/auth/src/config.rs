@@ -48,6 +48,10 @@ pub struct TokenConfig {
 pub struct HttpConfig {
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
+    /// Exact origins (`scheme://host[:port]`) whose pages may `POST /auth/login` cross-origin
+    /// and read the answer (CORS); empty: same-origin pages only. The local stack lists the
+    /// browser runtime's origin here, which logs users in from its own frame.
+    pub cors_origins: Vec<String>,
 }
 
 /// Login throttling: attempts per (username, client address), per username from every address,
@@ -103,6 +107,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 16 * 1024,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -157,6 +162,14 @@ impl ServiceConfig for AuthConfig {
                 "http.max_body_bytes must be between 256 and 1048576",
             ));
         }
+        for origin in &self.http.cors_origins {
+            if !is_origin(origin) {
+                return Err(ConfigError::invalid(format!(
+                    "http.cors_origins: {origin:?} is not an origin (scheme://host[:port], no \
+                     path, no trailing slash)"
+                )));
+            }
+        }
         self.listener.validate().map_err(ConfigError::invalid)?;
         let t = &self.throttle;
         if t.max_failures_per_user_addr == 0
@@ -186,6 +199,17 @@ impl ServiceConfig for AuthConfig {
     }
 }
 
+/// Returns whether `text` is a serialized origin as browsers send it in `Origin`.
+fn is_origin(text: &str) -> bool {
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return false;
+    };
+    matches!(scheme, "http" | "https")
+        && !rest.is_empty()
+        && !rest.contains(['/', '?', '#', '@', ' '])
+        && http::HeaderValue::from_str(text).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,6 +220,27 @@ mod tests {
         let mut bad = AuthConfig::default();
         bad.tokens.ttl_secs = 1;
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn cors_origins_must_be_exact_origins() {
+        let with = |origin: &str| {
+            let mut config = AuthConfig::default();
+            config.http.cors_origins = vec![origin.to_string()];
+            config.validate()
+        };
+        assert!(with("http://127.0.0.1:8081").is_ok());
+        assert!(with("https://runtime.example.com").is_ok());
+        for bad in [
+            "*",
+            "127.0.0.1:8081",
+            "http://a/",
+            "http://a/path",
+            "ftp://a",
+            "http://",
+        ] {
+            assert!(with(bad).is_err(), "{bad} accepted");
+        }
     }
 
     #[test]

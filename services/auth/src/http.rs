@@ -2,7 +2,7 @@
 //!
 //! | route | does |
 //! |---|---|
-//! | `POST /auth/login` | `{"username","password"}` → `{"token","token_type":"Bearer","expires_at"}` |
+//! | `POST /auth/login` | `{"username","password"}` → `{"token","token_type":"Bearer","expires_at"}`; cross-origin only from `http.cors_origins` |
 //! | `POST /auth/token` | `{"key_id","secret","grants"?,"subject"?,"name"?,"ttl_secs"?}` → token |
 //! | `GET /auth/.well-known/jwks.json` | the public signing keys |
 //! | `GET /auth/me` | the bearer token's claims |
@@ -21,7 +21,7 @@ use axum::{
     Json, Router,
     body::Bytes,
     extract::{ConnectInfo, FromRef, FromRequest, Request, State},
-    http::{HeaderValue, StatusCode, header},
+    http::{HeaderValue, Method, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{any, get, post},
 };
@@ -30,7 +30,10 @@ use rethink_common::{
     token::{Authenticated, Grants, TokenVerifier},
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
-use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::{
+    cors::{AllowOrigin, CorsLayer},
+    limit::RequestBodyLimitLayer,
+};
 
 use crate::{AuthError, AuthService, error::error_body, service::IssuedToken, throttle};
 
@@ -44,8 +47,9 @@ impl FromRef<AuthService> for TokenVerifier {
 /// fallback, so it merges with other services' routers).
 pub fn router(service: AuthService) -> Router {
     let max_body = service.config().http.max_body_bytes;
+    let login_route = post(login).layer(login_cors(&service.config().http.cors_origins));
     Router::new()
-        .route("/auth/login", post(login))
+        .route("/auth/login", login_route)
         .route("/auth/token", post(mint))
         .route("/auth/.well-known/jwks.json", get(jwks))
         .route("/auth/me", get(me))
@@ -53,6 +57,21 @@ pub fn router(service: AuthService) -> Router {
         .route("/auth/{*rest}", any(not_found))
         .with_state(service)
         .layer(RequestBodyLimitLayer::new(max_body))
+}
+
+/// Lets the listed origins (the browser runtime's) post a login and read the token; no other
+/// route answers cross-origin, and no origin outside the list gets CORS headers. Origins were
+/// checked by `AuthConfig::validate`; one that still fails to parse is skipped.
+fn login_cors(origins: &[String]) -> CorsLayer {
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::POST])
+        .allow_headers([header::CONTENT_TYPE])
+        .max_age(Duration::from_secs(600))
 }
 
 /// A JSON body read regardless of `Content-Type` (curl's `-d` sends a form type); parse

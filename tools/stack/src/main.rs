@@ -18,6 +18,9 @@ struct Cli {
     /// gRPC address of every service (default 127.0.0.1:9090).
     #[arg(long)]
     grpc_addr: Option<SocketAddr>,
+    /// The browser runtime's own origin (default: the HTTP address with port+1).
+    #[arg(long)]
+    runtime_addr: Option<SocketAddr>,
     /// Use Redis instead of the in-memory bus and store.
     #[arg(long)]
     redis_url: Option<String>,
@@ -32,6 +35,7 @@ async fn main() -> anyhow::Result<()> {
     let overrides = serde_json::json!({
         "http_addr": cli.http_addr,
         "grpc_addr": cli.grpc_addr,
+        "runtime_addr": cli.runtime_addr,
         "redis": { "url": cli.redis_url },
         "demo_users": cli.no_demo_users.then_some(false),
     });

@@ -11,10 +11,13 @@ use rethink_common::{Backends, service::ServiceContext, service::ServiceParts};
 
 use crate::StackError;
 
-/// Builds the auth service first: its verifier checks every other service's tokens.
-pub async fn auth(backends: &Backends) -> Result<AuthService, StackError> {
+/// Builds the auth service first: its verifier checks every other service's tokens. The
+/// browser runtime logs users in from `runtime_origin`, so that origin may post logins.
+pub async fn auth(backends: &Backends, runtime_origin: &str) -> Result<AuthService, StackError> {
     let Backends { kv, bus } = backends.clone();
-    AuthService::new(AuthConfig::default(), kv, bus)
+    let mut config = AuthConfig::default();
+    config.http.cors_origins = vec![runtime_origin.to_string()];
+    AuthService::new(config, kv, bus)
         .await
         .map_err(|e| StackError::Service("auth", e.to_string()))
 }

@@ -12,7 +12,7 @@ use rethink_stack::{DEMO_PASSWORD, StackConfig, StackListeners};
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -27,10 +27,7 @@ struct Stack {
 
 impl Stack {
     async fn start() -> Self {
-        let listeners = StackListeners {
-            http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-            grpc: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        };
+        let listeners = StackListeners::local().await.unwrap();
         let http = listeners.http.local_addr().unwrap();
         let mut config = StackConfig::default();
         // The slow-header probe waits for this timeout; the default is 10 s.

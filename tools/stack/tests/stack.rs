@@ -2,15 +2,11 @@
 
 use rethink_proto::v1::auth_client::AuthClient;
 use rethink_stack::{DEMO_PASSWORD, StackConfig, StackListeners};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test]
 async fn stack_logs_in_alice_and_shuts_down() {
-    let listeners = StackListeners {
-        http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        grpc: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-    };
+    let listeners = StackListeners::local().await.unwrap();
     let http = listeners.http.local_addr().unwrap();
     let grpc = listeners.grpc.local_addr().unwrap();
     let stop = CancellationToken::new();
