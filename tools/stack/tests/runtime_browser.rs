@@ -153,3 +153,35 @@ async fn two_users_hyperties_exchange_messages_chromium() -> Result<()> {
     browser.close().await;
     Ok(())
 }
+
+/// A hyperty worker that hangs is terminated and restarted by the watchdog; its pending call
+/// fails with 503, and another hyperty keeps answering meanwhile.
+#[tokio::test]
+async fn hung_hyperty_is_restarted_while_others_work_chromium() -> Result<()> {
+    let stack = Stack::start().await?;
+    stack.add_hyperty(
+        "spin",
+        "defineHyperty(() => ({ spin() { for (;;) {} }, ping() { return 'pong'; } }));",
+        json!({}),
+        None,
+    )?;
+    let browser = Chromium::launch().await?;
+    let page = browser.open(&stack.app_url("hello.html")).await?;
+    login(&page, &stack, "alice").await?;
+    wait_for(&page, "window.hello && hello.whoami()").await?;
+    page.eval(
+        "rt.hyperty('spin').then((s) => { window.spin = s; window.hung = s.spin()
+        .catch((e) => ({code: e.code, message: e.message})); return true; })",
+    )
+    .await?;
+    let me = page.eval("hello.whoami()").await?;
+    assert_eq!(me["identity"], "alice", "hello answers while spin hangs");
+    let hung = wait_for(&page, "hung").await?;
+    assert_eq!(hung["code"], 503, "{hung}");
+    assert_eq!(page.eval("spin.ping()").await?, "pong");
+    let stats = page.eval("rt.stats()").await?;
+    assert_eq!(stats["restarts"]["spin"], 1, "{stats}");
+    assert_eq!(stats["restarts"]["hello"], 0, "{stats}");
+    browser.close().await;
+    Ok(())
+}
